@@ -1,0 +1,260 @@
+"""The Python API: ``Annotator(task=..., model=...)`` with ``annotate``/``annotate_many`` and async twins.
+
+One ``Annotator`` is one configuration (task, model, parameters, database). Each call opens a run whose id is
+derived from that configuration and the input's name, so annotating the same input again resumes the same run:
+finished dialogues are not redone, an interrupted one continues from its LangGraph checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from .errors import BudgetExceeded, InputError
+from .graphs.annotate.context import Context
+from .graphs.annotate.graph import build_graph
+from .llm import LLMClient, make_backend
+from .models import Dialogue, DialogueResult, FieldConfidence, RunSummary, SessionAnnotation, Status, TurnAnnotation
+from .readers import read_dialogues
+from .settings import Settings
+from .store import Store, is_postgres
+from .tasks import TaskSpec, load_task
+
+log = logging.getLogger(__name__)
+
+OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact")
+Progress = Callable[[DialogueResult, "RunState"], None]
+
+
+@dataclass
+class RunState:
+    """Live numbers of a run (what the progress bar shows)."""
+
+    run_id: str
+    summary: RunSummary
+    llm: LLMClient
+    started: float
+
+
+class Annotator:
+    """Annotate dialogues with a task spec and a model. See the module docstring."""
+
+    def __init__(self, task: TaskSpec | str | Path, model: str | None = None, *, db: str | Path | None = None,
+                 settings: Settings | None = None, **overrides: Any) -> None:
+        self.task = task if isinstance(task, TaskSpec) else load_task(task)
+        base = settings or Settings()
+        updates = {k: v for k, v in {"model": model, "db": str(db) if db else None, **overrides}.items()
+                   if v is not None}
+        self.settings = Settings.model_validate({**base.model_dump(), **updates})
+
+    # -- identity ------------------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self.settings, k) for k in OUTPUT_PARAMS}
+
+    def params_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def run_id(self, input_name: str) -> str:
+        key = f"{self.task.spec_hash}|{self.settings.model}|{self.params_hash()}|{input_name}"
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    # -- async API -----------------------------------------------------------------------------------------
+    async def aannotate(self, dialogue: Dialogue) -> DialogueResult:
+        async for result in self.aannotate_many([dialogue], input_name=f"api:{dialogue.id}"):
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aannotate_many(self, dialogues: Iterable[Dialogue], *, input_name: str = "api",
+                             progress: Progress | None = None, summary: RunSummary | None = None
+                             ) -> AsyncIterator[DialogueResult]:
+        """Annotate dialogues concurrently (at most ``concurrency`` in flight); yield results as they finish."""
+        async with self._run(input_name) as run:
+            if summary is not None:
+                run.summary = summary
+            results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
+            source = iter(dialogues)
+            lock = asyncio.Lock()
+
+            async def worker() -> None:
+                while True:
+                    async with lock:
+                        d = next(source, None)
+                    if d is None:
+                        return
+                    if self.settings.max_cost is not None and run.llm.cost_usd >= self.settings.max_cost:
+                        raise BudgetExceeded(run.llm.cost_usd, self.settings.max_cost)
+                    res = await self._one(run, d)
+                    await results.put(res)
+
+            async def drive() -> None:
+                try:
+                    await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
+                except BaseException as e:  # handed to the consumer below, which re-raises it
+                    await results.put(e)
+                await results.put(None)
+
+            driver = asyncio.create_task(drive())
+            try:
+                while (item := await results.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    self._count(run, item)
+                    if progress:
+                        progress(item, run)
+                    yield item
+            finally:
+                driver.cancel()
+                self._finish(run)
+
+    async def arun(self, path: str | Path, *, on_invalid: str = "skip", progress: Progress | None = None,
+                   errors: list[InputError] | None = None) -> RunSummary:
+        """Annotate every dialogue of an input file; bad records are reported (``errors``) and skipped."""
+        errs = errors if errors is not None else []
+
+        def on_error(e: InputError) -> None:
+            if on_invalid == "fail":
+                raise e
+            errs.append(e)
+
+        dialogues = read_dialogues(path, on_error=on_error)
+        summary = RunSummary(run_id=self.run_id(str(Path(path).resolve())), db=self.settings.db)
+        async for _ in self.aannotate_many(dialogues, input_name=str(Path(path).resolve()), progress=progress,
+                                           summary=summary):
+            pass
+        summary.input_errors = len(errs)
+        return summary
+
+    # -- sync twins ----------------------------------------------------------------------------------------
+    def annotate(self, dialogue: Dialogue) -> DialogueResult:
+        return asyncio.run(self.aannotate(dialogue))
+
+    def annotate_many(self, dialogues: Iterable[Dialogue], *, input_name: str = "api") -> Iterator[DialogueResult]:
+        """Like ``aannotate_many``, from synchronous code: results stream from a background event loop."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.concurrency * 2)
+        done = object()
+
+        async def pump() -> None:
+            try:
+                async for r in self.aannotate_many(dialogues, input_name=input_name):
+                    await asyncio.to_thread(q.put, r)
+            except BaseException as e:  # re-raised in the caller's thread
+                q.put(e)
+            q.put(done)
+
+        t = threading.Thread(target=asyncio.run, args=(pump(),), daemon=True)
+        t.start()
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        t.join()
+
+    def run(self, path: str | Path, *, on_invalid: str = "skip", progress: Progress | None = None,
+            errors: list[InputError] | None = None) -> RunSummary:
+        return asyncio.run(self.arun(path, on_invalid=on_invalid, progress=progress, errors=errors))
+
+    # -- internals -----------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _run(self, input_name: str) -> AsyncIterator[RunState]:
+        s = self.settings
+        if s.is_remote():
+            log.warning("dialogue text will be sent to a remote endpoint (%s)", s.base_url or "api.openai.com")
+        store = Store.open(s.db)
+        backend = make_backend(s)
+        run_id = self.run_id(input_name)
+        store.start_run(run_id, task_name=self.task.name, task_version=self.task.version,
+                        task_hash=self.task.spec_hash, task_json=self.task.model_dump_json(), model=s.model,
+                        params=self.params(), params_hash=self.params_hash(), input=input_name)
+        llm = LLMClient(s, backend, store, run_id=run_id)
+        try:
+            async with _checkpointer(s.db) as saver:
+                self._graph = build_graph().compile(checkpointer=saver)
+                self._saver = saver
+                self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model)
+                yield RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic())
+        finally:
+            await backend.aclose()
+            store.close()
+
+    async def _one(self, run: RunState, d: Dialogue) -> DialogueResult:
+        store = self._ctx.store
+        if store.dialogue_status(run.run_id, d.id) == "done":
+            run.summary.skipped_dialogues += 1
+            return _stored_result(store, run.run_id, d.id)
+        store.mark_running(run.run_id, d.id, language="", n_turns=len(d.turns), meta=d.meta, source=d.source)
+        thread = f"{run.run_id}:{d.id}"
+        config: dict[str, Any] = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
+                                  "recursion_limit": 50}
+        snapshot = await self._graph.aget_state(config)
+        inp = None if snapshot.next else {"dialogue": d}
+        await self._graph.ainvoke(inp, config, context=self._ctx)
+        await self._saver.adelete_thread(thread)
+        return _stored_result(store, run.run_id, d.id)
+
+    def _count(self, run: RunState, r: DialogueResult) -> None:
+        s = run.summary
+        s.dialogues += 1
+        s.turns += len(r.turns)
+        for k, v in r.counts().items():
+            setattr(s, k, getattr(s, k) + v)
+        t = run.llm.totals
+        s.calls, s.cache_hits = t.calls, t.cache_hits
+        s.prompt_tokens, s.completion_tokens = t.prompt_tokens, t.completion_tokens
+        s.cost_usd = run.llm.cost_usd
+        s.seconds = round(time.monotonic() - run.started, 3)
+
+    def _finish(self, run: RunState) -> None:
+        self._ctx.store.finish_run(run.run_id, "finished", run.summary.model_dump())
+
+
+@asynccontextmanager
+async def _checkpointer(db: str) -> AsyncIterator[Any]:
+    """LangGraph's checkpointer for the same database: SQLite (WAL) or PostgreSQL."""
+    if is_postgres(db):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        async with AsyncPostgresSaver.from_conn_string(db) as saver:
+            await saver.setup()
+            yield saver
+        return
+    conn = await aiosqlite.connect(str(Path(db).expanduser()), timeout=30)
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        yield saver
+    finally:
+        await conn.close()
+
+
+def _stored_result(store: Store, run_id: str, dialogue_id: str) -> DialogueResult:
+    """The dialogue's final annotations as stored."""
+    turns: list[TurnAnnotation] = []
+    session = None
+    language = "en"
+    for rec in store.final_records_of(run_id, dialogue_id):
+        language = rec.get("language", language)
+        conf = {k: FieldConfidence(**v) for k, v in rec["confidence"].items()}
+        common = {"dialogue_id": dialogue_id, "status": Status(rec["status"]), "labels": rec["labels"],
+                  "texts": rec["texts"], "confidence": conf, "flags": rec["flags"], "error": rec.get("error"),
+                  "raw_output": rec.get("raw_output")}
+        if rec["kind"] == "session":
+            session = SessionAnnotation(**common)
+        else:
+            turns.append(TurnAnnotation(turn_index=rec["turn_index"], speaker=rec["speaker"], role=rec["role"],
+                                        critique=rec.get("critique"), **common))
+    return DialogueResult(dialogue_id=dialogue_id, language=language, turns=turns, session=session)

@@ -1,0 +1,213 @@
+"""The ``autolabel`` command: a thin shell over the Python API. Errors become one line and an exit code here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompletedProcess, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .annotator import Annotator, RunState
+from .errors import AutolabelError, InputError
+from .export import ExportFormat, export
+from .models import DialogueResult, RunSummary
+from .readers import count_input
+from .settings import Settings
+from .tasks import list_tasks, load_task, localize, validate_task_file
+
+app = typer.Typer(help="Annotate counseling dialogues with an LLM: explained, critiqued, validated, reviewed.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+tasks_app = typer.Typer(help="List, show and validate task specs.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+console = Console(stderr=True)
+out = Console()
+STATE: dict[str, bool] = {"debug": False}
+
+
+class OnInvalid(str, Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs (may include dialogue text).")]
+    = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """autolabel: LLM annotation of counseling dialogues with self-critique, validation and human review."""
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:  # third-party loggers may quote payloads; keep them quiet at the default level
+        for name in ("instructor", "httpx", "openai", "langgraph", "aiosqlite"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+# -- tasks ------------------------------------------------------------------------------------------------
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the built-in task specs."""
+    table = Table("name", "version", "labels", "description")
+    for t in list_tasks():
+        table.add_row(t.name, t.version, ", ".join(f.name for f in t.labels), localize(t.description, "en"))
+    out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task: Annotated[str, typer.Argument(help="Built-in task name or spec file.")],
+               language: Annotated[str, typer.Option(help="Language of the descriptions.")] = "en") -> None:
+    """Show a task spec: roles, fields, options with their codes."""
+    t = load_task(task)
+    out.print(f"[bold]{t.name}[/] v{t.version}  hash {t.spec_hash}  languages {', '.join(t.languages)}")
+    out.print(localize(t.description, language))
+    for role, r in t.roles.items():
+        out.print(f"role [bold]{role}[/]: speakers {', '.join(r.speakers)}")
+    for f in t.labels:
+        roles = ", ".join(f.roles) if f.roles else "all"
+        out.print(f"\n[bold]{f.name}[/] ({f.scope}, {'multi' if f.multi else 'single'}, roles: {roles}): "
+                  f"{localize(f.description, language)}")
+        for o in f.options:
+            out.print(f"  [{o.code}] {o.name}: {localize(o.description, language)}", markup=False)
+    for x in t.texts:
+        out.print(f"\n[bold]{x.name}[/] (text, {x.scope}): {localize(x.description, language)}")
+
+
+@tasks_app.command("validate")
+def tasks_validate(path: Annotated[Path, typer.Argument(help="Task spec file (YAML or JSON).")]) -> None:
+    """Validate a task spec file; print every problem with its JSON path."""
+    problems = validate_task_file(path)
+    if problems:
+        for p in problems:
+            out.print(f"{path}: {p}", markup=False)
+        raise typer.Exit(2)
+    out.print(f"{path}: valid")
+
+
+# -- run --------------------------------------------------------------------------------------------------
+
+def _settings(**kw: Any) -> Settings:
+    return Settings.model_validate({**Settings().model_dump(), **{k: v for k, v in kw.items() if v is not None}})
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded model).")]
+    = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLite file or postgresql:// URL.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent LLM calls (global).")] = None,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly before spending more (USD).")] = None,
+    on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
+    = OnInvalid.skip,
+) -> None:
+    """Annotate every dialogue of INPUT; resumes the same run when re-run."""
+    s = _settings(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
+                  window=window, samples=samples, critique=critique, max_reasks=max_reasks, temperature=temperature,
+                  max_cost=max_cost)
+    annotator = Annotator(task, settings=s)
+    summary, errors = _run_with_progress(annotator, input, on_invalid.value)
+    _print_summary(summary)
+    for e in errors[:20]:
+        console.print(f"skipped: {e}", markup=False)
+    if errors:
+        console.print(f"{len(errors)} bad input record(s) skipped", style="yellow")
+        raise typer.Exit(3)
+
+
+def _run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tuple[RunSummary, list[InputError]]:
+    if not input.exists():
+        raise InputError(str(input), None, "no such file")
+    _, total_turns = count_input(input)
+    errors: list[InputError] = []
+    columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompletedProcess(), TextColumn("turns"),
+               TextColumn("{task.fields[rate]:.1f} turns/s"), TextColumn("tokens {task.fields[tokens]:,}"),
+               TextColumn("flagged {task.fields[flagged]}"), TextColumn("${task.fields[cost]:.4f}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("run", total=total_turns, rate=0.0, tokens=0, flagged=0, cost=0.0)
+
+        def tick(result: DialogueResult, state: RunState) -> None:
+            s = state.summary
+            progress.update(bar, advance=len(result.turns), rate=s.turns / max(s.seconds, 1e-6),
+                            tokens=s.prompt_tokens + s.completion_tokens, flagged=s.flagged, cost=s.cost_usd)
+
+        summary = annotator.run(input, on_invalid=on_invalid, progress=tick, errors=errors)
+    return summary, errors
+
+
+def _print_summary(s: RunSummary) -> None:
+    table = Table(title=f"run {s.run_id}", show_header=True)
+    for col in ("dialogues", "turns", "accepted", "flagged", "failed", "calls", "cache hits", "prompt tokens",
+                "completion tokens", "cost $", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(str(s.dialogues), str(s.turns), str(s.accepted), str(s.flagged), str(s.failed), str(s.calls),
+                  str(s.cache_hits), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}", f"{s.cost_usd:.4f}",
+                  f"{s.seconds:.1f}")
+    out.print(table)
+    if s.skipped_dialogues:
+        out.print(f"{s.skipped_dialogues} dialogue(s) were already done in this run (resumed).")
+    out.print(f"results: {s.db}")
+
+
+# -- export -----------------------------------------------------------------------------------------------
+
+@app.command("export")
+def export_cmd(
+    db: Annotated[str, typer.Option(help="SQLite file or postgresql:// URL.")] = "autolabel.db",
+    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.JSONL,
+    out_path: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("labels.jsonl"),
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    text: Annotated[bool, typer.Option("--text/--no-text", help="Include the turns' text.")] = True,
+) -> None:
+    """Export a run's final annotations (validated against the schemas on the way out)."""
+    n = export(db, format, out_path, run_id=run_id, include_text=text)
+    out.print(f"wrote {n} records to {out_path}")
+
+
+def main() -> None:
+    """Console entry point: library errors become one line on stderr and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except AutolabelError as e:
+        if STATE["debug"]:
+            raise
+        console.print(f"error: {e}", markup=False, style="red")
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted", style="red")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted: run the same command again to resume", style="yellow")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a message, not a traceback
+        if STATE["debug"]:
+            raise
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        console.print(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)",
+                      markup=False, style="red")
+        sys.exit(1)

@@ -1,0 +1,372 @@
+"""The LLM seam: one ``Backend`` protocol, backends registered by kind, and the client the graph calls.
+
+Layers, from the wire up:
+
+- a **backend** turns OpenAI chat-completions keyword arguments into an ``openai`` ``ChatCompletion``
+  (``openai:`` → any OpenAI-compatible HTTP endpoint; ``local:`` → an embedded llama.cpp model);
+- **tenacity** retries transport faults (429 honouring Retry-After, 5xx, timeouts, resets, garbled envelopes) with
+  jittered exponential backoff under a total deadline;
+- the **cache** (in the store) answers a call seen before — a re-run of a finished job makes no calls;
+- **instructor** asks for structured output against the task's generated schema and re-asks with the validation
+  errors when the answer does not validate (``max_reasks``).
+
+Every call that reaches a backend is written to the store's call log (model, parameter hash, tokens, latency,
+outcome). Dialogue text is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import httpx
+import instructor
+import openai
+from instructor.core.exceptions import InstructorRetryException
+from openai.types.chat import ChatCompletion
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from .errors import ConfigError, LLMError, RetryExhausted
+from .settings import Settings
+from .structured import response_model, schema_digest
+
+log = logging.getLogger(__name__)
+
+
+class BackendKind(str, Enum):
+    OPENAI = "openai"
+    LOCAL = "local"
+
+
+class Backend(Protocol):
+    """Anything that answers OpenAI chat-completions keyword arguments with a ``ChatCompletion``."""
+
+    model: str
+    supports_logprobs: bool
+
+    async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallLog(Protocol):
+    """Where calls are cached and recorded (the store implements it)."""
+
+    def cache_get(self, key: str) -> dict[str, Any] | None: ...
+
+    def cache_put(self, key: str, model: str, response: dict[str, Any]) -> None: ...
+
+    def log_call(self, **fields: Any) -> None: ...
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama) through the ``openai`` client."""
+
+    supports_logprobs = True
+
+    def __init__(self, settings: Settings) -> None:
+        key = settings.api_key()
+        if not key:
+            if settings.base_url is None:
+                raise ConfigError(f"no API key: set {settings.api_key_env} (or --api-key-env NAME) for {settings.model}")
+            key = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) accept any key
+        self.model = settings.model_name
+        self._client = openai.AsyncOpenAI(
+            api_key=key, base_url=settings.base_url, max_retries=0,
+            timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)),
+            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.concurrency * 2,
+                                                              max_keepalive_connections=settings.concurrency * 2)),
+        )
+
+    async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
+        return await self._client.chat.completions.create(model=self.model, **kwargs)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _openai_backend(settings: Settings) -> Backend:
+    return OpenAIBackend(settings)
+
+
+def _local_backend(settings: Settings) -> Backend:
+    from .local import LocalBackend  # imported only when used: needs the [local] extra
+
+    return LocalBackend(settings)
+
+
+BACKENDS: dict[BackendKind, Callable[[Settings], Backend]] = {
+    BackendKind.OPENAI: _openai_backend,
+    BackendKind.LOCAL: _local_backend,
+}
+
+
+def make_backend(settings: Settings) -> Backend:
+    try:
+        kind = BackendKind(settings.family)
+    except ValueError:
+        families = ", ".join(k.value for k in BackendKind)
+        raise ConfigError(f"unknown model family {settings.family!r} in {settings.model!r} (use {families})") from None
+    return BACKENDS[kind](settings)
+
+
+# -- transport retries --------------------------------------------------------------------------------------
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError):
+        return True  # APITimeoutError is an APIConnectionError
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | httpx.TransportError):
+        return True  # a garbled envelope or a dropped connection: the same request may well succeed
+    return False
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class _Wait:
+    """Retry-After when the server says it; otherwise full-jitter exponential backoff."""
+
+    def __init__(self, rng_seed: int, base: float = 0.5, cap: float = 30.0) -> None:
+        import random
+
+        self._rng = random.Random(rng_seed)
+        self.base, self.cap = base, cap
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after(exc)
+        if hinted is not None:
+            return min(hinted, self.cap) + self._rng.uniform(0, 0.05)
+        return self._rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+# -- results ------------------------------------------------------------------------------------------------
+
+@dataclass
+class CallTrace:
+    """What one structured request cost: every attempt's raw output, tokens, cache hits."""
+
+    purpose: str
+    dialogue_id: str | None = None
+    turn_index: int | None = None
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outputs: list[str] = field(default_factory=list)
+    last: ChatCompletion | None = None
+
+
+@dataclass
+class Structured:
+    """A validated answer with its raw text, the probability of each token, and its trace."""
+
+    answer: dict[str, Any]
+    raw: str
+    tokens: list[tuple[str, float]] | None
+    trace: CallTrace
+
+    @property
+    def attempts(self) -> int:
+        return len(self.trace.outputs)
+
+
+def cache_key(model: str, kwargs: dict[str, Any]) -> str:
+    blob = json.dumps({"model": model, **kwargs}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class LLMClient:
+    """Structured calls for the graph: cache → retries → backend, validated and re-asked by instructor."""
+
+    def __init__(self, settings: Settings, backend: Backend, calls: CallLog, *, run_id: str,
+                 pricer: Callable[[int, int], float] | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.calls = calls
+        self.run_id = run_id
+        self.pricer = pricer or (lambda p, c: 0.0)
+        self.limit = asyncio.Semaphore(settings.concurrency)
+        self.logprobs = settings.logprobs and backend.supports_logprobs
+        self.totals = CallTrace(purpose="total")
+        self.cost_usd = 0.0
+        self._create = instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA)
+
+    async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
+                         trace: CallTrace, temperature: float | None = None, seed: int | None = None) -> Structured:
+        """Ask for a JSON answer valid for ``schema``; raises RetryExhausted or LLMError."""
+        params: dict[str, Any] = {
+            "temperature": self.settings.temperature if temperature is None else temperature,
+            "max_tokens": self.settings.max_tokens,
+        }
+        if seed is not None:
+            params["seed"] = seed
+        model_cls = response_model(f"{name}_{schema_digest(schema)}", schema)
+        try:
+            parsed = await self._create(response_model=model_cls, messages=messages,
+                                        max_retries=self.settings.max_reasks, _trace=trace, **params)
+        except InstructorRetryException as e:
+            raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
+                                 usage={"prompt_tokens": trace.prompt_tokens,
+                                        "completion_tokens": trace.completion_tokens},
+                                 detail=_first_line(str(e))) from None
+        completion = trace.last
+        raw = trace.outputs[-1] if trace.outputs else ""
+        return Structured(parsed.answer(), raw, _token_logprobs(completion), trace)
+
+    async def _complete(self, _trace: CallTrace, **kwargs: Any) -> ChatCompletion:
+        if self.logprobs:
+            kwargs.setdefault("logprobs", True)
+            kwargs.setdefault("top_logprobs", 5)
+        key = cache_key(self.backend.model, kwargs)
+        cached = self.calls.cache_get(key) if self.settings.cache else None
+        if cached is not None:
+            completion = ChatCompletion.model_validate(cached)
+            _trace.cache_hits += 1
+            self.totals.cache_hits += 1
+            self._record(_trace, completion, counted=False)
+            return completion
+        completion = await self._call_with_retries(kwargs, key, _trace)
+        if self.settings.cache:
+            self.calls.cache_put(key, self.backend.model, completion.model_dump(mode="json", exclude_unset=True))
+        self._record(_trace, completion, counted=True)
+        return completion
+
+    def _record(self, trace: CallTrace, completion: ChatCompletion, *, counted: bool) -> None:
+        content = completion.choices[0].message.content if completion.choices else None
+        trace.outputs.append(content or "")
+        trace.last = completion
+        if counted and completion.usage is not None:
+            p, c = completion.usage.prompt_tokens, completion.usage.completion_tokens
+            for t in (trace, self.totals):
+                t.prompt_tokens += p
+                t.completion_tokens += c
+            self.cost_usd += self.pricer(p, c)
+
+    async def _call_with_retries(self, kwargs: dict[str, Any], key: str, trace: CallTrace) -> ChatCompletion:
+        s = self.settings
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(s.max_retries + 1) | stop_after_delay(s.retry_deadline),
+            wait=_Wait(rng_seed=int(key[:8], 16)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._one_call(kwargs, key, trace, attempt.retry_state.attempt_number)
+        except openai.BadRequestError as e:
+            if "logprobs" in kwargs and "logprob" in str(e).lower():
+                log.warning("the endpoint does not return logprobs; confidence will use the other signals")
+                self.logprobs = False
+                kwargs = {k: v for k, v in kwargs.items() if k not in ("logprobs", "top_logprobs")}
+                return await self._call_with_retries(kwargs, cache_key(self.backend.model, kwargs), trace)
+            raise LLMError(f"the endpoint refused the request: {_first_line(str(e))}") from None
+        except openai.AuthenticationError as e:
+            raise LLMError(f"the endpoint refused the API key ({e.status_code})") from None
+        except openai.NotFoundError as e:
+            raise LLMError(f"model {self.backend.model!r} or endpoint not found ({e.status_code})") from None
+        except openai.APIConnectionError as e:
+            raise LLMError(f"cannot reach the endpoint after retries: {_first_line(str(e))}") from None
+        except openai.APIStatusError as e:
+            raise LLMError(f"the endpoint kept failing (HTTP {e.status_code}) after retries") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, httpx.TransportError) as e:
+            raise LLMError(f"the endpoint kept sending unreadable replies: {type(e).__name__}") from None
+        raise LLMError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def _one_call(self, kwargs: dict[str, Any], key: str, trace: CallTrace, attempt: int) -> ChatCompletion:
+        async with self.limit:
+            started = time.perf_counter()
+            outcome = "ok"
+            completion: ChatCompletion | None = None
+            try:
+                completion = await self.backend.complete(kwargs)
+                return completion
+            finally:
+                if completion is None:
+                    failed = sys.exc_info()[0]
+                    outcome = f"error:{failed.__name__ if failed else 'cancelled'}"
+                usage = completion.usage if completion is not None else None
+                p = usage.prompt_tokens if usage else 0
+                c = usage.completion_tokens if usage else 0
+                trace.calls += 1
+                self.totals.calls += 1
+                self.calls.log_call(
+                    run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
+                    purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
+                    cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
+                    cost_usd=self.pricer(p, c),
+                )
+
+
+def _params_hash(kwargs: dict[str, Any]) -> str:
+    params = {k: v for k, v in kwargs.items() if k != "messages"}
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def _token_logprobs(completion: ChatCompletion | None) -> list[tuple[str, float]] | None:
+    if completion is None or not completion.choices:
+        return None
+    lp = completion.choices[0].logprobs
+    if lp is None or not lp.content:
+        return None
+    return [(t.token, t.logprob) for t in lp.content]
+
+
+def option_probabilities(raw: str, tokens: list[tuple[str, float]] | None, field_name: str,
+                         multi: bool) -> dict[str, float] | None:
+    """Probability of each chosen option code of ``field_name``, read from the tokens that spell it.
+
+    The answer's text is rebuilt from the tokens; the code's characters are located after the field's key; the
+    probability is exp(sum of the logprobs of every token overlapping the code). None when tokens are missing or
+    do not spell the raw text.
+    """
+    if not tokens or "".join(t for t, _ in tokens) != raw:
+        return None
+    key = re.search(r'"' + re.escape(field_name) + r'"\s*:\s*', raw)
+    if key is None:
+        return None
+    start = key.end()
+    end = raw.index("]", start) + 1 if multi and "]" in raw[start:] else start + 64
+    spans = [(m.group(1), m.start(1), m.end(1)) for m in re.finditer(r'"([A-Z][A-Z0-9]{0,3})"', raw[start:end])]
+    if not spans:
+        return None
+    if not multi:
+        spans = spans[:1]
+    offsets: list[tuple[int, int, float]] = []
+    pos = 0
+    for tok, lp in tokens:
+        offsets.append((pos, pos + len(tok), lp))
+        pos += len(tok)
+    out: dict[str, float] = {}
+    for code, s, e in spans:
+        s, e = s + start, e + start
+        total = sum(lp for a, b, lp in offsets if a < e and b > s)
+        out[code] = math.exp(total)
+    return out
+

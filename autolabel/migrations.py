@@ -1,0 +1,127 @@
+"""Numbered schema migrations, in code, for SQLite and PostgreSQL alike (SQLAlchemy Core emits each dialect's DDL).
+
+Each migration runs in one transaction together with the row that records it in ``migrations``. Opening a store
+always migrates. An applied migration is never edited: change the schema by appending a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    text,
+)
+
+Migration = Callable[[Connection], None]
+
+
+def _id() -> Column:
+    return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+
+
+def m001_initial(conn: Connection) -> None:
+    """Runs, dialogues, turns, annotations (every attempt), LLM calls and cache, review items."""
+    md = MetaData()
+    Table("runs", md,
+          Column("id", Text, primary_key=True),
+          Column("task_name", Text, nullable=False), Column("task_version", Text, nullable=False),
+          Column("task_hash", Text, nullable=False), Column("task_json", Text, nullable=False),
+          Column("model", Text, nullable=False), Column("params_json", Text, nullable=False),
+          Column("params_hash", Text, nullable=False), Column("input", Text),
+          Column("status", Text, nullable=False), Column("summary_json", Text),
+          Column("created_at", Text, nullable=False), Column("updated_at", Text, nullable=False))
+    Table("dialogues", md,
+          Column("run_id", Text, nullable=False), Column("dialogue_id", Text, nullable=False),
+          Column("language", Text), Column("n_turns", Integer, nullable=False),
+          Column("status", Text, nullable=False), Column("meta_json", Text, nullable=False),
+          Column("source", Text), Column("worker", Text), Column("lease_expires", Float),
+          Column("updated_at", Text, nullable=False),
+          PrimaryKeyConstraint("run_id", "dialogue_id"))
+    Table("turns", md,
+          Column("run_id", Text, nullable=False), Column("dialogue_id", Text, nullable=False),
+          Column("turn_index", Integer, nullable=False), Column("speaker", Text, nullable=False),
+          Column("role", Text), Column("text", Text, nullable=False), Column("meta_json", Text, nullable=False),
+          Column("status", Text, nullable=False),
+          PrimaryKeyConstraint("run_id", "dialogue_id", "turn_index"))
+    Table("annotations", md, _id(),
+          Column("run_id", Text, nullable=False), Column("dialogue_id", Text, nullable=False),
+          Column("kind", Text, nullable=False), Column("turn_index", Integer, nullable=False),
+          Column("attempt", Integer, nullable=False), Column("is_final", Integer, nullable=False),
+          Column("valid", Integer, nullable=False), Column("status", Text, nullable=False),
+          Column("record_json", Text, nullable=False), Column("created_at", Text, nullable=False),
+          UniqueConstraint("run_id", "dialogue_id", "kind", "turn_index", "attempt", name="uq_annotation_attempt"))
+    Table("llm_calls", md, _id(),
+          Column("run_id", Text), Column("dialogue_id", Text), Column("turn_index", Integer),
+          Column("purpose", Text, nullable=False), Column("model", Text, nullable=False),
+          Column("params_hash", Text, nullable=False), Column("cache_key", Text, nullable=False),
+          Column("attempt", Integer, nullable=False),
+          Column("prompt_tokens", Integer, nullable=False), Column("completion_tokens", Integer, nullable=False),
+          Column("latency_ms", Float, nullable=False), Column("outcome", Text, nullable=False),
+          Column("cost_usd", Float, nullable=False), Column("created_at", Text, nullable=False))
+    Table("llm_cache", md,
+          Column("key", Text, primary_key=True), Column("model", Text, nullable=False),
+          Column("response_json", Text, nullable=False), Column("created_at", Text, nullable=False))
+    Table("review_items", md, _id(),
+          Column("run_id", Text, nullable=False), Column("dialogue_id", Text, nullable=False),
+          Column("kind", Text, nullable=False), Column("turn_index", Integer, nullable=False),
+          Column("priority", Float, nullable=False), Column("reasons_json", Text, nullable=False),
+          Column("proposal_json", Text, nullable=False), Column("status", Text, nullable=False),
+          Column("version", Integer, nullable=False), Column("lease_owner", Text), Column("lease_expires", Float),
+          Column("required_reviews", Integer, nullable=False),
+          Column("created_at", Text, nullable=False), Column("updated_at", Text, nullable=False),
+          UniqueConstraint("run_id", "dialogue_id", "kind", "turn_index", name="uq_review_item"))
+    Index("ix_annotations_final", md.tables["annotations"].c.run_id, md.tables["annotations"].c.is_final)
+    Index("ix_llm_calls_run", md.tables["llm_calls"].c.run_id)
+    Index("ix_review_queue", md.tables["review_items"].c.status, md.tables["review_items"].c.priority)
+    Index("ix_dialogues_status", md.tables["dialogues"].c.run_id, md.tables["dialogues"].c.status)
+    md.create_all(conn)
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("001_initial", m001_initial),
+]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def applied(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("migrations"):
+        return set()
+    return {r[0] for r in conn.execute(text("SELECT name FROM migrations"))}
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply every pending migration, each in its own transaction with its record. Returns the names applied."""
+    with engine.begin() as conn:
+        if not inspect(conn).has_table("migrations"):
+            md = MetaData()
+            Table("migrations", md, Column("name", Text, primary_key=True),
+                  Column("applied_at", Text, nullable=False))
+            md.create_all(conn)
+    done: list[str] = []
+    for name, step in MIGRATIONS:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(724513)"))  # one migrator at a time
+            if name in applied(conn):
+                continue
+            step(conn)
+            conn.execute(text("INSERT INTO migrations (name, applied_at) VALUES (:n, :t)"), {"n": name, "t": _now()})
+            done.append(name)
+    return done

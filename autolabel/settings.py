@@ -1,0 +1,76 @@
+"""One typed settings object, passed explicitly. ``AUTOLABEL_*`` environment variables are read here and only here."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_LOCAL_MODEL = "local:qwen2.5-0.5b"
+
+
+class Settings(BaseSettings):
+    """How a run talks to its model and where it keeps its results.
+
+    Every field can be set from the environment as ``AUTOLABEL_<FIELD>`` (e.g. ``AUTOLABEL_MODEL``); the CLI's
+    flags override them. The API key itself is read from the variable named by ``api_key_env``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AUTOLABEL_", extra="ignore")
+
+    model: str = Field(DEFAULT_LOCAL_MODEL, description="family:name, e.g. openai:gpt-4o-mini or local:smollm2-135m")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = "OPENAI_API_KEY"
+    db: str = "autolabel.db"
+    concurrency: int = Field(8, ge=1, le=1024)
+    window: int | None = Field(None, ge=0, description="preceding turns in context; default: the task spec's")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=16)
+    max_reasks: int = Field(2, ge=0, le=10, description="re-asks after output that fails validation")
+    samples: int = Field(1, ge=1, le=16, description="extra samples per turn for agreement (temperature > 0)")
+    critique: bool = True
+    logprobs: bool = True
+    request_timeout: float = Field(60.0, gt=0)
+    retry_deadline: float = Field(300.0, gt=0, description="total seconds of transport retries per call")
+    max_retries: int = Field(8, ge=0, description="transport retries per call (429, 5xx, timeouts, resets)")
+    cache: bool = True
+    redact: bool = False
+    max_cost: float | None = Field(None, ge=0)
+    price_in: float | None = Field(None, ge=0, description="USD per million prompt tokens (override)")
+    price_out: float | None = Field(None, ge=0, description="USD per million completion tokens (override)")
+    model_dir: Path | None = Field(None, description="cache folder for local model files")
+    local_threads: int | None = Field(None, ge=1)
+    review_token: SecretStr | None = None
+
+    @property
+    def family(self) -> str:
+        return self.model.split(":", 1)[0] if ":" in self.model else "openai"
+
+    @property
+    def model_name(self) -> str:
+        return self.model.split(":", 1)[1] if ":" in self.model else self.model
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+    def is_remote(self) -> bool:
+        """True when dialogue text would leave this machine (an endpoint not on loopback)."""
+        if self.family == "local":
+            return False
+        host = urlparse(self.base_url or "https://api.openai.com/v1").hostname or ""
+        if host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return True
+
+    def cache_dir(self) -> Path:
+        if self.model_dir is not None:
+            return self.model_dir
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "autolabel"

@@ -1,0 +1,256 @@
+"""The store: runs, dialogues, turns, annotations, LLM calls and cache, review items — SQLite or PostgreSQL.
+
+``Store.open(db)`` takes a file path (SQLite, WAL) or a ``postgresql://`` URL, and always migrates. LangGraph's
+checkpoints live in the same database (their own tables, written by LangGraph's checkpointer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from .errors import StoreError
+from .migrations import migrate
+from .records import record_problems
+
+ACTIVE = ("pending", "running")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
+
+
+def engine_url(db: str) -> str:
+    if is_postgres(db):
+        return "postgresql+psycopg://" + db.split("://", 1)[1]
+    return f"sqlite:///{Path(db).expanduser()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """All persistent state of autolabel. Thin methods over SQL; one transaction per logical write."""
+
+    def __init__(self, engine: Engine, db: str) -> None:
+        self.engine = engine
+        self.db = db
+
+    @classmethod
+    def open(cls, db: str | Path) -> Store:
+        db = str(db)
+        try:
+            if not is_postgres(db):
+                parent = Path(db).expanduser().resolve().parent
+                if not parent.is_dir():
+                    raise StoreError(f"cannot open database {db}: folder {parent} does not exist")
+            engine = create_engine(engine_url(db), connect_args={"timeout": 30} if not is_postgres(db) else {})
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            migrate(engine)
+        except OperationalError as e:
+            raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
+        return cls(engine, db)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _write(self, sql: str, params: dict[str, Any] | list[dict[str, Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(sql), params)
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def start_run(self, run_id: str, *, task_name: str, task_version: str, task_hash: str, task_json: str,
+                  model: str, params: dict[str, Any], params_hash: str, input: str | None) -> bool:
+        """Create the run, or reopen it. True when it already existed (a resume)."""
+        existing = self._rows("SELECT id FROM runs WHERE id = :id", id=run_id)
+        if existing:
+            self._write("UPDATE runs SET status='running', updated_at=:t WHERE id=:id", {"id": run_id, "t": now()})
+            return True
+        self._write(
+            "INSERT INTO runs (id, task_name, task_version, task_hash, task_json, model, params_json, params_hash,"
+            " input, status, created_at, updated_at) VALUES (:id, :tn, :tv, :th, :tj, :m, :pj, :ph, :inp,"
+            " 'running', :t, :t)",
+            {"id": run_id, "tn": task_name, "tv": task_version, "th": task_hash, "tj": task_json, "m": model,
+             "pj": json.dumps(params, sort_keys=True), "ph": params_hash, "inp": input, "t": now()})
+        return False
+
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
+        self._write("UPDATE runs SET status=:s, summary_json=:j, updated_at=:t WHERE id=:id",
+                    {"id": run_id, "s": status, "j": json.dumps(summary), "t": now()})
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT id, task_name, task_version, task_hash, model, params_json, status, created_at"
+                          " FROM runs ORDER BY created_at")
+        return [dict(r._mapping) for r in rows]
+
+    def run(self, run_id: str | None = None) -> dict[str, Any]:
+        """The run with this id, or the latest run."""
+        sql = "SELECT * FROM runs " + ("WHERE id = :id" if run_id else "ORDER BY created_at DESC LIMIT 1")
+        rows = self._rows(sql, id=run_id)
+        if not rows:
+            raise StoreError(f"no run {run_id!r} in {self.db}" if run_id else f"no runs in {self.db}")
+        return dict(rows[0]._mapping)
+
+    # -- dialogues -----------------------------------------------------------------------------------------
+    def dialogue_status(self, run_id: str, dialogue_id: str) -> str | None:
+        rows = self._rows("SELECT status FROM dialogues WHERE run_id=:r AND dialogue_id=:d", r=run_id, d=dialogue_id)
+        return rows[0][0] if rows else None
+
+    def mark_running(self, run_id: str, dialogue_id: str, *, language: str, n_turns: int, meta: dict[str, Any],
+                     source: str | None) -> None:
+        try:
+            with self.engine.begin() as conn:
+                updated = conn.execute(text("UPDATE dialogues SET status='running', updated_at=:t"
+                                            " WHERE run_id=:r AND dialogue_id=:d"),
+                                       {"r": run_id, "d": dialogue_id, "t": now()}).rowcount
+                if not updated:
+                    conn.execute(text(
+                        "INSERT INTO dialogues (run_id, dialogue_id, language, n_turns, status, meta_json, source,"
+                        " updated_at) VALUES (:r, :d, :l, :n, 'running', :m, :s, :t)"),
+                        {"r": run_id, "d": dialogue_id, "l": language, "n": n_turns,
+                         "m": json.dumps(meta, ensure_ascii=False, default=str), "s": source, "t": now()})
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+
+    def save_dialogue(self, run_id: str, dialogue_id: str, *, turns: list[dict[str, Any]],
+                      annotations: list[dict[str, Any]], review_items: list[dict[str, Any]], task: Any,
+                      language: str) -> None:
+        """Write a finished dialogue in one transaction: turns, every annotation attempt, review items, status.
+
+        Each annotation dict has kind, turn_index, attempt, is_final, valid, status, record. A record marked valid
+        is checked against the annotation schema and the task here; one that fails is refused (StoreError).
+        """
+        for a in annotations:
+            if a["valid"]:
+                problems = record_problems(a["record"], task)
+                if problems:
+                    raise StoreError(f"refusing an invalid record for {dialogue_id}: {problems[0]}")
+        t = now()
+        key = {"r": run_id, "d": dialogue_id}
+        try:
+            with self.engine.begin() as conn:
+                for table in ("turns", "annotations", "review_items"):
+                    conn.execute(text(f"DELETE FROM {table} WHERE run_id=:r AND dialogue_id=:d"), key)
+                if turns:
+                    conn.execute(text(
+                        "INSERT INTO turns (run_id, dialogue_id, turn_index, speaker, role, text, meta_json, status)"
+                        " VALUES (:r, :d, :i, :speaker, :role, :text, :meta, :status)"),
+                        [{**key, "i": x["turn_index"], "speaker": x["speaker"], "role": x["role"], "text": x["text"],
+                          "meta": json.dumps(x["meta"], ensure_ascii=False, default=str), "status": x["status"]}
+                         for x in turns])
+                if annotations:
+                    conn.execute(text(
+                        "INSERT INTO annotations (run_id, dialogue_id, kind, turn_index, attempt, is_final, valid,"
+                        " status, record_json, created_at) VALUES (:r, :d, :kind, :i, :attempt, :final, :valid,"
+                        " :status, :rec, :t)"),
+                        [{**key, "kind": a["kind"], "i": a["turn_index"], "attempt": a["attempt"],
+                          "final": int(a["is_final"]), "valid": int(a["valid"]), "status": a["status"],
+                          "rec": json.dumps(a["record"], ensure_ascii=False), "t": t} for a in annotations])
+                if review_items:
+                    conn.execute(text(
+                        "INSERT INTO review_items (run_id, dialogue_id, kind, turn_index, priority, reasons_json,"
+                        " proposal_json, status, version, required_reviews, created_at, updated_at) VALUES"
+                        " (:r, :d, :kind, :i, :priority, :reasons, :proposal, 'pending', 1, :req, :t, :t)"),
+                        [{**key, "kind": x["kind"], "i": x["turn_index"], "priority": x["priority"],
+                          "reasons": json.dumps(x["reasons"]), "req": x.get("required_reviews", 1),
+                          "proposal": json.dumps(x["proposal"], ensure_ascii=False)} for x in review_items])
+                conn.execute(text("UPDATE dialogues SET status='done', language=:l, updated_at=:t WHERE run_id=:r"
+                                  " AND dialogue_id=:d"), {**key, "t": t, "l": language})
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        rows = self._rows("SELECT status, COUNT(*) FROM turns WHERE run_id=:r GROUP BY status", r=run_id)
+        out = {"accepted": 0, "flagged": 0, "reviewed": 0, "failed": 0}
+        out.update({s: n for s, n in rows})
+        return out
+
+    def call_totals(self, run_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT COUNT(*), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0),"
+                          " COALESCE(SUM(cost_usd),0) FROM llm_calls WHERE run_id=:r", r=run_id)
+        n, p, c, cost = rows[0]
+        return {"calls": n, "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost)}
+
+    # -- records -------------------------------------------------------------------------------------------
+    def final_records(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Final annotation records, turn records in dialogue order then each dialogue's session record."""
+        run_id = run_id or self.run()["id"]
+        sql = ("SELECT a.record_json, t.text FROM annotations a LEFT JOIN turns t ON t.run_id=a.run_id"
+               " AND t.dialogue_id=a.dialogue_id AND t.turn_index=a.turn_index AND a.kind='turn'"
+               " WHERE a.run_id=:r AND a.is_final=1 ORDER BY a.dialogue_id, a.kind DESC, a.turn_index")
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=500).execute(text(sql), {"r": run_id})
+            for rec_json, turn_text in result:
+                rec = json.loads(rec_json)
+                if turn_text is not None:
+                    rec["text"] = turn_text
+                yield rec
+
+    def final_records_of(self, run_id: str, dialogue_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT record_json FROM annotations WHERE run_id=:r AND dialogue_id=:d AND is_final=1"
+                          " ORDER BY kind DESC, turn_index", r=run_id, d=dialogue_id)
+        return [json.loads(r[0]) for r in rows]
+
+    def dialogue_meta(self, run_id: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+        with self.engine.connect() as conn:
+            for d, m, lang in conn.execute(text("SELECT dialogue_id, meta_json, language FROM dialogues WHERE"
+                                                " run_id=:r ORDER BY dialogue_id"), {"r": run_id}):
+                yield d, json.loads(m), lang
+
+    def turn_rows(self, run_id: str, dialogue_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT turn_index, speaker, role, text, meta_json, status FROM turns WHERE run_id=:r AND"
+                          " dialogue_id=:d ORDER BY turn_index", r=run_id, d=dialogue_id)
+        return [{**dict(r._mapping), "meta": json.loads(r.meta_json)} for r in rows]
+
+    # -- LLM calls and cache (the CallLog protocol) ----------------------------------------------------------
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT response_json FROM llm_cache WHERE key=:k", k=key)
+        return json.loads(rows[0][0]) if rows else None
+
+    def cache_put(self, key: str, model: str, response: dict[str, Any]) -> None:
+        sql = ("INSERT INTO llm_cache (key, model, response_json, created_at) VALUES (:k, :m, :j, :t)"
+               " ON CONFLICT (key) DO NOTHING")
+        self._write(sql, {"k": key, "m": model, "j": json.dumps(response, ensure_ascii=False), "t": now()})
+
+    def log_call(self, **f: Any) -> None:
+        self._write(
+            "INSERT INTO llm_calls (run_id, dialogue_id, turn_index, purpose, model, params_hash, cache_key, attempt,"
+            " prompt_tokens, completion_tokens, latency_ms, outcome, cost_usd, created_at) VALUES (:run_id,"
+            " :dialogue_id, :turn_index, :purpose, :model, :params_hash, :cache_key, :attempt, :prompt_tokens,"
+            " :completion_tokens, :latency_ms, :outcome, :cost_usd, :t)", {**f, "t": now()})
+
+    def schema_sql(self) -> list[str]:
+        """The schema as SQL (SQLite), for the migration test."""
+        rows = self._rows("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+                          " AND name NOT IN ('checkpoints', 'writes') ORDER BY name")
+        return [" ".join(r[0].split()) for r in rows]
+
+
+def _reason(e: Exception) -> str:
+    orig = getattr(e, "orig", None)
+    return str(orig or e).splitlines()[0]
+

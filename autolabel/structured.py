@@ -1,0 +1,62 @@
+"""Response models for instructor, built from the JSON Schemas a task spec generates.
+
+instructor wants a pydantic model. We give it one whose JSON Schema *is* the task's generated schema (so the model
+and the validator see the same schema) and whose validation *is* jsonschema Draft 2020-12 against that schema.
+A failure becomes a pydantic ``ValidationError`` carrying every jsonschema message with its path, which instructor
+sends back to the model as the re-ask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from typing import Any, ClassVar
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class SchemaAnswer(BaseModel):
+    """Base of generated response models: holds the raw answer dict, validated by jsonschema."""
+
+    model_config = ConfigDict(extra="allow")
+    json_schema_: ClassVar[dict[str, Any]] = {}
+    validator_: ClassVar[Draft202012Validator]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        errors = sorted(cls.validator_.iter_errors(data), key=lambda e: e.json_path)
+        if errors:
+            raise ValueError("; ".join(f"{e.json_path}: {e.message}" for e in errors[:8]))
+        return data
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return cls.json_schema_
+
+    def answer(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+def schema_digest(schema: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=256)
+def _model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
+    schema = json.loads(schema_json)
+    attrs = {"json_schema_": schema, "validator_": Draft202012Validator(schema), "__module__": __name__}
+    return type(name, (SchemaAnswer,), attrs)
+
+
+def response_model(name: str, schema: dict[str, Any]) -> type[SchemaAnswer]:
+    """The (cached) response model class for a JSON Schema."""
+    return _model_for(name, json.dumps(schema, sort_keys=True))
+
+
+def validation_errors(schema: dict[str, Any], value: Any) -> list[str]:
+    """Every jsonschema error of ``value`` against ``schema``, each with its JSON path."""
+    v = _model_for("Check", json.dumps(schema, sort_keys=True)).validator_
+    return [f"{e.json_path}: {e.message}" for e in sorted(v.iter_errors(value), key=lambda e: e.json_path)]

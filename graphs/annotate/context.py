@@ -1,0 +1,30 @@
+"""Run-time context of the ``annotate`` graph (LangGraph's ``context_schema``): what every node may use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autolabel.llm import LLMClient
+from autolabel.settings import Settings
+from autolabel.store import Store
+from autolabel.tasks import TaskSpec
+
+
+@dataclass
+class Context:
+    """Shared by every dialogue of a run. Nothing here is global: the run builds it and passes it in."""
+
+    task: TaskSpec
+    settings: Settings
+    llm: LLMClient
+    store: Store
+    run_id: str
+    model: str
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-field auto-accept thresholds (certified by ``autolabel calibrate``); default 0.5 when absent."""
+    calibrate: Callable[[str, dict[str, float]], float] | None = None
+    """Calibrated confidence of a field from its signals, when a calibrator is stored for this task and model."""
+    examples: Callable[[str, str, str], list[dict[str, Any]]] | None = None
+    """(role, language, text) -> reviewed examples similar to the turn, for few-shot prompts."""

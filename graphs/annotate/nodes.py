@@ -1,0 +1,324 @@
+"""Nodes of the ``annotate`` graph. Each takes the state (and the run's context) and returns an update."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from autolabel.errors import LLMError, RetryExhausted
+from autolabel.llm import CallTrace, option_probabilities
+from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.records import session_record, turn_record
+from autolabel.risk import detect_injection, detect_risk
+from autolabel.structured import validation_errors
+from autolabel.tasks import RoleFields
+from autolabel.text import detect_language, truncate
+from autolabel.graphs.annotate import prompts
+from autolabel.graphs.annotate.context import Context
+from autolabel.graphs.annotate.state import State, TurnState
+
+CRITIC_SCORE = {"agree": 1.0, "unsure": 0.5, "revise": 0.0}
+DEFAULT_THRESHOLD = 0.5
+
+
+# -- dialogue level ---------------------------------------------------------------------------------------
+
+async def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Detect the dialogue's language (it picks prompts and descriptions)."""
+    task = runtime.context.task
+    return {"language": detect_language([t.text for t in state["dialogue"].turns], task.languages)}
+
+
+def _fields(runtime: Runtime[Context], role: str | None) -> RoleFields | None:
+    return runtime.context.task.fields_for(role)
+
+
+def _messages(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
+    task, lang = ctx.task, state["language"]
+    window = ctx.settings.window if ctx.settings.window is not None else task.context.window
+    turn = state["dialogue"].turns[state["index"]]
+    similar = ctx.examples(fields.role, lang, turn.text) if ctx.examples else None
+    user = prompts.turn_user(state["dialogue"], state["index"], fields.role, window, task.context.max_turn_chars,
+                             lang, similar, task, fields)
+    return [{"role": "system", "content": prompts.label_system(task, fields, lang)},
+            {"role": "user", "content": user}], user
+
+
+def _trace(state: TurnState, purpose: str) -> CallTrace:
+    return CallTrace(purpose=purpose, dialogue_id=state["dialogue"].id, turn_index=state["index"])
+
+
+# -- turn level -------------------------------------------------------------------------------------------
+
+async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """One structured call: explanation first, then labels as option codes, validated (re-asked by instructor)."""
+    ctx = runtime.context
+    turn = state["dialogue"].turns[state["index"]]
+    role = ctx.task.role_of(turn.speaker)
+    fields = _fields(runtime, role)
+    if role is None:
+        return {"role": None, "failed": f"unknown_speaker: {turn.speaker!r} is not mapped to a role by the task"}
+    if fields is None:
+        return {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
+    messages, _ = _messages(state, ctx, fields)
+    schema = ctx.task.output_schema(fields)
+    trace = _trace(state, "label")
+    try:
+        result = await ctx.llm.structured(messages, schema, name=f"label_{role}", trace=trace)
+    except RetryExhausted as e:
+        return {"role": role, "failed": f"invalid_output: {e}", "raw": e.last_output or "",
+                "history": _history("label", trace, e)}
+    except LLMError as e:
+        return {"role": role, "failed": f"llm_error: {e}", "raw": "", "history": _history("label", trace, e)}
+    labels, texts = ctx.task.decode(fields, result.answer)
+    out: dict[str, Any] = {"role": role, "answer": result.answer, "raw": result.raw, "tokens": result.tokens,
+                           "labels": labels, "texts": texts, "history": _history("label", trace, None)}
+    if ctx.settings.samples > 1:
+        out["samples"] = await _samples(state, ctx, fields, messages, schema)
+    return out
+
+
+async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages: list[dict[str, str]],
+                   schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """k extra answers at temperature 0.7 with the options shown in a shuffled order (agreement signal)."""
+    answers = []
+    for k in range(1, ctx.settings.samples):
+        rng = random.Random(f"{state['dialogue'].id}:{state['index']}:{k}")
+        shuffled = RoleFields(fields.role, fields.texts, tuple(
+            f.model_copy(update={"options": tuple(rng.sample(list(f.options), len(f.options)))})
+            for f in fields.labels))
+        msgs = [{"role": "system", "content": prompts.label_system(ctx.task, shuffled, state["language"])},
+                messages[1]]
+        try:
+            r = await ctx.llm.structured(msgs, schema, name=f"sample_{fields.role}", trace=_trace(state, "sample"),
+                                         temperature=0.7, seed=k)
+        except LLMError:
+            continue
+        answers.append(r.answer)
+    return answers
+
+
+async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """A second call reviews label + explanation: agree / revise (with new labels) / unsure."""
+    ctx = runtime.context
+    fields = _fields(runtime, state["role"])
+    if fields is None or not ctx.settings.critique:
+        return {"critique": None}
+    messages, user = _messages(state, ctx, fields)
+    msgs = [{"role": "system", "content": prompts.critique_system(ctx.task, fields, state["language"])},
+            {"role": "user", "content": prompts.critique_user(user, state["answer"], state["language"])}]
+    trace = _trace(state, "critique")
+    history = list(state.get("history", []))
+    try:
+        result = await ctx.llm.structured(msgs, ctx.task.critique_schema(fields), name=f"critique_{fields.role}",
+                                          trace=trace)
+    except LLMError as e:
+        history += _history("critique", trace, e)
+        return {"critique": {"verdict": "unsure", "reason": f"critique failed: {e}", "revised": None},
+                "history": history}
+    crit = dict(result.answer)
+    history += _history("critique", trace, None)
+    update: dict[str, Any] = {"critique": crit, "history": history}
+    if crit["verdict"] == "revise" and crit.get("revised"):
+        revised = {**state["answer"], **crit["revised"]}
+        labels, _ = ctx.task.decode(fields, revised)
+        crit["proposed"] = state["labels"]
+        crit["revised"] = labels
+        update["labels"] = labels
+    return update
+
+
+async def validate(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Final gate: the labels against the generated schema, the record against annotation.schema.json."""
+    ctx = runtime.context
+    fields = _fields(runtime, state["role"])
+    if fields is None:
+        return {}
+    answer = {**state["answer"], **ctx.task.encode(fields, state["labels"])}
+    problems = validation_errors(ctx.task.output_schema(fields), answer)
+    if not problems:
+        probe = _turn_annotation(state, Status.ACCEPTED)
+        problems = _record_problems(ctx, probe)
+    return {"failed": f"invalid_output: {problems[0]}"} if problems else {}
+
+
+async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Confidence per field from the signals at hand, through the stored calibrator when there is one.
+
+    Without a calibrator the value is the mean of the available signals (option probability from logprobs,
+    the critic's verdict as 1 / 0.5 / 0, agreement of samples) — a documented placeholder, not a probability.
+    """
+    ctx = runtime.context
+    fields = _fields(runtime, state["role"])
+    if fields is None:
+        return {"confidence": {}}
+    crit = state.get("critique")
+    out: dict[str, Any] = {}
+    for f in fields.labels:
+        signals: dict[str, float] = {}
+        probs = option_probabilities(state.get("raw", ""), state.get("tokens"), f.name, f.multi)
+        if probs:
+            signals["logprob"] = min(probs.values())
+        if crit is not None:
+            signals["critic"] = CRITIC_SCORE[crit["verdict"]]
+        if state.get("samples"):
+            signals["sample_agreement"] = _agreement(state["labels"].get(f.name), ctx, fields, f.name,
+                                                     state["samples"])
+        value = ctx.calibrate(f.name, signals) if ctx.calibrate else (
+            sum(signals.values()) / len(signals) if signals else 0.0)
+        out[f.name] = FieldConfidence(value=min(1.0, max(0.0, value)), signals=signals)
+    return {"confidence": out}
+
+
+def _agreement(value: Any, ctx: Context, fields: RoleFields, name: str, samples: list[dict[str, Any]]) -> float:
+    field = next(f for f in fields.labels if f.name == name)
+    mine = set(value if isinstance(value, list) else [value])
+    same = 0
+    for s in samples:
+        v = s.get(name)
+        theirs = {field.name_of(c) for c in (v if isinstance(v, list) else [v])}
+        same += theirs == mine
+    return same / len(samples)
+
+
+async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Accept, or flag with reasons; failures keep their reason and last raw output."""
+    ctx = runtime.context
+    if state.get("failed"):
+        return {"turns": [_turn_annotation(state, Status.FAILED)]}
+    flags = _content_flags(state, ctx)
+    crit = state.get("critique")
+    if crit is not None and crit["verdict"] == "revise":
+        flags.append("critic_disagrees")
+    elif crit is not None and crit["verdict"] == "unsure":
+        flags.append("critic_unsure")
+    for name, conf in state.get("confidence", {}).items():
+        if conf.value < ctx.thresholds.get(name, DEFAULT_THRESHOLD):
+            flags.append(f"low_confidence:{name}")
+        if conf.signals.get("sample_agreement", 1.0) < 1.0:
+            flags.append("sample_disagreement")
+    status = Status.FLAGGED if flags else Status.ACCEPTED
+    return {"turns": [_turn_annotation({**state, "flags": flags}, status)]}
+
+
+def _content_flags(state: TurnState, ctx: Context) -> list[str]:
+    turn = state["dialogue"].turns[state["index"]]
+    flags = []
+    if detect_risk(turn.text, state["language"]):
+        flags.append("risk_content")
+    if detect_injection(turn.text):
+        flags.append("prompt_injection")
+    if truncate(turn.text, ctx.task.context.max_turn_chars)[1]:
+        flags.append("truncated_input")
+    return flags
+
+
+def _turn_annotation(state: TurnState, status: Status) -> TurnAnnotation:
+    turn = state["dialogue"].turns[state["index"]]
+    failed = status == Status.FAILED
+    return TurnAnnotation(
+        dialogue_id=state["dialogue"].id, turn_index=state["index"], speaker=turn.speaker, role=state.get("role"),
+        status=status, labels={} if failed else state.get("labels", {}), texts={} if failed else state.get("texts", {}),
+        critique=state.get("critique"), confidence={} if failed else state.get("confidence", {}),
+        flags=list(dict.fromkeys(state.get("flags", []))), error=state.get("failed"),
+        raw_output=state.get("raw") if failed else None, attempts=len(state.get("history", [])),
+        history=state.get("history", []))
+
+
+def _record_problems(ctx: Context, ann: TurnAnnotation) -> list[str]:
+    from autolabel.records import record_problems
+
+    rec = turn_record(ann, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language="en", text=None)
+    return record_problems(rec, ctx.task)
+
+
+def _history(stage: str, trace: CallTrace, error: Exception | None) -> list[dict[str, Any]]:
+    n = len(trace.outputs)
+    out = [{"stage": stage, "raw": raw, "error": None if i == n - 1 and error is None else "rejected"}
+           for i, raw in enumerate(trace.outputs)]
+    if error is not None:
+        if out:
+            out[-1]["error"] = str(error)
+        else:
+            out.append({"stage": stage, "raw": None, "error": str(error)})
+    return out
+
+
+# -- session level ----------------------------------------------------------------------------------------
+
+async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Session-level labels and texts (e.g. psychotherapy, topic, summary) from the whole dialogue."""
+    ctx = runtime.context
+    fields = ctx.task.session_fields()
+    d = state["dialogue"]
+    if fields is None:
+        return {"session": None}
+    lang = state["language"]
+    user, truncated = prompts.session_user(d, ctx.task.context.max_turn_chars, lang)
+    msgs = [{"role": "system", "content": prompts.session_system(ctx.task, fields, lang)},
+            {"role": "user", "content": user}]
+    trace = CallTrace(purpose="session", dialogue_id=d.id)
+    try:
+        r = await ctx.llm.structured(msgs, ctx.task.output_schema(fields), name="session", trace=trace)
+    except RetryExhausted as e:
+        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"invalid_output: {e}",
+                                             raw_output=e.last_output)}
+    except LLMError as e:
+        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"llm_error: {e}")}
+    labels, texts = ctx.task.decode(fields, r.answer)
+    conf = {}
+    flags = ["truncated_input"] if truncated else []
+    for f in fields.labels:
+        probs = option_probabilities(r.raw, r.tokens, f.name, f.multi)
+        signals = {"logprob": min(probs.values())} if probs else {}
+        value = ctx.calibrate(f.name, signals) if ctx.calibrate else (
+            sum(signals.values()) / len(signals) if signals else 0.0)
+        conf[f.name] = FieldConfidence(value=min(1.0, max(0.0, value)), signals=signals)
+        if value < ctx.thresholds.get(f.name, DEFAULT_THRESHOLD):
+            flags.append(f"low_confidence:{f.name}")
+    status = Status.FLAGGED if flags else Status.ACCEPTED
+    return {"session": SessionAnnotation(dialogue_id=d.id, status=status, labels=labels, texts=texts,
+                                         confidence=conf, flags=flags)}
+
+
+async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Persist the dialogue in one transaction: turns, every attempt, final records, review items."""
+    ctx = runtime.context
+    d, lang = state["dialogue"], state["language"]
+    by_index = {t.turn_index: t for t in state.get("turns", [])}
+    turns, annotations, review = [], [], []
+    for t in d.turns:
+        ann = by_index.get(t.index) or TurnAnnotation(
+            dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
+            status=Status.FAILED, error="lost: the turn produced no result")
+        turns.append({"turn_index": t.index, "speaker": t.speaker, "role": ann.role, "text": t.text,
+                      "meta": t.meta, "status": ann.status.value})
+        for i, h in enumerate(ann.history):
+            if h["error"] is not None:
+                annotations.append({"kind": "turn", "turn_index": t.index, "attempt": i + 1, "is_final": False,
+                                    "valid": False, "status": "rejected", "record": h})
+        rec = turn_record(ann, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang, text=None)
+        annotations.append({"kind": "turn", "turn_index": t.index, "attempt": 0, "is_final": True,
+                            "valid": ann.status != Status.FAILED, "status": ann.status.value, "record": rec})
+        if ann.status == Status.FLAGGED:
+            review.append({"kind": "turn", "turn_index": t.index, "reasons": ann.flags,
+                           "priority": _priority(ann.flags, ann.confidence), "proposal": rec})
+    s = state.get("session")
+    if s is not None:
+        rec = session_record(s, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang)
+        annotations.append({"kind": "session", "turn_index": -1, "attempt": 0, "is_final": True,
+                            "valid": s.status != Status.FAILED, "status": s.status.value, "record": rec})
+        if s.status == Status.FLAGGED:
+            review.append({"kind": "session", "turn_index": -1, "reasons": s.flags,
+                           "priority": _priority(s.flags, s.confidence), "proposal": rec})
+    ctx.store.save_dialogue(ctx.run_id, d.id, turns=turns, annotations=annotations, review_items=review,
+                            task=ctx.task, language=lang)
+    return {}
+
+
+def _priority(flags: list[str], confidence: dict[str, FieldConfidence]) -> float:
+    """Lower is reviewed first: risk content before everything, then the lowest confidence."""
+    low = min((c.value for c in confidence.values()), default=0.0)
+    return low - 10.0 if "risk_content" in flags else low

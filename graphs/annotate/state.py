@@ -1,0 +1,61 @@
+"""State of the ``annotate`` graph: one thread per dialogue, one ``Send`` per turn."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any
+
+from typing_extensions import TypedDict
+
+from autolabel.models import Dialogue, SessionAnnotation, TurnAnnotation
+
+
+class InputState(TypedDict):
+    """What a run hands the graph: the dialogue to annotate."""
+
+    dialogue: Dialogue
+
+
+class State(InputState, total=False):
+    """The whole dialogue thread."""
+
+    language: str
+    """``en`` or ``zh``: picks the prompts and the descriptions shown to the model."""
+    turns: Annotated[list[TurnAnnotation], operator.add]
+    """One final annotation per turn; the ``Send`` branches append here in any order."""
+    session: SessionAnnotation | None
+    """Session-level labels and texts, when the task has any."""
+
+
+class TurnInput(TypedDict):
+    """What one ``Send`` branch gets: the dialogue, which turn, and the language."""
+
+    dialogue: Dialogue
+    index: int
+    language: str
+
+
+class TurnState(TurnInput, total=False):
+    """The per-turn pipeline: label → critique → validate → score → route."""
+
+    role: str | None
+    answer: dict[str, Any]
+    """The model's validated answer (option codes and texts)."""
+    raw: str
+    tokens: list[tuple[str, float]] | None
+    critique: dict[str, Any] | None
+    samples: list[dict[str, Any]]
+    labels: dict[str, Any]
+    texts: dict[str, str]
+    confidence: dict[str, Any]
+    flags: list[str]
+    failed: str | None
+    """Why the turn failed (``invalid_output: ...``, ``llm_error: ...``), or None."""
+    history: list[dict[str, Any]]
+    turns: Annotated[list[TurnAnnotation], operator.add]
+
+
+class TurnOutput(TypedDict):
+    """What the per-turn pipeline hands back to the dialogue thread."""
+
+    turns: Annotated[list[TurnAnnotation], operator.add]
