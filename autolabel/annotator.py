@@ -73,9 +73,8 @@ class Annotator:
 
     # -- async API -----------------------------------------------------------------------------------------
     async def aannotate(self, dialogue: Dialogue) -> DialogueResult:
-        async for result in self.aannotate_many([dialogue], input_name=f"api:{dialogue.id}"):
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        results = [r async for r in self.aannotate_many([dialogue], input_name=f"api:{dialogue.id}")]
+        return results[0]
 
     async def aannotate_many(self, dialogues: Iterable[Dialogue], *, input_name: str = "api",
                              progress: Progress | None = None, summary: RunSummary | None = None

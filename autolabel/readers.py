@@ -1,14 +1,12 @@
 """Streaming readers for dialogue files: JSONL, CSV, Psy-Insight JSON and JSON lists of ``{id, turns}``.
 
-Each format has a record reader that holds one record in memory at a time and yields ``(line, record)`` or an
-InputError; :func:`read_dialogues` turns records into Dialogues. ``line`` is the physical 1-based line for
-JSONL and CSV (for CSV where a dialogue's first row starts), the 1-based record index for JSON lists, and
-None for a file-level problem (raised whatever ``on_error`` is).
+A record reader per format holds one record at a time and yields ``(line, record)`` or an InputError, where
+``line`` is the physical 1-based line for JSONL and CSV (for CSV the line a row starts on), the 1-based
+record index for JSON lists, and None for a file-level problem (raised whatever ``on_error`` is).
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import re
@@ -17,9 +15,7 @@ from enum import Enum
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import IO, Any, NamedTuple
-
-from pydantic import ValidationError
+from typing import IO, Any, NamedTuple, cast
 
 from autolabel.errors import InputError
 from autolabel.models import Dialogue, Turn
@@ -109,10 +105,7 @@ def _dialogue(record: Any, shape: _Shape, source: str, line: int) -> Dialogue:
         meta = {k: v for k, v in raw.items() if k not in (speaker_key, text_key)}
         turns.append(Turn(index=index, speaker=speaker, text=text, meta=meta))
     meta = {k: v for k, v in record.items() if k not in (id_key, shape.turns_key)}
-    try:
-        return Dialogue(id=dialogue_id, turns=tuple(turns), meta=meta, source=f"{source}:{line}")
-    except ValidationError as exc:
-        raise InputError(source, line, f"invalid dialogue: {exc}") from None
+    return Dialogue(id=dialogue_id, turns=tuple(turns), meta=meta, source=f"{source}:{line}")
 
 
 def _jsonl_records(fh: IO[str], source: str) -> _Records:
@@ -158,38 +151,39 @@ def _csv_header(rows: Iterator[tuple[int, list[str] | InputError]], source: str)
     return names
 
 
-def _csv_turn(row: list[str], names: list[str], turns: dict[int, dict[str, str]], source: str, line: int) -> None:
+def _csv_turn(row: list[str], names: list[str], turns: dict[int, dict[str, Any]], source: str,
+              line: int) -> None:
+    """Check one row and add it to ``turns``; the original ``turn_index`` stays in the turn's meta."""
     if len(row) != len(names):
         raise InputError(source, line, f"expected {len(names)} fields, got {len(row)}")
-    cells = dict(zip(names, row, strict=True))
+    cells: dict[str, Any] = dict(zip(names, row, strict=True))
     for name, value in cells.items():
-        if _bad_unicode_at(value) is not None:
-            raise InputError(source, line, f"invalid UTF-8 at character {_bad_unicode_at(value)}", name)
+        if (column := _bad_unicode_at(value)) is not None:
+            raise InputError(source, line, f"invalid UTF-8 at character {column}", name)
+    raw_index = cells["turn_index"]
     try:
-        index = int(cells["turn_index"].strip())
+        cells["turn_index"] = index = int(raw_index.strip())
     except ValueError:
-        raise InputError(source, line, f"not an integer: {cells['turn_index'][:20]!r}", "turn_index") from None
+        raise InputError(source, line, f"not an integer: {raw_index[:20]!r}", "turn_index") from None
     if index in turns:
         raise InputError(source, line, f"turn {index} appears twice in this dialogue", "turn_index")
     _string(cells, "speaker", "speaker", source, line)
     _string(cells, "text", "text", source, line)
-    turns[index] = {k: v for k, v in cells.items() if k not in ("dialogue_id", "turn_index")}
+    turns[index] = {k: v for k, v in cells.items() if k != "dialogue_id"}
 
 
 def _csv_id(id_column: int, item: tuple[int, list[str] | InputError]) -> str | None:
     """The dialogue id of a row; None for a row that is an error or has no usable id."""
-    row = item[1]
-    if isinstance(row, InputError) or id_column >= len(row) or not row[id_column].strip():
-        return None
-    return None if _bad_unicode_at(row[id_column]) else row[id_column]
+    row_id = item[1][id_column] if isinstance(item[1], list) and id_column < len(item[1]) else ""
+    return row_id if row_id.strip() and _bad_unicode_at(row_id) is None else None
 
 
 def _csv_dialogue(dialogue_id: str, rows: Iterator[tuple[int, list[str] | InputError]], names: list[str],
                   started: dict[str, int], source: str) -> _Records:
     """One dialogue from its contiguous rows, or the first error in them."""
-    turns: dict[int, dict[str, str]] = {}
+    turns: dict[int, dict[str, Any]] = {}
     first = 0
-    for line, row in rows:
+    for line, row in cast(Iterator[tuple[int, list[str]]], rows):  # a row with an id is a list
         if not first:
             first = started.setdefault(dialogue_id, line)
             if first != line:
@@ -197,7 +191,7 @@ def _csv_dialogue(dialogue_id: str, rows: Iterator[tuple[int, list[str] | InputE
                                  f"contiguous (first seen at line {first})", "dialogue_id")
                 return
         try:
-            _csv_turn(row, names, turns, source, line)  # type: ignore[arg-type]  # rows with an id are lists
+            _csv_turn(row, names, turns, source, line)
         except InputError as exc:
             yield exc
             return
@@ -207,7 +201,7 @@ def _csv_dialogue(dialogue_id: str, rows: Iterator[tuple[int, list[str] | InputE
 def _csv_records(fh: IO[str], source: str) -> _Records:
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
-    rows = _csv_rows(csv.reader(fh), source)
+    rows = _csv_rows(csv.reader(fh, strict=True), source)
     try:
         names = _csv_header(rows, source)
     except InputError as exc:
@@ -235,16 +229,16 @@ class _Chars:
         while not self.eof:
             raw = self._fh.read(max(_CHUNK, len(self.buf) - self.pos))
             data = self._pending + raw
-            if not self._started:
-                self._started, data = True, data.removeprefix(codecs.BOM_UTF8)
             try:
                 text, self._pending = data.decode("utf-8"), b""
             except UnicodeDecodeError as exc:  # a character cut by the chunk boundary, or a bad byte
                 text, self._pending = data[: exc.start].decode("utf-8"), data[exc.start:]
                 self.bad_utf8 = self.eof = not raw or exc.reason != "unexpected end of data"
             self.eof = self.eof or not raw
-            self.buf, self.pos = self.buf[self.pos:] + text, 0
-            if text:
+            if text and not self._started:
+                self._started, text = True, text.removeprefix("\ufeff")
+            if text:  # the buffer only changes when text comes, so a caller's offsets stay valid otherwise
+                self.buf, self.pos = self.buf[self.pos:] + text, 0
                 return True
         return False
 
@@ -307,21 +301,16 @@ def _json_records(fh: IO[bytes], source: str) -> _Records:
             yield fail(index + 1, "expected ',' or ']' after the record" if after else "truncated JSON list")
             return
         chars.pos += 1
-    if chars.peek():
+    if chars.peek() or chars.bad_utf8:
         yield fail(None, "unexpected data after the end of the JSON list")
 
 
-class _Reader(NamedTuple):
-    records: Callable[[Any, str], _Records]
-    shape: _Shape
-    newline: str | None  # None: binary
-
-
-_READERS = {
-    InputFormat.JSONL: _Reader(_jsonl_records, _RECORD, "\n"),
-    InputFormat.CSV: _Reader(_csv_records, _RECORD, ""),
-    InputFormat.PSY_INSIGHT: _Reader(_json_records, _PSY, None),
-    InputFormat.JSON: _Reader(_json_records, _RECORD, None),
+_Reader = tuple[Callable[[Any, str], _Records], _Shape, str | None]  # records, shape, newline (None: binary)
+_READERS: dict[InputFormat, _Reader] = {
+    InputFormat.JSONL: (_jsonl_records, _RECORD, "\n"),
+    InputFormat.CSV: (_csv_records, _RECORD, ""),
+    InputFormat.PSY_INSIGHT: (_json_records, _PSY, None),
+    InputFormat.JSON: (_json_records, _RECORD, None),
 }
 _EXTENSIONS = {".jsonl": InputFormat.JSONL, ".ndjson": InputFormat.JSONL, ".csv": InputFormat.CSV}
 
@@ -370,13 +359,14 @@ def read_dialogues(path: str | Path, *, format: InputFormat | None = None,
 
 def _dialogues(path: Path, source: str, reader: _Reader,
                on_error: Callable[[InputError], None] | None) -> Iterator[Dialogue]:
+    records, shape, newline = reader
     first_line: dict[str, int] = {}
-    with _open(path, source, reader.newline) as fh:
-        for item in reader.records(fh, source):
+    with _open(path, source, newline) as fh:
+        for item in records(fh, source):
             if isinstance(item, tuple):
                 line, record = item
                 try:
-                    dialogue = _dialogue(record, reader.shape, source, line)
+                    dialogue = _dialogue(record, shape, source, line)
                 except InputError as exc:
                     item = exc
                 else:
@@ -385,7 +375,7 @@ def _dialogues(path: Path, source: str, reader: _Reader,
                         yield dialogue
                         continue
                     item = InputError(source, line, f"duplicate dialogue id {dialogue.id!r} (first at line "
-                                      f"{first_line[dialogue.id]})", reader.shape.id_keys[0])
+                                      f"{first_line[dialogue.id]})", shape.id_keys[0])
             if on_error is None:
                 raise item
             on_error(item)

@@ -176,7 +176,7 @@ class Store:
                         " proposal_json, status, version, required_reviews, created_at, updated_at) VALUES"
                         " (:r, :d, :kind, :i, :priority, :reasons, :proposal, 'pending', 1, :req, :t, :t)"),
                         [{**key, "kind": x["kind"], "i": x["turn_index"], "priority": x["priority"],
-                          "reasons": json.dumps(x["reasons"]), "req": x.get("required_reviews", 1),
+                          "reasons": json.dumps(x["reasons"]), "req": x.get("required_reviews", 1), "t": t,
                           "proposal": json.dumps(x["proposal"], ensure_ascii=False)} for x in review_items])
                 conn.execute(text("UPDATE dialogues SET status='done', language=:l, updated_at=:t WHERE run_id=:r"
                                   " AND dialogue_id=:d"), {**key, "t": t, "l": language})

@@ -206,7 +206,7 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
 def _content_flags(state: TurnState, ctx: Context) -> list[str]:
     turn = state["dialogue"].turns[state["index"]]
     flags = []
-    if detect_risk(turn.text, state["language"]):
+    if detect_risk(turn.text, None):  # both tables: turns mix languages
         flags.append("risk_content")
     if detect_injection(turn.text):
         flags.append("prompt_injection")
