@@ -190,10 +190,13 @@ class Annotator:
 
     async def _one(self, run: RunState, d: Dialogue) -> DialogueResult:
         store = self._ctx.store
-        if store.dialogue_status(run.run_id, d.id) == "done":
+        # every store call from async code goes through a thread: the checkpointer's aiosqlite transactions must
+        # be able to commit while we wait for SQLite's lock
+        if await asyncio.to_thread(store.dialogue_status, run.run_id, d.id) == "done":
             run.summary.skipped_dialogues += 1
-            return _stored_result(store, run.run_id, d.id)
-        store.mark_running(run.run_id, d.id, language="", n_turns=len(d.turns), meta=d.meta, source=d.source)
+            return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
+        await asyncio.to_thread(store.mark_running, run.run_id, d.id, language="", n_turns=len(d.turns),
+                                meta=d.meta, source=d.source)
         thread = f"{run.run_id}:{d.id}"
         config: dict[str, Any] = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
                                   "recursion_limit": 50}
@@ -201,7 +204,7 @@ class Annotator:
         inp = None if snapshot.next else {"dialogue": d}
         await self._graph.ainvoke(inp, config, context=self._ctx)
         await self._saver.adelete_thread(thread)
-        return _stored_result(store, run.run_id, d.id)
+        return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
 
     def _count(self, run: RunState, r: DialogueResult) -> None:
         s = run.summary
@@ -255,5 +258,6 @@ def _stored_result(store: Store, run_id: str, dialogue_id: str) -> DialogueResul
             session = SessionAnnotation(**common)
         else:
             turns.append(TurnAnnotation(turn_index=rec["turn_index"], speaker=rec["speaker"], role=rec["role"],
-                                        critique=rec.get("critique"), **common))
+                                        critique=rec.get("critique"), attempts=rec.get("attempts", 0),
+                                        **common))
     return DialogueResult(dialogue_id=dialogue_id, language=language, turns=turns, session=session)

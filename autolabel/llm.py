@@ -229,7 +229,7 @@ class LLMClient:
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
                                         "completion_tokens": trace.completion_tokens},
-                                 detail=_first_line(str(e))) from None
+                                 detail=_validation_detail(e)) from None
         completion = trace.last
         raw = trace.outputs[-1] if trace.outputs else ""
         return Structured(parsed.answer(), raw, _token_logprobs(completion), trace)
@@ -239,7 +239,7 @@ class LLMClient:
             kwargs.setdefault("logprobs", True)
             kwargs.setdefault("top_logprobs", 5)
         key = cache_key(self.backend.model, kwargs)
-        cached = self.calls.cache_get(key) if self.settings.cache else None
+        cached = await asyncio.to_thread(self.calls.cache_get, key) if self.settings.cache else None
         if cached is not None:
             completion = ChatCompletion.model_validate(cached)
             _trace.cache_hits += 1
@@ -248,7 +248,8 @@ class LLMClient:
             return completion
         completion = await self._call_with_retries(kwargs, key, _trace)
         if self.settings.cache:
-            self.calls.cache_put(key, self.backend.model, completion.model_dump(mode="json", exclude_unset=True))
+            dumped = completion.model_dump(mode="json", exclude_unset=True)
+            await asyncio.to_thread(self.calls.cache_put, key, self.backend.model, dumped)
         self._record(_trace, completion, counted=True)
         return completion
 
@@ -311,8 +312,8 @@ class LLMClient:
                 c = usage.completion_tokens if usage else 0
                 trace.calls += 1
                 self.totals.calls += 1
-                self.calls.log_call(
-                    run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
+                await asyncio.to_thread(
+                    self.calls.log_call, run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
                     purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
                     cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
                     latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
@@ -323,6 +324,17 @@ class LLMClient:
 def _params_hash(kwargs: dict[str, Any]) -> str:
     params = {k: v for k, v in kwargs.items() if k != "messages"}
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _validation_detail(e: InstructorRetryException) -> str:
+    """The last attempt's validation messages (our jsonschema paths), without pydantic's boilerplate."""
+    attempts = getattr(e, "failed_attempts", None) or []
+    exc = attempts[-1].exception if attempts else e
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        msgs = [str(err.get("msg", "")).removeprefix("Value error, ") for err in errors()]
+        return "; ".join(m for m in msgs if m)[:500] or type(exc).__name__
+    return _first_line(str(exc)) or type(exc).__name__
 
 
 def _first_line(text: str) -> str:

@@ -91,8 +91,31 @@ def m001_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def m003_calibration(conn: Connection) -> None:
+    """Fitted calibrators and certified auto-accept thresholds, per (task, task hash, model, field).
+
+    ``threshold`` is NULL when nothing could be certified (too little data, or no threshold meets alpha):
+    routing then flags every label of that field. ``calibrator_json`` is NULL when no calibrator could be
+    fitted and the raw score (the mean of the signals) was certified instead.
+    """
+    md = MetaData()
+    Table("calibrators", md, _id(),
+          Column("task_name", Text, nullable=False), Column("task_hash", Text, nullable=False),
+          Column("model", Text, nullable=False), Column("field", Text, nullable=False),
+          Column("method", Text, nullable=False), Column("calibrator_json", Text),
+          Column("threshold", Float),
+          Column("alpha", Float, nullable=False), Column("delta", Float, nullable=False),
+          Column("n", Integer, nullable=False), Column("k", Integer, nullable=False),
+          Column("upper_bound", Float, nullable=False), Column("coverage", Float, nullable=False),
+          Column("reason", Text, nullable=False), Column("created_at", Text, nullable=False))
+    t = md.tables["calibrators"]
+    Index("ix_calibrators_lookup", t.c.task_name, t.c.task_hash, t.c.model, t.c.field)
+    md.create_all(conn)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
+    ("003_calibration", m003_calibration),
 ]
 
 

@@ -52,7 +52,7 @@ def turn_record(ann: TurnAnnotation, *, run_id: str, task: TaskSpec, model: str,
         "labels": ann.labels, "texts": ann.texts,
         "confidence": {k: v.model_dump() for k, v in ann.confidence.items()},
         "flags": list(dict.fromkeys(ann.flags)), "critique": ann.critique, "error": ann.error,
-        "raw_output": ann.raw_output,
+        "raw_output": ann.raw_output, "attempts": ann.attempts,
     }
     if text is not None:
         rec["text"] = text

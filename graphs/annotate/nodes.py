@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -313,7 +314,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if s.status == Status.FLAGGED:
             review.append({"kind": "session", "turn_index": -1, "reasons": s.flags,
                            "priority": _priority(s.flags, s.confidence), "proposal": rec})
-    ctx.store.save_dialogue(ctx.run_id, d.id, turns=turns, annotations=annotations, review_items=review,
+    await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations, review_items=review,
                             task=ctx.task, language=lang)
     return {}
 
