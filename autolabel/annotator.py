@@ -182,7 +182,11 @@ class Annotator:
             async with _checkpointer(s.db) as saver:
                 self._graph = build_graph().compile(checkpointer=saver)
                 self._saver = saver
-                self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model)
+                from .evaluate import load_routing  # here: scikit-learn loads only when a run starts
+
+                thresholds, calibrate = load_routing(store, self.task, s.model)
+                self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
+                                    thresholds=thresholds, calibrate=calibrate)
                 yield RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic())
         finally:
             await backend.aclose()

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompletedProcess, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
@@ -138,7 +138,7 @@ def _run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tu
         raise InputError(str(input), None, "no such file")
     _, total_turns = count_input(input)
     errors: list[InputError] = []
-    columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompletedProcess(), TextColumn("turns"),
+    columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
                TextColumn("{task.fields[rate]:.1f} turns/s"), TextColumn("tokens {task.fields[tokens]:,}"),
                TextColumn("flagged {task.fields[flagged]}"), TextColumn("${task.fields[cost]:.4f}"),
                TimeElapsedColumn()]
@@ -155,16 +155,18 @@ def _run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tu
 
 
 def _print_summary(s: RunSummary) -> None:
-    table = Table(title=f"run {s.run_id}", show_header=True)
-    for col in ("dialogues", "turns", "accepted", "flagged", "failed", "calls", "cache hits", "prompt tokens",
-                "completion tokens", "cost $", "seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(str(s.dialogues), str(s.turns), str(s.accepted), str(s.flagged), str(s.failed), str(s.calls),
-                  str(s.cache_hits), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}", f"{s.cost_usd:.4f}",
-                  f"{s.seconds:.1f}")
+    table = Table("", "", title=f"run {s.run_id}", show_header=False)
+    rows = [("dialogues", s.dialogues), ("turns", s.turns), ("accepted", s.accepted), ("flagged", s.flagged),
+            ("failed", s.failed), ("calls", s.calls), ("cache hits", s.cache_hits),
+            ("prompt tokens", f"{s.prompt_tokens:,}"), ("completion tokens", f"{s.completion_tokens:,}"),
+            ("cost (USD)", f"{s.cost_usd:.4f}"), ("seconds", f"{s.seconds:.1f}")]
+    for k, v in rows:
+        table.add_row(k, str(v))
     out.print(table)
     if s.skipped_dialogues:
         out.print(f"{s.skipped_dialogues} dialogue(s) were already done in this run (resumed).")
+    if s.stopped_reason:
+        out.print(f"stopped: {s.stopped_reason}")
     out.print(f"results: {s.db}")
 
 
@@ -183,10 +185,72 @@ def export_cmd(
     out.print(f"wrote {n} records to {out_path}")
 
 
+# -- eval and calibrate -----------------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@app.command("eval")
+def eval_cmd(
+    db: Annotated[str, typer.Option(help="SQLite file or postgresql:// URL.")] = "autolabel.db",
+    gold: Annotated[Path | None, typer.Option(help="Gold labels: an input file with gold keys (e.g. Psy-Insight "
+                                                   ".json); default: the store's reviewed items.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json and report.html.")]
+    = Path("report"),
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (by dialogue) for the 95% intervals.")] = 1000,
+) -> None:
+    """Evaluate a run against gold: label quality, coverage, confidence quality; JSON + HTML report."""
+    from .evaluate import evaluate
+    from .report import summary_rows
+
+    report = evaluate(db, gold, run_id=run_id, out_dir=out_dir, n_boot=n_boot)
+    table = Table(title=f"run {report['run']['id']} against {report['gold']['source']}")
+    for col in ("field", "n", "accuracy*", "macro-F1", "AUROC", "ECE", "error recall@20%"):
+        table.add_column(col, justify="left" if col == "field" else "right")
+    for r in summary_rows(report):
+        table.add_row(r["field"], str(r["n"]), *(_fmt(r[k]) for k in ("accuracy", "macro_f1", "auroc", "ece",
+                                                                        "error_recall_20")))
+    out.print(table)
+    out.print("* exact match for multi-label fields", style="dim")
+    for kind, c in report["coverage"].items():
+        if c["total"]:
+            out.print(f"{kind}s: {c['accepted']} accepted, {c['flagged']} flagged, {c['reviewed']} reviewed, "
+                      f"{c['failed']} failed of {c['total']}")
+    out.print(f"report: {report['files']['html']}\n        {report['files']['json']}", markup=False)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    db: Annotated[str, typer.Option(help="SQLite file or postgresql:// URL.")] = "autolabel.db",
+    gold: Annotated[Path | None, typer.Option(help="Gold labels: an input file with gold keys; default: the "
+                                                   "store's reviewed items.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    alpha: Annotated[float, typer.Option(help="Tolerated error rate among auto-accepted labels.")] = 0.1,
+    delta: Annotated[float, typer.Option(help="Allowed probability that the guarantee fails.")] = 0.05,
+    method: Annotated[str, typer.Option(help="Calibrator: auto, isotonic or logistic.")] = "auto",
+    min_n: Annotated[int, typer.Option(help="Fewest labels above a threshold for it to be tested.")] = 30,
+) -> None:
+    """Fit a calibrator per field and certify its auto-accept threshold; later runs route with them."""
+    from .evaluate import calibrate
+
+    results = calibrate(db, gold, run_id=run_id, alpha=alpha, delta=delta, method=method, min_n=min_n)
+    table = Table(title="certified auto-accept thresholds (Clopper–Pearson, fixed-sequence)")
+    for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage", "reason"):
+        table.add_column(col, justify="left" if col in ("field", "method", "reason") else "right")
+    for r in results:
+        table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]), str(r["k"]),
+                      _fmt(r["upper_bound"]), "none: flag all" if r["threshold"] is None else _fmt(r["threshold"]),
+                      _fmt(r["coverage"]), r["reason"])
+    out.print(table)
+
+
 def main() -> None:
     """Console entry point: library errors become one line on stderr and an exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except AutolabelError as e:
         if STATE["debug"]:
             raise

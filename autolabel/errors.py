@@ -7,7 +7,9 @@ The hierarchy::
     ├── InputError(source, line, detail, field) a dialogue record that cannot be read (file + line/record)
     ├── ConfigError(detail)                     settings that cannot work (missing key, bad --model, bad URL)
     ├── StoreError(detail)                      the database cannot be opened or written (read-only, disk full)
-    ├── LLMError(detail)                        the endpoint failed for good (unreachable, 4xx, deadline passed)
+    ├── LLMError(detail)                        the endpoint failed for good (unreachable, auth, deadline passed):
+    │   │                                        the run stops and can be resumed
+    │   ├── RequestRefused(detail)              the endpoint refused one request (HTTP 400): that item fails
     │   └── RetryExhausted(attempts, last_output, usage)  valid output never came after the re-asks
     ├── BudgetExceeded(spent, limit)            ``--max-cost`` would be passed; the run stopped cleanly
     └── ReviewError(detail)                     a review-queue action refused (stale version, lease lost, ...)
@@ -79,6 +81,10 @@ class LLMError(AutolabelError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
+
+
+class RequestRefused(LLMError):
+    """The endpoint refused one request (e.g. HTTP 400, prompt too long): the item fails, the run goes on."""
 
 
 class RetryExhausted(LLMError):

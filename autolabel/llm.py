@@ -36,11 +36,26 @@ from instructor.core.exceptions import InstructorRetryException
 from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .errors import ConfigError, LLMError, RetryExhausted
+from .errors import ConfigError, LLMError, RequestRefused, RetryExhausted
 from .settings import Settings
 from .structured import response_model, schema_digest
 
 log = logging.getLogger(__name__)
+
+
+class _PayloadsToDebug(logging.Filter):
+    """instructor logs failed attempts at ERROR with the model's output, which can quote dialogue text.
+    Those records are demoted to DEBUG so that nothing of the dialogue shows at the default level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+for _name in ("instructor", "instructor.v2", "instructor.v2.retry", "instructor.v2.core.retry",
+              "instructor.v2.core.patch"):
+    logging.getLogger(_name).addFilter(_PayloadsToDebug())
 
 
 class BackendKind(str, Enum):
@@ -226,6 +241,8 @@ class LLMClient:
             parsed = await self._create(response_model=model_cls, messages=messages,
                                         max_retries=self.settings.max_reasks, _trace=trace, **params)
         except InstructorRetryException as e:
+            if isinstance(e.__cause__, LLMError):  # the endpoint failed, not the output: not a re-ask matter
+                raise e.__cause__ from None
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
                                         "completion_tokens": trace.completion_tokens},
@@ -282,7 +299,7 @@ class LLMClient:
                 self.logprobs = False
                 kwargs = {k: v for k, v in kwargs.items() if k not in ("logprobs", "top_logprobs")}
                 return await self._call_with_retries(kwargs, cache_key(self.backend.model, kwargs), trace)
-            raise LLMError(f"the endpoint refused the request: {_first_line(str(e))}") from None
+            raise RequestRefused(f"the endpoint refused the request: {_first_line(str(e))}") from None
         except openai.AuthenticationError as e:
             raise LLMError(f"the endpoint refused the API key ({e.status_code})") from None
         except openai.NotFoundError as e:

@@ -91,6 +91,63 @@ def m001_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def m002_review(conn: Connection) -> None:
+    """The review queue's own state: reviewers, reviews, skips, the append-only audit log, and gold labels.
+
+    ``review_audit`` refuses UPDATE and DELETE (a trigger per dialect). ``gold`` holds one reviewed answer per
+    item (turn or session), with the turn's text and role so few-shot selection and calibration need no join.
+    ``review_items`` gains ``agreement`` (share of agreeing reviewer pairs) and ``resolved_at``.
+    """
+    md = MetaData()
+    ref = BigInteger().with_variant(Integer, "sqlite")
+    Table("reviewers", md, _id(),
+          Column("name", Text, nullable=False, unique=True), Column("token_hash", Text, nullable=False),
+          Column("created_at", Text, nullable=False))
+    Table("reviews", md, _id(),
+          Column("item_id", ref, nullable=False), Column("reviewer", Text, nullable=False),
+          Column("labels_json", Text, nullable=False), Column("texts_json", Text, nullable=False),
+          Column("note", Text), Column("decision", Text, nullable=False),
+          Column("created_at", Text, nullable=False),
+          UniqueConstraint("item_id", "reviewer", name="uq_review_once"))
+    Table("review_skips", md,
+          Column("item_id", ref, nullable=False), Column("reviewer", Text, nullable=False),
+          Column("at", Text, nullable=False), PrimaryKeyConstraint("item_id", "reviewer"))
+    Table("review_audit", md, _id(),
+          Column("item_id", ref), Column("reviewer", Text, nullable=False),
+          Column("action", Text, nullable=False),
+          Column("before_json", Text), Column("after_json", Text), Column("at", Text, nullable=False))
+    Table("gold", md, _id(),
+          Column("run_id", Text, nullable=False), Column("dialogue_id", Text, nullable=False),
+          Column("kind", Text, nullable=False), Column("turn_index", Integer, nullable=False),
+          Column("task_name", Text, nullable=False), Column("role", Text), Column("text", Text),
+          Column("labels_json", Text, nullable=False), Column("texts_json", Text, nullable=False),
+          Column("source", Text, nullable=False), Column("reviewer", Text), Column("item_id", ref),
+          Column("created_at", Text, nullable=False),
+          UniqueConstraint("run_id", "dialogue_id", "kind", "turn_index", name="uq_gold"))
+    Index("ix_reviews_item", md.tables["reviews"].c.item_id)
+    Index("ix_review_audit_item", md.tables["review_audit"].c.item_id)
+    Index("ix_gold_task", md.tables["gold"].c.task_name)
+    md.create_all(conn)
+    for name, type_ in (("agreement", Float()), ("resolved_at", Text())):
+        ddl = type_.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE review_items ADD COLUMN {name} {ddl}"))
+    for sql in _APPEND_ONLY[conn.dialect.name]:
+        conn.execute(text(sql))
+
+
+_APPEND_ONLY: dict[str, tuple[str, ...]] = {
+    "sqlite": tuple(
+        f"CREATE TRIGGER review_audit_no_{op.lower()} BEFORE {op} ON review_audit"
+        " BEGIN SELECT RAISE(ABORT, 'review_audit is append-only'); END"
+        for op in ("UPDATE", "DELETE")),
+    "postgresql": (
+        "CREATE FUNCTION review_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'review_audit is append-only'; END $$",
+        "CREATE TRIGGER review_audit_append_only BEFORE UPDATE OR DELETE ON review_audit"
+        " FOR EACH ROW EXECUTE FUNCTION review_audit_append_only()"),
+}
+
+
 def m003_calibration(conn: Connection) -> None:
     """Fitted calibrators and certified auto-accept thresholds, per (task, task hash, model, field).
 
@@ -115,6 +172,7 @@ def m003_calibration(conn: Connection) -> None:
 
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
+    ("002_review", m002_review),
     ("003_calibration", m003_calibration),
 ]
 

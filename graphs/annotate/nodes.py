@@ -8,7 +8,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from autolabel.errors import LLMError, RetryExhausted
+from autolabel.errors import LLMError, RequestRefused, RetryExhausted
 from autolabel.llm import CallTrace, option_probabilities
 from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
@@ -71,7 +71,7 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     except RetryExhausted as e:
         return {"role": role, "failed": f"invalid_output: {e}", "raw": e.last_output or "",
                 "history": _history("label", trace, e)}
-    except LLMError as e:
+    except RequestRefused as e:  # other LLMErrors (endpoint down, bad key) stop the run; it resumes later
         return {"role": role, "failed": f"llm_error: {e}", "raw": "", "history": _history("label", trace, e)}
     labels, texts = ctx.task.decode(fields, result.answer)
     out: dict[str, Any] = {"role": role, "answer": result.answer, "raw": result.raw, "tokens": result.tokens,
@@ -95,7 +95,7 @@ async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages:
         try:
             r = await ctx.llm.structured(msgs, schema, name=f"sample_{fields.role}", trace=_trace(state, "sample"),
                                          temperature=0.7, seed=k)
-        except LLMError:
+        except (RetryExhausted, RequestRefused):
             continue
         answers.append(r.answer)
     return answers
@@ -115,7 +115,7 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     try:
         result = await ctx.llm.structured(msgs, ctx.task.critique_schema(fields), name=f"critique_{fields.role}",
                                           trace=trace)
-    except LLMError as e:
+    except (RetryExhausted, RequestRefused) as e:
         history += _history("critique", trace, e)
         return {"critique": {"verdict": "unsure", "reason": f"critique failed: {e}", "revised": None},
                 "history": history}
@@ -266,7 +266,7 @@ async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     except RetryExhausted as e:
         return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"invalid_output: {e}",
                                              raw_output=e.last_output)}
-    except LLMError as e:
+    except RequestRefused as e:
         return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"llm_error: {e}")}
     labels, texts = ctx.task.decode(fields, r.answer)
     conf = {}

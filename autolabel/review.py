@@ -1,0 +1,530 @@
+"""The human review queue over the store: leases, versions, N-review agreement, adjudication, gold, audit.
+
+    queue = ReviewQueue(store)
+    item = queue.claim("alice")      # next by priority (risk first, then lowest confidence), leased
+    queue.submit(item.id, "alice", item.version, {"emotion": ["Anxiety"]})
+
+An item moves ``pending → claimed → pending`` (release, skip, lease expiry, or more reviews still needed)
+``→ done`` (the reviews agree: gold written, a final ``reviewed`` record stored, the turn marked reviewed) or
+``→ adjudication`` (they disagree) ``→ done``.
+
+Concurrency: every write is one transaction that first locks what it reads — SQLite ``BEGIN IMMEDIATE``
+(one writer at a time), PostgreSQL row locks (``FOR UPDATE``; ``SKIP LOCKED`` when claiming) — then checks
+the item's version and lease. Two reviewers never hold the same item, and a stale submit is refused, never
+merged. Every claim, release and skip bumps the version, so a reviewer whose lapsed lease was taken over
+cannot submit; a lapsed lease that nobody took over still counts. Every action appends a row to
+``review_audit`` (who, when, before, after); the table refuses updates and deletes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import itertools
+import json
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .agreement import Distance, krippendorff_alpha
+from .errors import ReviewError, StoreError
+from .export import run_task
+from .records import record_problems
+from .store import Store, now
+from .tasks import RoleFields, TaskSpec
+
+DEFAULT_LEASE = 600.0
+MAX_NOTE_CHARS = 2000
+
+# Per dialect: how a write transaction takes its locks (dict dispatch, no if-chains on the dialect).
+_BEGIN = {"sqlite": "BEGIN IMMEDIATE"}
+_LOCK_ROW = {"postgresql": " FOR UPDATE"}
+_SKIP_LOCKED = {"postgresql": " FOR UPDATE SKIP LOCKED"}
+
+_COLUMNS = ("id, run_id, dialogue_id, kind, turn_index, priority, reasons_json, proposal_json, status,"
+            " version, lease_owner, lease_expires, required_reviews, agreement")
+
+
+class ItemStatus(str, Enum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    ADJUDICATION = "adjudication"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A review item as a reviewer sees it. ``proposal`` (the model's record) is None in blind mode."""
+
+    id: int
+    run_id: str
+    dialogue_id: str
+    kind: str
+    turn_index: int
+    priority: float
+    reasons: list[str]
+    proposal: dict[str, Any] | None
+    status: str
+    version: int
+    lease_owner: str | None
+    lease_expires: float | None
+    required_reviews: int
+    agreement: float | None = None
+
+    def blind(self) -> Item:
+        """The same item without the model's proposal (to avoid anchoring the reviewer)."""
+        return dataclasses.replace(self, proposal=None)
+
+    def state(self) -> dict[str, Any]:
+        """What the audit log records as before/after."""
+        return {"status": self.status, "version": self.version, "lease_owner": self.lease_owner,
+                "lease_expires": self.lease_expires}
+
+
+def _item(row: Any) -> Item:
+    m = row._mapping
+    return Item(id=int(m["id"]), run_id=m["run_id"], dialogue_id=m["dialogue_id"], kind=m["kind"],
+                turn_index=int(m["turn_index"]), priority=float(m["priority"]),
+                reasons=json.loads(m["reasons_json"]), proposal=json.loads(m["proposal_json"]),
+                status=m["status"],
+                version=int(m["version"]), lease_owner=m["lease_owner"], lease_expires=m["lease_expires"],
+                required_reviews=int(m["required_reviews"]), agreement=m["agreement"])
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random strings, so plain SHA-256 is the right hash (no password stretching)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ReviewQueue:
+    """The review queue of one store. ``clock`` (seconds since the epoch) is injectable for lease tests."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._tasks: dict[str, TaskSpec] = {}
+
+    @classmethod
+    def open(cls, db: str | Path) -> ReviewQueue:
+        """A queue over its own store (closed by ``close`` or by leaving a ``with`` block)."""
+        return cls(Store.open(db))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> ReviewQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def get(self, item_id: int, *, include_proposal: bool = True) -> Item:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM review_items WHERE id=:id", id=item_id)
+        if not rows:
+            raise ReviewError(f"no review item {item_id}", item_id=item_id, reason="unknown")
+        item = _item(rows[0])
+        return item if include_proposal else item.blind()
+
+    def items(self, status: ItemStatus | str | None = None, *, run_id: str | None = None) -> list[Item]:
+        """Items in queue order, optionally of one status (e.g. ``adjudication``) and one run."""
+        where = [c for c, v in (("status=:s", status), ("run_id=:r", run_id)) if v is not None]
+        sql = f"SELECT {_COLUMNS} FROM review_items" + (" WHERE " + " AND ".join(where) if where else "")
+        s = ItemStatus(status).value if status is not None else None
+        return [_item(r) for r in self._rows(sql + " ORDER BY priority, id", s=s, r=run_id)]
+
+    def held(self, reviewer: str) -> list[Item]:
+        """Items this reviewer holds now (live leases), in queue order."""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM review_items WHERE status='claimed' AND lease_owner=:w"
+                          " AND lease_expires >= :now ORDER BY priority, id", w=reviewer, now=self.clock())
+        return [_item(r) for r in rows]
+
+    def task(self, run_id: str) -> TaskSpec:
+        if run_id not in self._tasks:
+            self._tasks[run_id] = run_task(self.store, run_id)
+        return self._tasks[run_id]
+
+    def fields(self, item: Item) -> RoleFields | None:
+        """The label fields a reviewer answers for this item (the role's turn fields, or session fields)."""
+        task = self.task(item.run_id)
+        if item.kind == "session":
+            return task.session_fields()
+        role = (item.proposal or self.get(item.id).proposal or {}).get("role")
+        return task.fields_for(role)
+
+    def dialogue(self, item: Item) -> list[dict[str, Any]]:
+        """Every turn of the item's dialogue (index, speaker, role, text, status), for context."""
+        return self.store.turn_rows(item.run_id, item.dialogue_id)
+
+    # -- lease actions ---------------------------------------------------------------------------------------
+    def claim(self, reviewer: str, lease_seconds: float = DEFAULT_LEASE, *, run_id: str | None = None,
+              include_proposal: bool = True) -> Item | None:
+        """Lease the next item by priority that this reviewer has not reviewed, skipped or already holds."""
+        _check_name(reviewer)
+        with self._tx() as conn:
+            t = self.clock()
+            sql = (f"SELECT {_COLUMNS} FROM review_items i"
+                   " WHERE (i.status='pending' OR (i.status='claimed' AND i.lease_expires < :now))"
+                   " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=:w)"
+                   " AND NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.item_id=i.id AND s.reviewer=:w)"
+                   + (" AND i.run_id=:r" if run_id else "") + " ORDER BY i.priority, i.id LIMIT 1"
+                   + _SKIP_LOCKED.get(conn.dialect.name, ""))
+            row = conn.execute(text(sql), {"now": t, "w": reviewer, "r": run_id}).first()
+            if row is None:
+                return None
+            before = _item(row)
+            after = dataclasses.replace(before, status=ItemStatus.CLAIMED.value, version=before.version + 1,
+                                        lease_owner=reviewer, lease_expires=t + lease_seconds)
+            self._save(conn, after)
+            self._audit(conn, after.id, reviewer, "claim", before.state(), after.state())
+        return after if include_proposal else after.blind()
+
+    def renew(self, item_id: int, reviewer: str, lease_seconds: float = DEFAULT_LEASE) -> Item:
+        """Extend the lease this reviewer holds. The version does not change."""
+        with self._tx() as conn:
+            before = self._held(conn, item_id, reviewer, None)
+            after = dataclasses.replace(before, lease_expires=self.clock() + lease_seconds)
+            self._save(conn, after)
+            self._audit(conn, item_id, reviewer, "renew", before.state(), after.state())
+        return after
+
+    def release(self, item_id: int, reviewer: str, version: int) -> Item:
+        """Give the item back to the queue (this reviewer may get it again)."""
+        return self._unlease(item_id, reviewer, version, "release")
+
+    def skip(self, item_id: int, reviewer: str, version: int) -> Item:
+        """Give the item back and never offer it to this reviewer again."""
+        return self._unlease(item_id, reviewer, version, "skip")
+
+    def _unlease(self, item_id: int, reviewer: str, version: int, action: str) -> Item:
+        with self._tx() as conn:
+            before = self._held(conn, item_id, reviewer, version)
+            after = _returned(before)
+            self._save(conn, after)
+            if action == "skip":
+                conn.execute(text("INSERT INTO review_skips (item_id, reviewer, at) VALUES (:i, :w, :t)"
+                                  " ON CONFLICT DO NOTHING"), {"i": item_id, "w": reviewer, "t": now()})
+            self._audit(conn, item_id, reviewer, action, before.state(), after.state())
+        return after
+
+    def reveal(self, item_id: int, reviewer: str, version: int, labels: dict[str, Any]) -> Item:
+        """Blind mode: record the reviewer's own labels (audit ``reveal``), then hand over the proposal."""
+        self._validated(self.get(item_id), labels, None, reviewer)
+        with self._tx() as conn:
+            item = self._held(conn, item_id, reviewer, version)
+            self._audit(conn, item_id, reviewer, "reveal", item.state(), {**item.state(), "labels": labels})
+        return item
+
+    # -- decisions -------------------------------------------------------------------------------------------
+    def submit(self, item_id: int, reviewer: str, version: int, labels: dict[str, Any],
+               texts: dict[str, str] | None = None, note: str | None = None) -> Item:
+        """Record this reviewer's labels.
+
+        Refused (ReviewError) if the version is stale, the lease is not held or the labels are not the task's
+        options. When the item has all its required reviews it becomes ``done`` (all agree: gold and a final
+        reviewed record are written) or goes to ``adjudication``."""
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise ReviewError(f"note longer than {MAX_NOTE_CHARS} characters", item_id=item_id,
+                              reason="invalid")
+        record = self._validated(self.get(item_id), labels, texts, reviewer)
+        with self._tx() as conn:
+            before = self._held(conn, item_id, reviewer, version)
+            proposal = before.proposal or {}
+            proposed = _normalized(proposal.get("labels", {}), self.fields(before))
+            same = (record["labels"], record["texts"]) == (proposed, proposal.get("texts", {}))
+            decision = "accept" if same else "correct"
+            conn.execute(text("INSERT INTO reviews (item_id, reviewer, labels_json, texts_json, note,"
+                              " decision, created_at) VALUES (:i, :w, :l, :x, :n, :d, :t)"),
+                         {"i": item_id, "w": reviewer, "l": _dumps(record["labels"]),
+                          "x": _dumps(record["texts"]), "n": note, "d": decision, "t": now()})
+            reviews = conn.execute(text("SELECT reviewer, labels_json FROM reviews WHERE item_id=:i"
+                                        " ORDER BY id"), {"i": item_id}).all()
+            after = _returned(before)
+            if len(reviews) >= before.required_reviews:
+                answers = [json.loads(r.labels_json) for r in reviews]
+                agreement = pairwise_agreement(answers)
+                after = dataclasses.replace(after, agreement=agreement, status=ItemStatus.ADJUDICATION.value)
+                if agreement == 1.0:
+                    names = ",".join(r.reviewer for r in reviews)
+                    after = self._resolve(conn, after, record, names, "review")
+            self._save(conn, after)
+            self._audit(conn, item_id, reviewer, "submit", before.state(),
+                        {**after.state(), "labels": record["labels"], "texts": record["texts"], "note": note,
+                         "decision": decision, "agreement": after.agreement})
+        return after
+
+    def adjudicate(self, item_id: int, reviewer: str, labels: dict[str, Any],
+                   texts: dict[str, str] | None = None, note: str | None = None,
+                   version: int | None = None) -> Item:
+        """Settle an item whose reviews disagree: these labels become gold (source ``adjudication``)."""
+        record = self._validated(self.get(item_id), labels, texts, reviewer)
+        with self._tx() as conn:
+            before = self._locked(conn, item_id)
+            if before.status != ItemStatus.ADJUDICATION.value:
+                raise ReviewError(f"item {item_id} is {before.status}, not awaiting adjudication",
+                                  item_id=item_id, reason="state")
+            if version is not None and version != before.version:
+                raise ReviewError(f"item {item_id} changed (version {before.version}, not {version})",
+                                  item_id=item_id, reason="stale")
+            bumped = dataclasses.replace(before, version=before.version + 1)
+            after = self._resolve(conn, bumped, record, reviewer, "adjudication")
+            self._save(conn, after)
+            self._audit(conn, item_id, reviewer, "adjudicate", before.state(),
+                        {**after.state(), "labels": record["labels"], "texts": record["texts"], "note": note})
+        return after
+
+    def _resolve(self, conn: Connection, item: Item, record: dict[str, Any], reviewer: str,
+                 source: str) -> Item:
+        """The outcome: the reviewed record becomes final (the model's is kept), the turn reviewed, gold."""
+        record = {**record, "reviewer": reviewer}
+        key = {"r": item.run_id, "d": item.dialogue_id, "k": item.kind, "i": item.turn_index}
+        where = "run_id=:r AND dialogue_id=:d AND kind=:k AND turn_index=:i"
+        t = now()
+        attempt = conn.execute(text(f"SELECT COALESCE(MAX(attempt), 0) + 1 FROM annotations WHERE {where}"),
+                               key).scalar_one()
+        conn.execute(text(f"UPDATE annotations SET is_final=0 WHERE {where} AND is_final=1"), key)
+        conn.execute(text("INSERT INTO annotations (run_id, dialogue_id, kind, turn_index, attempt, is_final,"
+                          " valid, status, record_json, created_at)"
+                          " VALUES (:r, :d, :k, :i, :a, 1, 1, 'reviewed', :j, :t)"),
+                     {**key, "a": attempt, "j": _dumps(record), "t": t})
+        turn_text = None
+        if item.kind == "turn":
+            conn.execute(text("UPDATE turns SET status='reviewed' WHERE run_id=:r AND dialogue_id=:d"
+                              " AND turn_index=:i"), key)
+            turn_text = conn.execute(text("SELECT text FROM turns WHERE run_id=:r AND dialogue_id=:d AND"
+                                          " turn_index=:i"), key).scalar()
+        conn.execute(text(f"DELETE FROM gold WHERE {where}"), key)
+        conn.execute(text("INSERT INTO gold (run_id, dialogue_id, kind, turn_index, task_name, role, text,"
+                          " labels_json, texts_json, source, reviewer, item_id, created_at) VALUES"
+                          " (:r, :d, :k, :i, :task, :role, :text, :l, :x, :src, :w, :item, :t)"),
+                     {**key, "task": record["task"]["name"], "role": record.get("role"), "text": turn_text,
+                      "l": _dumps(record["labels"]), "x": _dumps(record["texts"]), "src": source,
+                      "w": reviewer, "item": item.id, "t": t})
+        conn.execute(text("UPDATE review_items SET resolved_at=:t WHERE id=:id"), {"t": t, "id": item.id})
+        return dataclasses.replace(item, status=ItemStatus.DONE.value, lease_owner=None, lease_expires=None)
+
+    # -- reviewers -------------------------------------------------------------------------------------------
+    def add_reviewer(self, name: str, *, replace: bool = False) -> str:
+        """Register a reviewer; returns their token (shown once: only its hash is stored)."""
+        _check_name(name)
+        token = "alr_" + secrets.token_urlsafe(32)
+        with self._tx() as conn:
+            exists = conn.execute(text("SELECT 1 FROM reviewers WHERE name=:n"), {"n": name}).first()
+            if exists and not replace:
+                raise ReviewError(f"reviewer {name!r} exists (replace it to issue a new token)",
+                                  reason="state")
+            if exists:
+                conn.execute(text("UPDATE reviewers SET token_hash=:h WHERE name=:n"),
+                             {"n": name, "h": hash_token(token)})
+            else:
+                conn.execute(text("INSERT INTO reviewers (name, token_hash, created_at) VALUES (:n, :h, :t)"),
+                             {"n": name, "h": hash_token(token), "t": now()})
+            self._audit(conn, None, name, "replace_token" if exists else "add_reviewer", None, {"name": name})
+        return token
+
+    def reviewer_for_token(self, token: str) -> str | None:
+        """The reviewer whose token this is; every stored hash is compared in constant time, no early exit."""
+        digest = hash_token(token)
+        found = None
+        for name, stored in self._rows("SELECT name, token_hash FROM reviewers"):
+            if hmac.compare_digest(digest, stored):
+                found = name
+        return found
+
+    def has_reviewers(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM reviewers LIMIT 1"))
+
+    # -- reports ---------------------------------------------------------------------------------------------
+    def status(self, run_id: str | None = None) -> dict[str, Any]:
+        """Counts by state (a lapsed lease counts as pending), reviews per reviewer, gold, agreement.
+
+        Agreement is Krippendorff's alpha over items with two or more reviews (MASI distance for multi-label
+        fields, nominal otherwise); None when undefined (nothing pairable, or no variation)."""
+        run = " AND run_id=:r" if run_id else ""
+        rows = self._rows(
+            "SELECT CASE WHEN status='claimed' AND lease_expires < :now THEN 'pending' ELSE status END AS s,"
+            f" COUNT(*) FROM review_items WHERE 1=1{run} GROUP BY s", now=self.clock(), r=run_id)
+        out: dict[str, Any] = {s.value: 0 for s in ItemStatus}
+        out.update({s: int(n) for s, n in rows})
+        out["total"] = sum(out[s.value] for s in ItemStatus)
+        out["remaining"] = out["pending"] + out["claimed"]
+        run_i = " AND i.run_id=:r" if run_id else ""
+        per = self._rows("SELECT r.reviewer, COUNT(*) FROM reviews r JOIN review_items i ON i.id=r.item_id"
+                               f" WHERE 1=1{run_i} GROUP BY r.reviewer ORDER BY r.reviewer", r=run_id)
+        out["reviewers"] = {w: int(n) for w, n in per}
+        out["gold"] = int(self._rows(f"SELECT COUNT(*) FROM gold WHERE 1=1{run}", r=run_id)[0][0])
+        out["agreement"] = self._agreement(run_i, run_id)
+        return out
+
+    def _agreement(self, run_i: str, run_id: str | None) -> dict[str, float | None]:
+        rows = self._rows("SELECT i.id, i.run_id, r.labels_json FROM reviews r JOIN review_items i ON"
+                                f" i.id=r.item_id WHERE 1=1{run_i} ORDER BY i.id, r.id", r=run_id)
+        units: dict[str, list[list[Any]]] = defaultdict(list)
+        multi: dict[str, bool] = {}
+        for (_, run), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+            answers = [json.loads(r[2]) for r in group]
+            if len(answers) < 2:
+                continue
+            for name in sorted({n for a in answers for n in a}):
+                multi[name] = any(f.multi for f in self.task(run).labels if f.name == name)
+                units[name].append([_hashable(a.get(name)) for a in answers])
+        alphas = {n: krippendorff_alpha(u, Distance.MASI if multi[n] else Distance.NOMINAL)
+                  for n, u in units.items()}
+        return {n: None if math.isnan(a) else round(a, 4) for n, a in alphas.items()}
+
+    def gold_items(self, task_name: str | None = None) -> list[dict[str, Any]]:
+        """Reviewed labels (gold), optionally of one task: for calibration and few-shot examples."""
+        rows = self._rows("SELECT run_id, dialogue_id, kind, turn_index, task_name, role, text, labels_json,"
+                                " texts_json, source, reviewer, item_id, created_at FROM gold"
+                                + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
+        out = []
+        for r in rows:
+            g = dict(r._mapping)
+            g["labels"], g["texts"] = json.loads(g.pop("labels_json")), json.loads(g.pop("texts_json"))
+            out.append(g)
+        return out
+
+    def export_reviews(self, out: str | Path) -> dict[str, int]:
+        """Write every review and gold item as JSONL (``{"type": "review"|"gold", ...}``); returns counts."""
+        rows = self._rows("SELECT r.id, r.item_id, i.run_id, i.dialogue_id, i.kind, i.turn_index, r.reviewer,"
+                          " r.labels_json, r.texts_json, r.note, r.decision, r.created_at"
+                          " FROM reviews r JOIN review_items i ON i.id=r.item_id ORDER BY r.id")
+        counts = {"reviews": 0, "gold": 0}
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            for r in rows:
+                rec = dict(r._mapping)
+                rec["labels"] = json.loads(rec.pop("labels_json"))
+                rec["texts"] = json.loads(rec.pop("texts_json"))
+                f.write(json.dumps({"type": "review", **rec}, ensure_ascii=False) + "\n")
+                counts["reviews"] += 1
+            for g in self.gold_items():
+                f.write(json.dumps({"type": "gold", **g}, ensure_ascii=False) + "\n")
+                counts["gold"] += 1
+        return counts
+
+    def audit(self, item_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit log (of one item), oldest first."""
+        where = " WHERE item_id=:i" if item_id is not None else ""
+        rows = self._rows("SELECT id, item_id, reviewer, action, before_json, after_json, at"
+                          f" FROM review_audit{where} ORDER BY id", i=item_id)
+        return [{"id": r.id, "item_id": r.item_id, "reviewer": r.reviewer, "action": r.action, "at": r.at,
+                 "before": json.loads(r.before_json or "null"), "after": json.loads(r.after_json or "null")}
+                for r in rows]
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One write transaction holding its locks from the start (see the module docstring)."""
+        try:
+            with self.store.engine.connect() as conn:
+                begin = _BEGIN.get(conn.dialect.name)
+                if begin:
+                    conn.exec_driver_sql(begin)
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+        except SQLAlchemyError as e:
+            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+            if isinstance(e, IntegrityError):
+                raise ReviewError(f"refused: {detail}", reason="state") from None
+            raise StoreError(f"cannot write to {self.store.db}: {detail}") from None
+
+    def _locked(self, conn: Connection, item_id: int) -> Item:
+        row = conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE id=:id"
+                                + _LOCK_ROW.get(conn.dialect.name, "")), {"id": item_id}).first()
+        if row is None:
+            raise ReviewError(f"no review item {item_id}", item_id=item_id, reason="unknown")
+        return _item(row)
+
+    def _held(self, conn: Connection, item_id: int, reviewer: str, version: int | None) -> Item:
+        item = self._locked(conn, item_id)
+        if item.status != ItemStatus.CLAIMED.value or item.lease_owner != reviewer:
+            raise ReviewError(f"{reviewer} does not hold item {item_id} (lease lost or never claimed)",
+                              item_id=item_id, reason="not_held")
+        if version is not None and version != item.version:
+            raise ReviewError(f"item {item_id} changed (version {item.version}, not {version}): reload it",
+                              item_id=item_id, reason="stale")
+        return item
+
+    def _save(self, conn: Connection, item: Item) -> None:
+        conn.execute(text("UPDATE review_items SET status=:s, version=:v, lease_owner=:o, lease_expires=:e,"
+                          " agreement=:a, updated_at=:t WHERE id=:id"),
+                     {"s": item.status, "v": item.version, "o": item.lease_owner, "e": item.lease_expires,
+                      "a": item.agreement, "t": now(), "id": item.id})
+
+    def _audit(self, conn: Connection, item_id: int | None, reviewer: str, action: str,
+               before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        conn.execute(text("INSERT INTO review_audit (item_id, reviewer, action, before_json, after_json, at)"
+                          " VALUES (:i, :w, :a, :b, :f, :t)"),
+                     {"i": item_id, "w": reviewer, "a": action,
+                      "b": None if before is None else _dumps(before),
+                      "f": None if after is None else _dumps(after), "t": now()})
+
+    def _validated(self, item: Item, labels: dict[str, Any], texts: dict[str, str] | None,
+                   reviewer: str) -> dict[str, Any]:
+        """The reviewed record these labels make, checked against the record schema and the task's options."""
+        proposal = item.proposal or {}
+        labels = _normalized(labels, self.fields(item)) if isinstance(labels, dict) else labels
+        record = {**proposal, "status": "reviewed", "labels": labels,
+                  "texts": {**proposal.get("texts", {}), **(texts or {})}, "reviewer": reviewer}
+        problems = record_problems(record, self.task(item.run_id))
+        if problems:
+            raise ReviewError(f"labels refused: {'; '.join(problems[:3])}", item_id=item.id, reason="invalid",
+                              problems=problems)
+        return record
+
+
+def pairwise_agreement(answers: list[dict[str, Any]]) -> float:
+    """Share of reviewer pairs whose labels are identical (1.0 for a single review)."""
+    pairs = list(itertools.combinations(answers, 2))
+    if not pairs:
+        return 1.0
+    return sum(a == b for a, b in pairs) / len(pairs)
+
+
+def _returned(item: Item) -> Item:
+    return dataclasses.replace(item, status=ItemStatus.PENDING.value, version=item.version + 1,
+                               lease_owner=None, lease_expires=None)
+
+
+def _normalized(labels: dict[str, Any], fields: RoleFields | None) -> dict[str, Any]:
+    """Multi-label values in the task's option order, so equal choices compare equal."""
+    order = {f.name: [o.name for o in f.options] for f in fields.labels} if fields else {}
+    out: dict[str, Any] = {}
+    for name, value in labels.items():
+        if isinstance(value, list) and name in order and all(isinstance(v, str) for v in value):
+            rank = {o: i for i, o in enumerate(order[name])}
+            value = sorted(value, key=lambda v: rank.get(v, len(rank)))
+        out[name] = value
+    return out
+
+
+def _hashable(value: Any) -> Any:
+    return frozenset(value) if isinstance(value, list) else value
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise ReviewError(f"bad reviewer name {name!r}", reason="invalid")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

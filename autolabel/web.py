@@ -1,0 +1,325 @@
+"""The review web UI: a FastAPI app over ``ReviewQueue``, server-rendered (Jinja2, autoescaped) plus a little JS.
+
+Access: every request needs a token — ``Authorization: Bearer <token>``, or ``?token=<token>`` once, which starts
+a session (HttpOnly, SameSite=Strict cookie) and redirects to the same page without the token. A token is the
+server's shared one (``--token`` / ``AUTOLABEL_REVIEW_TOKEN``; the reviewer's name then comes from ``?reviewer=``
+or the ``X-Reviewer`` header) or a reviewer's own (``autolabel review add-reviewer``). Tokens are compared in
+constant time. Requests of a cookie session that change state carry the session's CSRF token in the
+``X-CSRF-Token`` header. Request bodies over ``max_body`` bytes get 413; without a valid token: 401, no data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ReviewError
+from .review import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ReviewQueue
+from .tasks import localize
+
+COOKIE = "autolabel_review"
+SESSION_SECONDS = 12 * 3600
+MAX_BODY = 64 * 1024
+DEFAULT_REVIEWER = "reviewer"
+_NAME = re.compile(r"^[\w.@+-]{1,64}$")
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+                               " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    reviewer: str
+    csrf: str
+    expires: float
+
+
+class Sessions:
+    """Cookie sessions in memory (a restarted server asks for the token again)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def start(self, reviewer: str) -> tuple[str, Session]:
+        sid = secrets.token_urlsafe(32)
+        session = Session(reviewer, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
+        with self._lock:
+            self._by_id = {k: v for k, v in self._by_id.items() if v.expires > time.time()}
+            self._by_id[sid] = session
+        return sid, session
+
+    def get(self, sid: str | None) -> Session | None:
+        with self._lock:
+            session = self._by_id.get(sid or "")
+        return session if session is not None and session.expires > time.time() else None
+
+
+class Access:
+    """Who a token belongs to: the shared server token, or a reviewer's own (hash in the store)."""
+
+    def __init__(self, queue: ReviewQueue, token: str | None) -> None:
+        self.queue = queue
+        self.token = token
+
+    def reviewer(self, token: str, name: str | None) -> str | None:
+        shared = self.token is not None and hmac.compare_digest(token.encode(), self.token.encode())
+        own = self.queue.reviewer_for_token(token)
+        if own is not None:
+            return own
+        if shared:
+            return name if name and _NAME.match(name) else DEFAULT_REVIEWER
+        return None
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether sized by Content-Length or chunked."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            await PlainTextResponse("request body too large", 413)(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await PlainTextResponse("request body too large", 413)(scope, receive, send)
+                return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class Labels(BaseModel):
+    version: int
+    labels: dict[str, str | list[str]]
+
+
+class Submission(Labels):
+    note: str | None = Field(None, max_length=MAX_NOTE_CHARS)
+
+
+class Version(BaseModel):
+    version: int
+
+
+def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
+               lease_seconds: float = DEFAULT_LEASE, max_body: int = MAX_BODY) -> FastAPI:
+    """The review app over the database ``db``. ``token`` is the shared token (None: reviewer tokens only)."""
+    queue = ReviewQueue.open(db)
+    access = Access(queue, token)
+    sessions = Sessions()
+    env = Environment(loader=PackageLoader("autolabel", "templates"), autoescape=True, undefined=StrictUndefined)
+    app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_event_handler("shutdown", queue.close)
+
+    def page(name: str, request: Request, **context: Any) -> HTMLResponse:
+        me = request.state.reviewer
+        status = queue.status()
+        session = request.state.session
+        html = env.get_template(name).render(me=me, blind=blind, status=status, mine=status["reviewers"].get(me, 0),
+                                             csrf=session.csrf if session else "", **context)
+        return HTMLResponse(html)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await _authenticate(request, call_next, access, sessions)
+        response.headers.update(_HEADERS)
+        return response
+
+    @app.exception_handler(ReviewError)
+    async def refused(request: Request, e: ReviewError) -> JSONResponse:
+        return JSONResponse({"error": e.detail}, status_code=_ERROR_STATUS.get(e.fields.get("reason", ""), 409))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> Response:
+        held = queue.held(request.state.reviewer)
+        if held:
+            return RedirectResponse(f"/item/{held[0].id}", status_code=303)
+        return page("index.html", request)
+
+    @app.get("/item/{item_id}", response_class=HTMLResponse)
+    def item_page(item_id: int, request: Request) -> Response:
+        item = queue.get(item_id)
+        if item.lease_owner != request.state.reviewer or item.status != "claimed":
+            return RedirectResponse("/", status_code=303)
+        return page("item.html", request, **_item_view(queue, item, blind, env, lease_seconds))
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in _STATIC:
+            return PlainTextResponse("not found", 404)
+        body = resources.files("autolabel.templates").joinpath(name).read_text(encoding="utf-8")
+        return Response(body, media_type=_STATIC[name])
+
+    @app.get("/api/status")
+    def api_status(request: Request) -> dict[str, Any]:
+        return {**queue.status(), "me": request.state.reviewer}
+
+    @app.post("/api/claim")
+    def api_claim(request: Request) -> dict[str, Any]:
+        item = queue.claim(request.state.reviewer, lease_seconds)
+        return {"item": None if item is None else item.id}
+
+    @app.post("/api/items/{item_id}/renew")
+    def api_renew(item_id: int, request: Request) -> dict[str, Any]:
+        item = queue.renew(item_id, request.state.reviewer, lease_seconds)
+        return {"version": item.version, "lease_expires": item.lease_expires}
+
+    @app.post("/api/items/{item_id}/skip")
+    def api_skip(item_id: int, body: Version, request: Request) -> dict[str, Any]:
+        return {"status": queue.skip(item_id, request.state.reviewer, body.version).status}
+
+    @app.post("/api/items/{item_id}/release")
+    def api_release(item_id: int, body: Version, request: Request) -> dict[str, Any]:
+        return {"status": queue.release(item_id, request.state.reviewer, body.version).status}
+
+    @app.post("/api/items/{item_id}/reveal")
+    def api_reveal(item_id: int, body: Labels, request: Request) -> dict[str, Any]:
+        item = queue.reveal(item_id, request.state.reviewer, body.version, dict(body.labels))
+        view = _item_view(queue, item, False, env, lease_seconds)
+        return {"labels": (item.proposal or {}).get("labels", {}),
+                "html": env.get_template("proposal.html").render(**view)}
+
+    @app.post("/api/items/{item_id}/submit")
+    def api_submit(item_id: int, body: Submission, request: Request) -> dict[str, Any]:
+        item = queue.submit(item_id, request.state.reviewer, body.version, dict(body.labels), note=body.note)
+        return {"status": item.status, "version": item.version}
+
+    return app
+
+
+async def _authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]], access: Access,
+                        sessions: Sessions) -> Response:
+    """Bearer token, session cookie, or a first visit with ``?token=``; CSRF for cookie sessions."""
+    auth = request.headers.get("authorization", "")
+    session = None
+    if auth.lower().startswith("bearer "):
+        reviewer = await run_in_threadpool(access.reviewer, auth[7:].strip(), request.headers.get("x-reviewer"))
+    elif (session := sessions.get(request.cookies.get(COOKIE))) is not None:
+        reviewer = session.reviewer
+    elif "token" in request.query_params and request.method == "GET":
+        reviewer = await run_in_threadpool(access.reviewer, request.query_params["token"],
+                                           request.query_params.get("reviewer"))
+        if reviewer is not None:
+            return _start_session(request, reviewer, sessions)
+    else:
+        reviewer = None
+    if reviewer is None:
+        return PlainTextResponse("401 unauthorized: a reviewer token is required", 401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+    if session is not None and request.method not in _SAFE_METHODS:
+        sent = request.headers.get("x-csrf-token", "")
+        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            return PlainTextResponse("403 forbidden: missing or wrong CSRF token", 403)
+    request.state.reviewer = reviewer
+    request.state.session = session
+    return await call_next(request)
+
+
+def _start_session(request: Request, reviewer: str, sessions: Sessions) -> Response:
+    sid, _ = sessions.start(reviewer)
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k not in ("token", "reviewer")]
+    response = RedirectResponse(request.url.path + ("?" + urlencode(rest) if rest else ""), status_code=303)
+    response.set_cookie(COOKIE, sid, max_age=SESSION_SECONDS, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+def _item_view(queue: ReviewQueue, item: Item, blind: bool, env: Environment,
+               lease_seconds: float) -> dict[str, Any]:
+    """Everything the item page shows: dialogue with the target turn and its context, fields, the proposal."""
+    task = queue.task(item.run_id)
+    fields = queue.fields(item)
+    proposal = item.proposal or {}
+    language = proposal.get("language", "en")
+    window = task.context.window
+    turns = [{**t, "target": item.kind == "turn" and t["turn_index"] == item.turn_index,
+              "context": item.kind == "session" or item.turn_index - window <= t["turn_index"] <= item.turn_index + 1}
+             for t in queue.dialogue(item)]
+    field_views = [{"name": f.name, "multi": f.multi, "max": f.max_selected or (len(f.options) if f.multi else 1),
+                    "description": localize(f.description, language),
+                    "options": [{"name": o.name, "description": localize(o.description, language)}
+                                for o in f.options]}
+                   for f in (fields.labels if fields else ())]
+    shown = None if blind else proposal
+    data = {"id": item.id, "version": item.version, "blind": blind, "lease_seconds": lease_seconds,
+            "fields": [{"name": f["name"], "multi": f["multi"], "max": f["max"],
+                        "options": [o["name"] for o in f["options"]]} for f in field_views],
+            "proposed": None if shown is None else shown.get("labels", {})}
+    return {"item": item, "turns": turns, "fields": field_views, "proposal": shown, "data": data,
+            "task": task, "risk": "risk_content" in item.reasons}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+          blind: bool = False, announce: Callable[[str], None] | None = None) -> None:
+    """Run the review server until interrupted.
+
+    Refuses (ReviewError) a non-loopback ``host`` when there is neither a shared token nor any reviewer token.
+    On loopback with neither, a one-time token is made up and announced in the URL.
+    """
+    with ReviewQueue.open(db) as queue:
+        has_reviewers = queue.has_reviewers()
+    if not token and not has_reviewers and not is_loopback(host):
+        raise ReviewError(f"refusing to serve on {host} without a token: pass --token (or set"
+                          " AUTOLABEL_REVIEW_TOKEN), or add reviewers with `autolabel review add-reviewer`")
+    url = f"http://{host}:{port}/"
+    if not token and not has_reviewers:
+        token = secrets.token_urlsafe(24)
+        url += "?token=" + token
+    app = create_app(db, token, blind)
+    if announce:
+        announce(url)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")).run()

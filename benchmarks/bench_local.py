@@ -1,0 +1,189 @@
+"""Benchmark the embedded local models on this machine: speed, and agreement with Psy-Insight's silver labels.
+
+For each ``local:`` model it labels the same fixed sample of Psy-Insight sessions (the first N English and M
+Chinese sessions by sorted ``dialog_id``) with the ``psy-insight`` task through the real ``Annotator`` (same
+prompts, schemas, validation and routing as any run), then reports
+
+- turns labeled per minute (wall clock, model already loaded) and seconds per model call (median, p90);
+- agreement with the silver labels: exact match and macro-F1 for the multi-label turn fields (emotion, strategy),
+  accuracy and macro-F1 for the session fields (psychotherapy, topic), plus exact match per language.
+
+Usage::
+
+    python benchmarks/bench_local.py [--models smollm2-135m,qwen2.5-0.5b] [--en 4] [--zh 3] [--critique]
+
+It prints a markdown table and merges its results into ``benchmarks/results/local.json`` (one entry per model,
+so models can be run separately). The data is read in place from ``--data``; nothing is copied into the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autolabel.annotator import Annotator
+from autolabel.local import MODELS, load_model
+from autolabel.metrics import classification_report, multilabel_report
+from autolabel.models import Dialogue, DialogueResult
+from autolabel.readers import read_dialogues
+from autolabel.settings import Settings
+from autolabel.tasks import TaskSpec, load_task
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "psy-insight"
+TURN_FIELDS = {"emotion": "emotional label", "strategy": "strategy"}
+SESSION_FIELDS = ("psychotherapy", "topic")
+NONE = "(none)"
+
+
+def sample(data: Path, n_en: int, n_zh: int) -> list[Dialogue]:
+    """The first ``n_en`` English and ``n_zh`` Chinese sessions by sorted dialog_id (the same for every model)."""
+    out: list[Dialogue] = []
+    for name, n in (("en_dev.json", n_en), ("cn_dev.json", n_zh)):
+        dialogues = sorted(read_dialogues(data / name), key=lambda d: d.id)[:n]
+        out += [d.model_copy(update={"id": f"{name[:2]}-{d.id}"}) for d in dialogues]
+    return out
+
+
+def _gold(task: TaskSpec, field: str, value: Any) -> Any:
+    return task.label(field).normalize(value) if value is not None else None
+
+
+def agreement(task: TaskSpec, dialogues: list[Dialogue], results: dict[str, DialogueResult]) -> dict[str, Any]:
+    """Exact match / macro-F1 per field against the silver labels; a failed or missing prediction counts wrong."""
+    out: dict[str, Any] = {}
+    for field, key in TURN_FIELDS.items():
+        truth: list[list[str]] = []
+        pred: list[list[str]] = []
+        langs: list[str] = []
+        for d in dialogues:
+            by_index = {t.turn_index: t for t in results[d.id].turns}
+            for turn in d.turns:
+                gold = _gold(task, field, turn.meta.get(key))
+                if gold is None:
+                    continue
+                ann = by_index.get(turn.index)
+                truth.append(list(gold))
+                pred.append(list((ann.labels.get(field) or []) if ann else []))
+                langs.append(d.id[:2])
+        report = multilabel_report(truth, pred)
+        out[field] = {k: report[k] for k in ("n", "exact_match", "jaccard", "macro_f1", "micro_f1")}
+        for lang in sorted(set(langs)):
+            pairs = [(set(t), set(p)) for t, p, g in zip(truth, pred, langs, strict=True) if g == lang]
+            out[field][f"exact_match_{lang}"] = sum(t == p for t, p in pairs) / len(pairs)
+            out[field][f"n_{lang}"] = len(pairs)
+    for field in SESSION_FIELDS:
+        truth_s: list[str] = []
+        pred_s: list[str] = []
+        for d in dialogues:
+            gold = _gold(task, field, d.meta.get(field))
+            if gold is None:
+                continue
+            session = results[d.id].session
+            truth_s.append(str(gold))
+            pred_s.append(str((session.labels.get(field) if session else None) or NONE))
+        report = classification_report(truth_s, pred_s)
+        out[field] = {"n": len(truth_s), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    return out
+
+
+def _calls(db: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT purpose, prompt_tokens, completion_tokens, latency_ms, outcome FROM llm_calls")
+        return [dict(r) for r in rows]
+
+
+def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critique: bool, workdir: Path
+                ) -> dict[str, Any]:
+    settings = Settings(model=f"local:{name}")
+    started = time.perf_counter()
+    load_model(name, settings)  # joined and loaded once, outside the timed part
+    load_seconds = time.perf_counter() - started
+    db = str(workdir / f"{name}.db")
+    annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False, concurrency=1)
+    load_avg = os.getloadavg()
+    started = time.perf_counter()
+    results = {r.dialogue_id: r for r in annotator.annotate_many(dialogues, input_name=f"bench-{name}")}
+    seconds = time.perf_counter() - started
+    calls = _calls(db)
+    latencies = sorted(c["latency_ms"] / 1000 for c in calls)
+    turns = sum(len(d.turns) for d in dialogues)
+    statuses: dict[str, int] = {}
+    for r in results.values():
+        for k, v in r.counts().items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {
+        "model": f"local:{name}", "upstream": MODELS[name].upstream, "load_seconds": round(load_seconds, 2),
+        "seconds": round(seconds, 1), "turns": turns, "turns_per_minute": round(turns / seconds * 60, 2),
+        "calls": len(calls), "seconds_per_call_median": round(statistics.median(latencies), 2),
+        "seconds_per_call_p90": round(latencies[int(0.9 * (len(latencies) - 1))], 2),
+        "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+        "completion_tokens": sum(c["completion_tokens"] for c in calls),
+        "statuses": statuses, "load_average_at_start": [round(x, 2) for x in load_avg],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "agreement": agreement(task, dialogues, results),
+    }
+
+
+def table(models: dict[str, dict[str, Any]]) -> str:
+    lines = ["| model | turns/min | s/call (median, p90) | emotion EM / macro-F1 | strategy EM / macro-F1 "
+             "| psychotherapy acc / macro-F1 | topic acc / macro-F1 | accepted / flagged / failed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in models.values():
+        a, s = r["agreement"], r["statuses"]
+
+        def pair(f: str, first: str) -> str:
+            return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
+
+        lines.append(f"| {r['model']} | {r['turns_per_minute']:.1f} | {r['seconds_per_call_median']:.1f}, "
+                     f"{r['seconds_per_call_p90']:.1f} | {pair('emotion', 'exact_match')} | "
+                     f"{pair('strategy', 'exact_match')} | {pair('psychotherapy', 'accuracy')} | "
+                     f"{pair('topic', 'accuracy')} | {s.get('accepted', 0)} / {s.get('flagged', 0)} / "
+                     f"{s.get('failed', 0)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated local model names")
+    parser.add_argument("--en", type=int, default=4, help="English sessions in the sample")
+    parser.add_argument("--zh", type=int, default=3, help="Chinese sessions in the sample")
+    parser.add_argument("--critique", action="store_true", help="run the critique call too (about twice the time)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "local.json")
+    args = parser.parse_args()
+
+    task = load_task("psy-insight")
+    dialogues = sample(args.data, args.en, args.zh)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "sample": {"en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
+                   "turns": sum(len(d.turns) for d in dialogues)},
+        "settings": {"critique": args.critique, "concurrency": 1, "cache": False,
+                     "defaults": "temperature 0, max_tokens 512, max_reasks 2, logprobs on"},
+        "models": dict(previous.get("models", {})) if previous.get("sample") == {
+            "en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
+            "turns": sum(len(d.turns) for d in dialogues)} else {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        for name in args.models.split(","):
+            result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp))
+            report["models"][name] = result
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            print(f"{name}: {result['seconds']} s, {result['turns_per_minute']} turns/min", flush=True)
+    print(table(report["models"]))
+
+
+if __name__ == "__main__":
+    main()

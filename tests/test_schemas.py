@@ -1,0 +1,101 @@
+"""Schemas are data: each a valid Draft 2020-12 schema, each shipped example valid, shipped inside the wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+import autolabel
+from autolabel.tasks import builtin_tasks, check_spec, load_schema, load_task
+from tests.conftest import REPO
+
+SCHEMAS = sorted((REPO / "schemas").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SCHEMAS, ids=lambda p: p.name)
+def test_each_schema_is_a_valid_2020_12_schema(path: Path) -> None:
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("name", sorted(builtin_tasks()))
+def test_builtin_specs_validate_and_generate_valid_output_schemas(name: str) -> None:
+    raw = yaml.safe_load(builtin_tasks()[name].read_text(encoding="utf-8"))
+    assert check_spec(raw) == []
+    task = load_task(name)
+    for role in task.roles:
+        fields = task.fields_for(role)
+        if fields:
+            jsonschema.Draft202012Validator.check_schema(task.output_schema(fields))
+            jsonschema.Draft202012Validator.check_schema(task.critique_schema(fields))
+    # the spec's own examples, encoded as the model would answer, validate against the generated schemas
+    for ex in task.examples:
+        fields = task.fields_for(ex.role)
+        assert fields is not None
+        answer = {**{t.name: ex.texts.get(t.name, "x") for t in fields.texts}, **task.encode(fields, ex.labels)}
+        jsonschema.validate(answer, task.output_schema(fields), cls=jsonschema.Draft202012Validator)
+
+
+def test_psy_insight_carries_the_full_scheme() -> None:
+    t = load_task("psy-insight")
+    emotion, strategy = t.label("emotion"), t.label("strategy")
+    assert emotion.multi and emotion.roles == ("seeker",) and len(emotion.options) == 11
+    assert strategy.multi and strategy.roles == ("supporter",) and len(strategy.options) == 10
+    assert {"Neutral", "Unknown", "Others"} <= {o.name for o in emotion.options}
+    assert {"Role-play", "Unknown", "Others"} <= {o.name for o in strategy.options}
+    assert {f.name for f in t.labels if f.scope == "session"} == {"psychotherapy", "topic"}
+    assert {(x.name, x.scope) for x in t.texts} == {("observation", "turn"), ("reasoning", "turn"),
+                                                    ("summary", "session"), ("guidance", "session")}
+    assert set(t.languages) == {"en", "zh"}
+    assert t.label("psychotherapy").normalize("Cognitive Behaviour Therapy") == "Cognitive Behavioral Therapy"
+
+
+def test_annotation_schema_rejects_a_flagged_record_without_reasons() -> None:
+    schema = load_schema("annotation.schema.json")
+    rec = {"kind": "turn", "run_id": "r", "task": {"name": "t", "version": "1", "hash": "0" * 16}, "model": "m",
+           "dialogue_id": "d", "turn_index": 0, "speaker": "Seeker", "role": "seeker", "status": "flagged",
+           "labels": {}, "texts": {}, "confidence": {}, "flags": []}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rec, schema, cls=jsonschema.Draft202012Validator)
+    jsonschema.validate({**rec, "flags": ["low_confidence:emotion"]}, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(autolabel.__all__) == sorted([
+        "Annotator", "AutolabelError", "BudgetExceeded", "ConfigError", "Dialogue", "DialogueResult",
+        "ExportFormat", "InputError", "InputFormat", "LLMError", "RequestRefused", "RetryExhausted", "ReviewError",
+        "RunSummary", "SessionAnnotation", "Settings", "Status", "Store", "StoreError", "TaskSpec", "TaskSpecError",
+        "Turn", "TurnAnnotation", "export", "list_tasks", "load_task", "read_dialogues", "validate_task_file",
+    ])
+    for name in autolabel.__all__:
+        assert getattr(autolabel, name) is not None
+
+
+def test_langgraph_json_points_at_the_compiled_graph() -> None:
+    config = json.loads((REPO / "graphs" / "langgraph.json").read_text())
+    target = config["graphs"]["annotate"]
+    path, attr = target.split(":")
+    assert (REPO / "graphs" / path).exists()
+    from autolabel.graphs.annotate import graph as module
+
+    compiled = getattr(module, attr)
+    assert {"prepare", "annotate_turn", "session", "finalize"} <= set(compiled.get_graph().nodes)
+
+
+def test_wheel_ships_schemas_and_task_specs(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, timeout=300)
+    wheel = next(tmp_path.glob("autolabel-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("autolabel/schemas/task.schema.json", "autolabel/schemas/annotation.schema.json",
+                     "autolabel/schemas/tasks/psy-insight.yaml", "autolabel/schemas/tasks/support-strategy.yaml",
+                     "autolabel/graphs/annotate/graph.py", "autolabel/graphs/langgraph.json", "autolabel/cli.py"):
+        assert required in names, required
