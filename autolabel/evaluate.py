@@ -1,24 +1,17 @@
 """Evaluation against gold labels, calibration of confidence, and the certified auto-accept threshold.
 
-- ``load_gold(source, task)``: gold labels from an input file (Psy-Insight native, JSONL, CSV, JSON: the
-  task field's ``gold`` key in each turn's meta, or the dialogue's meta for session fields) or from the
-  store's reviewed items (the ``gold`` table, when it exists), as ``{(dialogue_id, turn_index or -1):
-  {field: value}}`` with option names normalised by the task.
-- ``evaluate(db, gold, ...)``: label quality per field and option, coverage of the run, confidence quality
-  (AUROC with errors as positives, AURC, ECE with equal-mass bins, Brier, error recall at review budgets),
-  bootstrap intervals resampled by dialogue, agreement between reviewers; writes ``report.json`` and a
-  self-contained ``report.html`` (see ``report.py``).
-- ``calibrate(db, gold, ...)``: per field, fits a calibrator on the signals and certifies the auto-accept
-  threshold on the calibrated scores (DESIGN.md, Confidence); stores both in ``calibrators``.
-- ``load_routing(store, task, model)``: the stored thresholds and calibrators, for the annotate graph.
+``load_gold`` reads gold from an input file or the store's reviewed items; ``evaluate`` measures a run against
+it (label quality, coverage, confidence quality, reviewer agreement) and writes the report (``report.py``);
+``calibrate`` fits a calibrator per field and certifies its auto-accept threshold (DESIGN.md, Confidence);
+``load_routing`` hands both to later runs.
 
 A label counts as *correct* when it equals the gold label; for a multi-label field, when the predicted set
 equals the gold set exactly (exact match). Confidence quality and calibration use that definition.
 
-Honest certification: the run's dialogues are split in two by a seeded hash of their ids. The calibrator is
-fitted on one half and the threshold certified on the other, so the Clopper–Pearson bound is computed on
-items the calibrator never saw. The stored calibrator is the one fitted on the first half (refitting on
-everything would change the scores the threshold was certified for).
+Honest certification: the run's dialogues are split in two halves by a seeded hash of their ids. The
+calibrator is fitted on one half and the threshold certified on the other, so the Clopper–Pearson bound is
+computed on labels the calibrator never saw. The stored calibrator is the one fitted on the first half
+(refitting on everything would change the scores the threshold was certified for).
 """
 
 from __future__ import annotations
@@ -30,24 +23,19 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import inspect
 
+from . import metrics
 from .agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
 from .calibration import CalibrationMethod, Calibrator, certify_threshold
 from .errors import ConfigError, InputError
 from .export import run_task
-from .metrics import (
-    bootstrap_ci,
-    classification_report,
-    confidence_report,
-    multilabel_report,
-    risk_coverage_curve,
-)
 from .readers import read_dialogues
 from .store import Store, is_postgres, now
 from .tasks import LabelField, TaskSpec, load_task
@@ -60,8 +48,7 @@ SESSION = -1
 NEVER = 1.01
 """Threshold of a field with no certified threshold: above every confidence, so every label is flagged."""
 BUDGETS = (0.1, 0.2, 0.3)
-_DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_CURVE_POINTS = 200
+_DB_SUFFIXES, _CURVE_POINTS = (".db", ".sqlite", ".sqlite3"), 200
 
 
 # ------------------------------------------------------------------------------------------------ gold
@@ -92,20 +79,15 @@ def _gold_value(f: LabelField, meta: Mapping[str, Any]) -> Any:
     for key in dict.fromkeys((f.gold, f.name)):
         if key and meta.get(key) not in (None, "", []):
             raw = meta[key]
-            if isinstance(raw, str):
-                raw = _cell(raw, f.multi)
+            if isinstance(raw, str) and raw.strip().startswith("["):
+                try:
+                    raw = json.loads(raw)
+                except ValueError:
+                    pass
+            if isinstance(raw, str) and f.multi:
+                raw = re.split(r"[;|]", raw)
             return f.normalize(raw)
     return None
-
-
-def _cell(text: str, multi: bool) -> Any:
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-    return [p for p in re.split(r"[;|]", text) if p.strip()] if multi else text
 
 
 def _store_gold(store: Store, task: TaskSpec) -> Gold:
@@ -116,15 +98,20 @@ def _store_gold(store: Store, task: TaskSpec) -> Gold:
     order = next((f" ORDER BY g.{c}" for c in ("id", "created_at", "updated_at") if c in columns), "")
     rows = store._rows("SELECT g.dialogue_id, g.kind, g.turn_index, g.labels_json FROM gold g JOIN runs r ON"
                        " r.id = g.run_id WHERE r.task_name = :t" + order, t=task.name)
-    names = {f.name for f in task.labels}
     gold: Gold = {}
     for dialogue_id, kind, turn_index, labels_json in rows:
         key = (dialogue_id, SESSION if kind == "session" or turn_index is None else int(turn_index))
-        for name, raw in (json.loads(labels_json) or {}).items():
-            value = task.label(name).normalize(raw) if name in names else None
-            if value is not None:
-                gold.setdefault(key, {})[name] = value
+        for name, value in _normalised(task, labels_json):
+            gold.setdefault(key, {})[name] = value
     return gold
+
+
+def _normalised(task: TaskSpec, labels_json: str | None) -> Iterator[tuple[str, Any]]:
+    names = {f.name for f in task.labels}
+    for name, raw in (json.loads(labels_json or "{}") or {}).items():
+        value = task.label(name).normalize(raw) if name in names else None
+        if value is not None:
+            yield name, value
 
 
 def _columns(store: Store, table: str) -> set[str] | None:
@@ -142,13 +129,23 @@ def _resolve_gold(gold: Gold | str | Path | None, store: Store, task: TaskSpec) 
     return load_gold(gold, task), str(gold)
 
 
+@contextmanager
+def _opened(db: str | Path | Store) -> Iterator[Store]:
+    """The given store (left open), or one opened here and closed afterwards."""
+    store = db if isinstance(db, Store) else Store.open(db)
+    try:
+        yield store
+    finally:
+        if store is not db:
+            store.close()
+
+
 # ------------------------------------------------------------------------------------------------ items
 
 @dataclass(frozen=True)
 class Item:
-    """One label of one record with its gold: ``predicted`` is None when the record failed.
-
-    Multi-label values are sorted tuples, so ``correct`` is exact match."""
+    """One label of one record with its gold; ``predicted`` is None when the record failed. Multi-label
+    values are sorted tuples, so ``correct`` is exact match."""
 
     dialogue_id: str
     turn_index: int
@@ -157,7 +154,7 @@ class Item:
     predicted: Value | None
     status: str
     confidence: float | None
-    signals: Mapping[str, float] = field(default_factory=dict)
+    signals: Mapping[str, float]
 
     @property
     def correct(self) -> bool:
@@ -175,24 +172,18 @@ def _collect(store: Store, run_id: str, task: TaskSpec, gold: Gold) -> tuple[lis
     for rec in store.final_records(run_id):
         coverage[rec["kind"]][rec["status"]] += 1
         key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
-        failed = rec["status"] == "failed"
-        if rec["kind"] == "session":
-            applies = {f.name for f in task.labels if f.scope == "session"}
-        else:
-            fields = task.fields_for(rec.get("role"))
-            applies = {f.name for f in fields.labels} if fields else set()
+        fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
+        asked = {f.name for f in fields.labels} if fields else set()
         for name, g in gold.get(key, {}).items():
             value = rec["labels"].get(name)
-            if value is None and not (failed and (name in applies or rec.get("role") is None)):
-                continue  # the field is not asked of this record
-            f = task.label(name)
-            conf = rec["confidence"].get(name) or {}
-            items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, f.multi),
-                              None if value is None else _canon(value, f.multi), rec["status"],
+            if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
+                continue  # the field is not asked of this record (a failed record lost its labels)
+            multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
+            items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
+                              None if value is None else _canon(value, multi), rec["status"],
                               conf.get("value"), dict(conf.get("signals") or {})))
     states = ("accepted", "flagged", "reviewed", "failed")
-    cov = {kind: {**{s: c[s] for s in states}, "total": sum(c.values())} for kind, c in coverage.items()}
-    return items, cov
+    return items, {k: {**{s: c[s] for s in states}, "total": sum(c.values())} for k, c in coverage.items()}
 
 
 def run_items(db: str | Path | Store, gold: Gold | str | Path | None = None,
@@ -204,29 +195,19 @@ def run_items(db: str | Path | Store, gold: Gold | str | Path | None = None,
         return _collect(store, run["id"], task, _resolve_gold(gold, store, task)[0])[0]
 
 
-@contextmanager
-def _opened(db: str | Path | Store) -> Iterator[Store]:
-    """The given store (left open), or one opened here and closed afterwards."""
-    store = db if isinstance(db, Store) else Store.open(db)
-    try:
-        yield store
-    finally:
-        if store is not db:
-            store.close()
-
-
 # ------------------------------------------------------------------------------------------- evaluation
 
 def _single_stats(truth: np.ndarray, pred: np.ndarray, k: int) -> Callable[[np.ndarray], dict[str, float]]:
-    """Accuracy, macro-F1 and Cohen's kappa from option indices; fast enough to bootstrap."""
+    """Accuracy, macro-F1 and Cohen's kappa from option indices, as ``metrics`` defines them; fast enough
+    to bootstrap."""
     def stats(idx: np.ndarray) -> dict[str, float]:
         cm = np.bincount(truth[idx] * k + pred[idx], minlength=k * k).reshape(k, k).astype(float)
         n, tp, rows, cols = cm.sum(), np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
         present = rows + cols > 0
-        f1 = 2 * tp[present] / (rows + cols)[present]
         po, pe = tp.sum() / n, float(rows @ cols) / n**2
         kappa = math.nan if present.sum() < 2 or math.isclose(pe, 1.0) else (po - pe) / (1 - pe)
-        return {"accuracy": po, "macro_f1": float(f1.mean()), "cohen_kappa": kappa}
+        return {"accuracy": po, "macro_f1": float((2 * tp[present] / (rows + cols)[present]).mean()),
+                "cohen_kappa": kappa}
     return stats
 
 
@@ -247,50 +228,50 @@ def _multi_stats(truth: np.ndarray, pred: np.ndarray) -> Callable[[np.ndarray], 
 
 
 def _quality(f: LabelField, items: list[Item], n_boot: int, seed: int) -> dict[str, Any]:
+    """The ``metrics`` report of one field, per-option kappa (multi-label), intervals by dialogue."""
     options = [o.name for o in f.options]
-    groups = np.array([i.dialogue_id for i in items])
+    index = {o: j for j, o in enumerate(options)}
+    stats: Callable[[np.ndarray], dict[str, float]]
     if f.multi:
-        truth_sets = [set(i.gold) for i in items]
-        pred_sets = [set(i.predicted or ()) for i in items]
-        report = multilabel_report(truth_sets, pred_sets, labels=options)
-        col = {o: j for j, o in enumerate(options)}
+        truth_sets, pred_sets = [set(i.gold) for i in items], [set(i.predicted or ()) for i in items]
+        report = metrics.multilabel_report(truth_sets, pred_sets, labels=options)
         t = np.zeros((len(items), len(options)), dtype=bool)
         p = np.zeros_like(t)
         for row, (ts, ps) in enumerate(zip(truth_sets, pred_sets, strict=True)):
-            t[row, [col[o] for o in ts]] = True
-            p[row, [col[o] for o in ps]] = True
-        for j, o in enumerate(options):  # per-option kappa on presence
+            t[row, [index[o] for o in ts]], p[row, [index[o] for o in ps]] = True, True
+        for j, o in enumerate(options):  # kappa of the option's presence
             report["per_option"][o]["cohen_kappa"] = cohen_kappa(t[:, j].tolist(), p[:, j].tolist())
-        matrix = (t.T.astype(int) @ p.astype(int)).tolist()
-        report["confusion"] = {"labels": options, "matrix": matrix, "kind": "co-occurrence"}
-        report["accuracy"] = report["exact_match"]
-        stats = _multi_stats(t, p)
+        report["confusion"] = {"labels": options, "matrix": (t.T.astype(int) @ p.astype(int)).tolist(),
+                               "kind": "co-occurrence"}
+        report["accuracy"], stats = report["exact_match"], _multi_stats(t, p)
         keys: tuple[str, ...] = ("exact_match", "jaccard", "macro_f1", "micro_f1")
     else:
-        report = classification_report([str(i.gold) for i in items], [str(i.predicted) for i in items],
-                                       labels=options)
+        truth, pred = [str(i.gold) for i in items], [str(i.predicted) for i in items]
+        report = metrics.classification_report(truth, pred, labels=options)
         report["confusion"]["kind"] = "gold x predicted"
-        index = {o: j for j, o in enumerate(options)}
-        stats = _single_stats(np.array([index[str(i.gold)] for i in items]),
-                              np.array([index[str(i.predicted)] for i in items]), len(options))
+        codes = np.array([[index[v] for v in truth], [index[v] for v in pred]]).reshape(2, -1)
+        stats = _single_stats(codes[0], codes[1], len(index))
         keys = ("accuracy", "macro_f1", "cohen_kappa")
+    groups = np.array([i.dialogue_id for i in items])
     report["intervals"] = {}
     for key in keys:
-        _, low, high = bootstrap_ci(lambda idx, key=key: stats(idx)[key], groups, n_boot=n_boot, seed=seed)
+        def metric(idx: np.ndarray, key: str = key) -> float:
+            return stats(idx)[key]
+        _, low, high = metrics.bootstrap_ci(metric, groups, n_boot=n_boot, seed=seed)
         report["intervals"][key] = {"value": report[key], "low": low, "high": high}
     return report
 
 
 def _confidence(items: list[Item], n_boot: int, seed: int) -> dict[str, Any] | None:
-    scored = [i for i in items if i.predicted is not None and i.confidence is not None]
+    scored = [i for i in items if i.confidence is not None]
     if not scored:
         return None
     correct = np.array([i.correct for i in scored])
     conf = np.array([float(i.confidence or 0.0) for i in scored])
-    report = confidence_report(correct, conf, [i.dialogue_id for i in scored], budgets=BUDGETS, n_boot=n_boot,
-                               seed=seed)
-    coverage, risk = risk_coverage_curve(correct, conf)
-    step = max(1, math.ceil(coverage.size / _CURVE_POINTS))
+    groups = [i.dialogue_id for i in scored]
+    report = metrics.confidence_report(correct, conf, groups, budgets=BUDGETS, n_boot=n_boot, seed=seed)
+    coverage, risk = metrics.risk_coverage_curve(correct, conf)
+    step = max(1, coverage.size // _CURVE_POINTS)
     keep = np.unique(np.r_[np.arange(0, coverage.size, step), coverage.size - 1])
     report["risk_coverage"] = {"coverage": coverage[keep].tolist(), "risk": risk[keep].tolist()}
     return report
@@ -301,9 +282,9 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
     """Evaluate a run (default: the latest) against gold; ``gold=None`` reads the store's reviewed items.
 
     Returns the report (undefined values as None); with ``out_dir`` also writes ``report.json`` and a
-    self-contained ``report.html`` there. Label metrics cover the labels the run produced; labels of failed
-    records count under ``n_missing``. Intervals: 95% percentile bootstrap, ``n_boot`` resamples of whole
-    dialogues.
+    self-contained ``report.html`` there. Label metrics cover the labels the run produced; gold items whose
+    record failed count as ``n_missing``. Intervals: 95% percentile bootstrap over ``n_boot`` resamples of
+    whole dialogues.
     """
     with _opened(db) as store:
         run = store.run(run_id)
@@ -315,31 +296,25 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
         fields: dict[str, Any] = {}
         for f in task.labels:
             mine = [i for i in items if i.field == f.name]
-            if not mine:
-                continue
             labeled = [i for i in mine if i.predicted is not None]
-            fields[f.name] = {
-                "scope": f.scope, "multi": f.multi, "n_gold": len(mine), "n_labeled": len(labeled),
-                "n_missing": len(mine) - len(labeled),
-                "quality": _quality(f, labeled, n_boot, seed) if labeled else None,
-                "confidence": _confidence(labeled, n_boot, seed),
-            }
+            if mine:
+                fields[f.name] = {"scope": f.scope, "multi": f.multi, "n_gold": len(mine),
+                                  "n_labeled": len(labeled), "n_missing": len(mine) - len(labeled),
+                                  "quality": _quality(f, labeled, n_boot, seed) if labeled else None,
+                                  "confidence": _confidence(labeled, n_boot, seed)}
         report = {
             "run": {"id": run["id"], "model": run["model"], "input": run["input"],
-                    "created_at": run["created_at"],
                     "task": {"name": task.name, "version": task.version, "hash": task.spec_hash}},
             "gold": {"source": source, "labels": sum(len(v) for v in labels.values()), "matched": len(items)},
-            "coverage": coverage,
-            "fields": fields,
-            "agreement": reviewer_agreement(store, task, run["id"]),
+            "coverage": coverage, "fields": fields, "agreement": reviewer_agreement(store, task, run["id"]),
             "method": {"correct": "label equals gold; multi-label fields: exact match of the label sets",
-                       "intervals": f"95% percentile bootstrap over dialogues, {n_boot} resamples, seed {seed}",
+                       "intervals": f"95% percentile bootstrap by dialogue, {n_boot} resamples, seed {seed}",
                        "ece": "equal-mass bins (10)", "auroc": "errors are the positives",
                        "error_recall": "share of wrong labels among the lowest-confidence share flagged"},
         }
     report = _finite(report)
     if out_dir is not None:
-        from .report import write_report
+        from .report import write_report  # matplotlib loads only when a report is written
 
         report["files"] = write_report(report, Path(out_dir))
     return report
@@ -351,11 +326,8 @@ def _finite(obj: Any) -> Any:
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    obj = obj.item() if isinstance(obj, np.generic) else obj
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 # -------------------------------------------------------------------------------------------- agreement
@@ -364,31 +336,28 @@ def reviewer_agreement(store: Store, task: TaskSpec, run_id: str | None = None) 
     """Agreement per field over items reviewed by two or more reviewers, from the ``reviews`` table.
 
     Cohen's kappa per pair of reviewers (on the items both reviewed), Fleiss' kappa (items with the most
-    common number of reviews), Krippendorff's alpha (nominal; MASI distance for multi-label fields). None when
-    there is no ``reviews`` table or no item has several reviews.
+    common number of reviews), Krippendorff's alpha (nominal; MASI distance for multi-label fields). None
+    when there is no ``reviews`` table or no item has several reviews.
     """
-    units = _review_units(store, task, run_id)
     out: dict[str, Any] = {}
-    for name, per_item in units.items():
+    for name, per_item in _review_units(store, task, run_id).items():
         multi = task.label(name).multi
-        shared = {k: v for k, v in per_item.items() if len(v) >= 2}
+        shared = [v for v in per_item.values() if len(v) >= 2]
         if not shared:
             continue
-        reviewers = sorted({r for v in shared.values() for r in v})
+        reviewers = sorted({r for v in shared for r in v})
         pairs = []
-        for i, a in enumerate(reviewers):
-            for b in reviewers[i + 1:]:
-                both = [v for v in shared.values() if a in v and b in v]
-                if both:
-                    pairs.append({"a": a, "b": b, "n": len(both), "kappa": cohen_kappa(
-                        [_key(v[a]) for v in both], [_key(v[b]) for v in both])})
-        size = Counter(len(v) for v in shared.values()).most_common(1)[0][0]
-        fleiss_rows = [[_key(x) for x in v.values()] for v in shared.values() if len(v) == size]
-        alpha_units = [[frozenset(x) if multi else _key(x) for x in v.values()] for v in shared.values()]
+        for a, b in combinations(reviewers, 2):
+            if both := [v for v in shared if a in v and b in v]:
+                kappa = cohen_kappa([_key(v[a]) for v in both], [_key(v[b]) for v in both])
+                pairs.append({"a": a, "b": b, "n": len(both), "kappa": kappa})
+        size = Counter(len(v) for v in shared).most_common(1)[0][0]
+        fleiss_rows = [[_key(x) for x in v.values()] for v in shared if len(v) == size]
+        units = [[frozenset(x) if multi else _key(x) for x in v.values()] for v in shared]
+        distance = "masi" if multi else "nominal"
         out[name] = {"n_items": len(shared), "reviewers": reviewers, "cohen_pairs": pairs,
                      "fleiss_kappa": fleiss_kappa_from_ratings(fleiss_rows), "fleiss_items": len(fleiss_rows),
-                     "krippendorff_alpha": krippendorff_alpha(alpha_units, "masi" if multi else "nominal"),
-                     "distance": "masi" if multi else "nominal"}
+                     "krippendorff_alpha": krippendorff_alpha(units, distance), "distance": distance}
     return out or None
 
 
@@ -398,28 +367,24 @@ def _key(value: Any) -> str:
 
 
 def _review_units(store: Store, task: TaskSpec, run_id: str | None) -> dict[str, dict[Any, dict[str, Any]]]:
-    """{field: {item: {reviewer: normalised value}}} from ``reviews`` (joined to ``review_items`` by
-    ``item_id`` when the reviews do not name their run and turn themselves)."""
+    """{field: {item: {reviewer: normalised value}}} from ``reviews``, joined to ``review_items`` by
+    ``item_id`` unless the reviews name their run and turn themselves."""
     cols = _columns(store, "reviews") or set()
-    reviewer = next((c for c in ("reviewer", "reviewer_id", "user") if c in cols), None)
-    if reviewer is None or "labels_json" not in cols:
+    who = next((c for c in ("reviewer", "reviewer_id", "user") if c in cols), None)
+    if who is None or "labels_json" not in cols:
         return {}
     if {"run_id", "dialogue_id", "kind", "turn_index"} <= cols:
-        sql = f"SELECT run_id, dialogue_id, kind, turn_index, {reviewer}, labels_json FROM reviews"
+        sql = f"SELECT run_id, dialogue_id, kind, turn_index, {who}, labels_json FROM reviews"
     elif "item_id" in cols:
-        sql = (f"SELECT i.run_id, i.dialogue_id, i.kind, i.turn_index, v.{reviewer}, v.labels_json"
+        sql = (f"SELECT i.run_id, i.dialogue_id, i.kind, i.turn_index, v.{who}, v.labels_json"
                " FROM reviews v JOIN review_items i ON i.id = v.item_id")
     else:
         return {}
     units: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    names = {f.name for f in task.labels}
-    for run, dialogue_id, kind, turn_index, who, labels_json in store._rows(sql):
-        if run_id is not None and run != run_id:
-            continue
-        for name, raw in (json.loads(labels_json or "{}") or {}).items():
-            value = task.label(name).normalize(raw) if name in names else None
-            if value is not None:
-                units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(who)] = value
+    for run, dialogue_id, kind, turn_index, reviewer, labels_json in store._rows(sql):
+        if run_id is None or run == run_id:
+            for name, value in _normalised(task, labels_json):
+                units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(reviewer)] = value
     return units
 
 
@@ -427,7 +392,7 @@ def _review_units(store: Store, task: TaskSpec, run_id: str | None) -> dict[str,
 
 def _fit_half(dialogue_ids: Iterable[str], seed: int) -> set[str]:
     """The dialogues a calibrator is fitted on: the first half in the order of a seeded hash of their ids
-    (stable whatever the order of the records); the other half, one larger when odd, certifies."""
+    (stable whatever the order of the records). The other half, one larger when odd, certifies."""
     ordered = sorted(set(dialogue_ids), key=lambda d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest())
     return set(ordered[: len(ordered) // 2])
 
@@ -437,20 +402,22 @@ def _placeholder(signals: Mapping[str, float]) -> float:
     return sum(signals.values()) / len(signals) if signals else 0.0
 
 
-def _scores(calibrator: Calibrator | None, items: list[Item]) -> np.ndarray:
-    if calibrator is None:
-        return np.clip(np.array([_placeholder(i.signals) for i in items], dtype=float), 0.0, 1.0)
-    return calibrator.predict(_features(items, calibrator.features)) if items else np.zeros(0)
-
-
 def _features(items: list[Item], names: Iterable[str]) -> dict[str, np.ndarray]:
     return {n: np.array([i.signals.get(n, np.nan) for i in items], dtype=float) for n in names}
 
 
+def _scores(calibrator: Calibrator | None, items: list[Item]) -> np.ndarray:
+    if calibrator is None or not items:
+        return np.clip(np.array([_placeholder(i.signals) for i in items], dtype=float), 0.0, 1.0)
+    return calibrator.predict(_features(items, calibrator.features))
+
+
 def _fit(items: list[Item], method: CalibrationMethod) -> tuple[Calibrator | None, str]:
     names = sorted({n for i in items for n in i.signals})
+    if not items:
+        return None, "no gold labels to fit a calibrator on"
     if not names:
-        return None, "no labels with signals to fit a calibrator on" + ": the raw score was certified" * bool(items)
+        return None, "no signals to fit a calibrator on: the raw score was certified"
     if method is CalibrationMethod.ISOTONIC and len(names) > 1:
         raise ConfigError(f"isotonic calibration takes one signal, the labels carry {names}: use auto")
     try:
@@ -465,16 +432,13 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
     """Fit a calibrator and certify an auto-accept threshold per label field of a run's task; store both.
 
     The run's dialogues are split in two halves (``_fit_half``): the calibrator is fitted on one, the
-    threshold certified on the other with fixed-sequence Clopper–Pearson testing (``certify_threshold``). A field
-    without a certified threshold (too little data: n < ``min_n`` above every threshold; or no threshold
-    meets ``alpha``) is stored with threshold None, and later runs flag every label of it. Returns one dict
-    per field: ``field, method, features, n_fit, threshold, alpha, delta, n, k, upper_bound, coverage,
-    reason, id``.
+    threshold certified on the other by fixed-sequence Clopper–Pearson testing (``certify_threshold``). A
+    field without a certified threshold (too little data: n < ``min_n`` above every threshold; or none meets
+    ``alpha``) is stored with threshold None, and later runs flag every label of it. Returns per field:
+    ``field, method, features, n_fit, threshold, alpha, delta, n, k, upper_bound, coverage, reason, id``.
     """
-    try:
-        chosen = CalibrationMethod(method)
-    except ValueError:
-        raise ConfigError(f"unknown calibration method {method!r}: auto, isotonic or logistic") from None
+    if method not in {m.value for m in CalibrationMethod}:
+        raise ConfigError(f"unknown calibration method {method!r}: auto, isotonic or logistic")
     with _opened(db) as store:
         run = store.run(run_id)
         task = run_task(store, run["id"])
@@ -482,16 +446,15 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
                  if i.predicted is not None]
         fit_ids, results = _fit_half((i.dialogue_id for i in items), seed), []
         for f in task.labels:
-            mine = [i for i in items if i.field == f.name]
-            fit = [i for i in mine if i.dialogue_id in fit_ids]
-            held = [i for i in mine if i.dialogue_id not in fit_ids]
-            calibrator, note = _fit(fit, chosen)
+            fit = [i for i in items if i.field == f.name and i.dialogue_id in fit_ids]
+            held = [i for i in items if i.field == f.name and i.dialogue_id not in fit_ids]
+            calibrator, note = _fit(fit, CalibrationMethod(method))
             res = certify_threshold(_scores(calibrator, held), [i.correct for i in held], alpha, delta, min_n)
-            reason = f"{res.reason}; {note}" if note else res.reason
             row = {"field": f.name, "method": calibrator.method.value if calibrator else "raw",
                    "features": list(calibrator.features) if calibrator else [], "n_fit": len(fit),
                    "threshold": res.threshold, "alpha": alpha, "delta": delta, "n": res.n, "k": res.k,
-                   "upper_bound": res.upper_bound, "coverage": res.coverage, "reason": reason}
+                   "upper_bound": res.upper_bound, "coverage": res.coverage,
+                   "reason": f"{res.reason}; {note}" if note else res.reason}
             row["id"] = _store_calibrator(store, run, f.name, calibrator, row)
             results.append(row)
     return results
@@ -500,14 +463,14 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
 def _store_calibrator(store: Store, run: Mapping[str, Any], name: str, calibrator: Calibrator | None,
                       row: Mapping[str, Any]) -> int:
     kept = ("method", "threshold", "alpha", "delta", "n", "k", "upper_bound", "coverage", "reason")
-    params = {"tn": run["task_name"], "th": run["task_hash"], "m": run["model"], "f": name, "t": now(),
-              "cj": json.dumps(calibrator.to_dict()) if calibrator else None, **{k: row[k] for k in kept}}
+    key = {"tn": run["task_name"], "th": run["task_hash"], "m": run["model"], "f": name}
     store._write("INSERT INTO calibrators (task_name, task_hash, model, field, method, calibrator_json,"
                  " threshold, alpha, delta, n, k, upper_bound, coverage, reason, created_at) VALUES (:tn,"
                  " :th, :m, :f, :method, :cj, :threshold, :alpha, :delta, :n, :k, :upper_bound, :coverage,"
-                 " :reason, :t)", params)
+                 " :reason, :t)", {**key, **{k: row[k] for k in kept}, "t": now(),
+                                   "cj": json.dumps(calibrator.to_dict()) if calibrator else None})
     rows = store._rows("SELECT MAX(id) FROM calibrators WHERE task_name=:tn AND task_hash=:th AND model=:m"
-                       " AND field=:f", tn=params["tn"], th=params["th"], m=params["m"], f=name)
+                       " AND field=:f", **key)
     return int(rows[0][0])
 
 
@@ -515,9 +478,9 @@ def load_routing(store: Store, task: TaskSpec, model: str
                  ) -> tuple[dict[str, float], Callable[[str, dict[str, float]], float] | None]:
     """Thresholds and the calibrated-confidence function for runs of ``task`` with ``model``.
 
-    The latest stored calibrator per field wins. A field whose threshold is None gets ``NEVER`` (1.01): every
-    label of it is flagged. A field stored without a calibrator is scored as without calibration (the mean of
-    its signals). With nothing stored: ``({}, None)``, i.e. the graph's defaults.
+    The latest stored calibrator per field wins. A field whose threshold is None gets ``NEVER`` (1.01):
+    every label of it is flagged. A field stored without a calibrator is scored as without calibration (the
+    mean of its signals). With nothing stored: ``({}, None)``, i.e. the graph's defaults.
     """
     rows = store._rows("SELECT field, calibrator_json, threshold FROM calibrators WHERE task_name=:t AND"
                        " task_hash=:h AND model=:m ORDER BY id", t=task.name, h=task.spec_hash, m=model)
@@ -534,4 +497,3 @@ def load_routing(store: Store, task: TaskSpec, model: str
         return float(calibrator.predict({k: float(v) for k, v in signals.items()})[0])
 
     return thresholds, score
-

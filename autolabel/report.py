@@ -1,8 +1,9 @@
 """The evaluation report on disk: ``report.json`` and a self-contained ``report.html``.
 
-The HTML page has no external references: plots (reliability diagram, risk–coverage curve, confusion matrix per
-field) are PNGs drawn with matplotlib's Agg canvas and embedded as base64 ``data:`` URIs; every text that comes
-from the data (paths, ids, option names) is HTML-escaped. matplotlib is imported only when a report is written.
+The HTML page has no external references: plots (reliability diagram, risk–coverage curve, confusion matrix
+per field) are PNGs drawn with matplotlib's Agg canvas and embedded as base64 ``data:`` URIs; every text that
+comes from the data (paths, ids, option names) is HTML-escaped. matplotlib is imported only when a report is
+written.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def summary_rows(report: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     for name, f in report["fields"].items():
         q, c = f["quality"] or {}, f["confidence"] or {}
         at20 = next((b for b in c.get("budgets", []) if math.isclose(b["budget"], 0.2)), None)
-        yield {"field": name, "n": f["n_labeled"], "accuracy": q.get("accuracy"), "macro_f1": q.get("macro_f1"),
-               "auroc": (c.get("auroc") or {}).get("value"), "ece": (c.get("ece") or {}).get("value"),
+        yield {"field": name, "n": f["n_labeled"], "accuracy": q.get("accuracy"),
+               "macro_f1": q.get("macro_f1"), "auroc": (c.get("auroc") or {}).get("value"),
+               "ece": (c.get("ece") or {}).get("value"),
                "error_recall_20": at20["error_recall"]["value"] if at20 else None}
 
 
@@ -73,8 +75,8 @@ def _risk_coverage(curve: Mapping[str, Sequence[float]], title: str) -> str:
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         ax.step(curve["coverage"], curve["risk"], where="post", color="tab:red")
-        ax.set(xlim=(0, 1), ylim=(0, max(0.05, max(curve["risk"], default=0) * 1.1)), xlabel="coverage (accepted)",
-               ylabel="risk (error rate among accepted)", title=title)
+        ax.set(xlim=(0, 1), ylim=(0, max(0.05, max(curve["risk"], default=0) * 1.1)),
+               xlabel="coverage (accepted)", ylabel="risk (error rate among accepted)", title=title)
         ax.grid(alpha=0.3)
     return _png(draw)
 
@@ -105,8 +107,9 @@ def _confusion(confusion: Mapping[str, Any], title: str) -> str:
 # ------------------------------------------------------------------------------------------------ HTML
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.plots img{margin:.3em;border:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}.plots img{margin:.3em;border:1px solid #ddd}
 .note{color:#555;font-size:.9em}"""
 
 
@@ -136,8 +139,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _field(name: str, f: Mapping[str, Any]) -> str:
     q, c = f["quality"], f["confidence"]
     kind = "multi-label" if f["multi"] else "single-label"
-    parts = [f"<h2>{escape(name)}</h2><p class='note'>{escape(f['scope'])}, {kind}; {f['n_labeled']} labeled of "
-             f"{f['n_gold']} with gold, {f['n_missing']} missing (failed)</p>"]
+    parts = [f"<h2>{escape(name)}</h2><p class='note'>{escape(f['scope'])}, {kind}; {f['n_labeled']} labeled "
+             f"of {f['n_gold']} with gold, {f['n_missing']} missing (failed)</p>"]
     if q:
         rows = [[escape(k), _ci(v)] for k, v in q["intervals"].items()]
         if "micro_f1" not in q["intervals"]:
@@ -168,7 +171,8 @@ def _agreement(agreement: Mapping[str, Any] | None) -> str:
         return "<p class='note'>No item has reviews from two or more reviewers.</p>"
     rows = [[escape(name), _num(a["n_items"]), escape(", ".join(a["reviewers"])), _num(a["fleiss_kappa"]),
              _num(a["krippendorff_alpha"]) + f" ({escape(a['distance'])})",
-             escape("; ".join(f"{p['a']}–{p['b']}: {_num(p['kappa'])} (n={p['n']})" for p in a["cohen_pairs"]))]
+             "; ".join(f"{escape(p['a'])}–{escape(p['b'])}: {_num(p['kappa'])} (n={p['n']})"
+                       for p in a["cohen_pairs"])]
             for name, a in agreement.items()]
     return _table(["field", "items", "reviewers", "Fleiss κ", "Krippendorff α", "Cohen κ per pair"], rows)
 

@@ -1,0 +1,1 @@
+"""Templates, script and style of the review web UI (package data)."""
