@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from . import pricing
 from .errors import BudgetExceeded, InputError
 from .graphs.annotate.context import Context
 from .graphs.annotate.graph import build_graph
@@ -86,21 +87,25 @@ class Annotator:
             results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
             source = iter(dialogues)
             lock = asyncio.Lock()
+            budget_hit = asyncio.Event()  # no new dialogue starts; the running ones finish and are stored
 
             async def worker() -> None:
                 while True:
                     async with lock:
-                        d = next(source, None)
+                        d = None if budget_hit.is_set() else next(source, None)
+                        if d is not None and self._over_budget(run):
+                            budget_hit.set()
+                            d = None  # not started: a re-run reads it again
                     if d is None:
                         return
-                    if self.settings.max_cost is not None and run.llm.cost_usd >= self.settings.max_cost:
-                        raise BudgetExceeded(run.llm.cost_usd, self.settings.max_cost)
                     res = await self._one(run, d)
                     await results.put(res)
 
             async def drive() -> None:
                 try:
                     await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
+                    if budget_hit.is_set():  # raised to the consumer after every finished result
+                        await results.put(BudgetExceeded(run.llm.cost_usd, self.settings.max_cost or 0.0))
                 except BaseException as e:  # handed to the consumer below, which re-raises it
                     await results.put(e)
                 await results.put(None)
@@ -109,6 +114,8 @@ class Annotator:
             try:
                 while (item := await results.get()) is not None:
                     if isinstance(item, BaseException):
+                        if isinstance(item, BudgetExceeded):
+                            run.summary.stopped_reason = "budget"
                         raise item
                     self._count(run, item)
                     if progress:
@@ -130,9 +137,12 @@ class Annotator:
 
         dialogues = read_dialogues(path, on_error=on_error)
         summary = RunSummary(run_id=self.run_id(str(Path(path).resolve())), db=self.settings.db)
-        async for _ in self.aannotate_many(dialogues, input_name=str(Path(path).resolve()), progress=progress,
-                                           summary=summary):
-            pass
+        try:
+            async for _ in self.aannotate_many(dialogues, input_name=str(Path(path).resolve()),
+                                               progress=progress, summary=summary):
+                pass
+        except BudgetExceeded:
+            pass  # summary.stopped_reason says so; finished dialogues are stored and a re-run resumes
         summary.input_errors = len(errs)
         return summary
 
@@ -169,6 +179,7 @@ class Annotator:
     @asynccontextmanager
     async def _run(self, input_name: str) -> AsyncIterator[RunState]:
         s = self.settings
+        cost, _ = pricing.pricer(s)  # first: a budget without a known price is refused before anything opens
         if s.is_remote():
             log.warning("dialogue text will be sent to a remote endpoint (%s)", s.base_url or "api.openai.com")
         store = Store.open(s.db)
@@ -177,7 +188,7 @@ class Annotator:
         store.start_run(run_id, task_name=self.task.name, task_version=self.task.version,
                         task_hash=self.task.spec_hash, task_json=self.task.model_dump_json(), model=s.model,
                         params=self.params(), params_hash=self.params_hash(), input=input_name)
-        llm = LLMClient(s, backend, store, run_id=run_id)
+        llm = LLMClient(s, backend, store, run_id=run_id, pricer=cost)
         try:
             async with _checkpointer(s.db) as saver:
                 self._graph = build_graph().compile(checkpointer=saver)
@@ -222,8 +233,18 @@ class Annotator:
         s.cost_usd = run.llm.cost_usd
         s.seconds = round(time.monotonic() - run.started, 3)
 
+    def _over_budget(self, run: RunState) -> bool:
+        """Would one more dialogue pass ``max_cost``? Spent so far plus the mean cost of the dialogues
+        annotated in this process (stored ones cost nothing). Dialogues already running may pass it a little."""
+        limit = self.settings.max_cost
+        if limit is None:
+            return False
+        spent, done = run.llm.cost_usd, run.summary.dialogues - run.summary.skipped_dialogues
+        return spent >= limit or (done > 0 and spent + spent / done > limit)
+
     def _finish(self, run: RunState) -> None:
-        self._ctx.store.finish_run(run.run_id, "finished", run.summary.model_dump())
+        status = "stopped" if run.summary.stopped_reason else "finished"
+        self._ctx.store.finish_run(run.run_id, status, run.summary.model_dump())
 
 
 @asynccontextmanager

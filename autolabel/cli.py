@@ -15,9 +15,11 @@ from rich.table import Table
 
 from . import __version__
 from .annotator import Annotator, RunState
-from .errors import AutolabelError, InputError
+from .errors import AutolabelError, BudgetExceeded, InputError
 from .export import ExportFormat, export
 from .models import DialogueResult, RunSummary
+from .plan import plan
+from .pricing import price
 from .readers import count_input
 from .settings import Settings
 from .tasks import list_tasks, load_task, localize, validate_task_file
@@ -100,6 +102,10 @@ def _settings(**kw: Any) -> Settings:
     return Settings.model_validate({**Settings().model_dump(), **{k: v for k, v in kw.items() if v is not None}})
 
 
+PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
+PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
+
+
 @app.command()
 def run(
     input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
@@ -116,16 +122,24 @@ def run(
     max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
     max_cost: Annotated[float | None, typer.Option(help="Stop cleanly before spending more (USD).")] = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
     on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
     = OnInvalid.skip,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     s = _settings(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
                   window=window, samples=samples, critique=critique, max_reasks=max_reasks, temperature=temperature,
-                  max_cost=max_cost)
+                  max_cost=max_cost, price_in=price_in, price_out=price_out)
     annotator = Annotator(task, settings=s)
+    cost = price(s)
+    console.print(f"prices: {cost.source}", markup=False)
     summary, errors = _run_with_progress(annotator, input, on_invalid.value)
-    _print_summary(summary)
+    _print_summary(summary, cost_known=cost.known)
+    if summary.stopped_reason == "budget":
+        console.print(f"stopped before passing --max-cost ${s.max_cost:g}: finished dialogues are stored; "
+                      "run again with a higher --max-cost to go on", style="yellow", markup=False)
+        raise typer.Exit(BudgetExceeded.exit_code)
     for e in errors[:20]:
         console.print(f"skipped: {e}", markup=False)
     if errors:
@@ -154,12 +168,12 @@ def _run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tu
     return summary, errors
 
 
-def _print_summary(s: RunSummary) -> None:
+def _print_summary(s: RunSummary, cost_known: bool = True) -> None:
     table = Table("", "", title=f"run {s.run_id}", show_header=False)
     rows = [("dialogues", s.dialogues), ("turns", s.turns), ("accepted", s.accepted), ("flagged", s.flagged),
             ("failed", s.failed), ("calls", s.calls), ("cache hits", s.cache_hits),
             ("prompt tokens", f"{s.prompt_tokens:,}"), ("completion tokens", f"{s.completion_tokens:,}"),
-            ("cost (USD)", f"{s.cost_usd:.4f}"), ("seconds", f"{s.seconds:.1f}")]
+            ("cost (USD)", f"{s.cost_usd:.4f}" if cost_known else "n/a"), ("seconds", f"{s.seconds:.1f}")]
     for k, v in rows:
         table.add_row(k, str(v))
     out.print(table)
@@ -179,9 +193,11 @@ def export_cmd(
     out_path: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("labels.jsonl"),
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Include the turns' text.")] = True,
+    bom: Annotated[bool, typer.Option("--bom", help="Start a CSV file with a UTF-8 byte order mark (Excel).")]
+    = False,
 ) -> None:
     """Export a run's final annotations (validated against the schemas on the way out)."""
-    n = export(db, format, out_path, run_id=run_id, include_text=text)
+    n = export(db, format, out_path, run_id=run_id, include_text=text, bom=bom)
     out.print(f"wrote {n} records to {out_path}")
 
 
@@ -199,7 +215,7 @@ def eval_cmd(
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json and report.html.")]
     = Path("report"),
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (by dialogue) for the 95% intervals.")] = 1000,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (by dialogue) for 95% intervals.")] = 1000,
 ) -> None:
     """Evaluate a run against gold: label quality, coverage, confidence quality; JSON + HTML report."""
     from .evaluate import evaluate
@@ -236,14 +252,157 @@ def calibrate_cmd(
     from .evaluate import calibrate
 
     results = calibrate(db, gold, run_id=run_id, alpha=alpha, delta=delta, method=method, min_n=min_n)
-    table = Table(title="certified auto-accept thresholds (Clopper–Pearson, fixed-sequence)")
-    for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage", "reason"):
-        table.add_column(col, justify="left" if col in ("field", "method", "reason") else "right")
+    table = Table(title="certified auto-accept thresholds (fixed-sequence Clopper–Pearson)")
+    for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage"):
+        table.add_column(col, justify="left" if col in ("field", "method") else "right")
     for r in results:
-        table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]), str(r["k"]),
-                      _fmt(r["upper_bound"]), "none: flag all" if r["threshold"] is None else _fmt(r["threshold"]),
-                      _fmt(r["coverage"]), r["reason"])
+        threshold = "none" if r["threshold"] is None else _fmt(r["threshold"])
+        table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]),
+                      str(r["k"]), _fmt(r["upper_bound"]), threshold, _fmt(r["coverage"]))
     out.print(table)
+    for r in results:
+        flag_all = " -> every label of this field will be flagged" if r["threshold"] is None else ""
+        out.print(f"{r['field']}: {r['reason']}{flag_all}", markup=False, soft_wrap=True)
+
+
+# -- review -----------------------------------------------------------------------------------------------
+
+review_app = typer.Typer(help="The human review queue: status, the web UI, reviewers, export.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+ReviewDb = Annotated[str, typer.Option(help="SQLite file or postgresql:// URL.")]
+
+
+@review_app.command("status")
+def review_status(
+    db: ReviewDb = "autolabel.db",
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's items.")] = None,
+) -> None:
+    """Show the review queue: items by state, reviews per reviewer, agreement per field."""
+    from .review import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        s = queue.status(run_id)
+    table = Table(title="review queue")
+    for col in ("pending", "claimed", "done", "adjudication", "total", "gold"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(s[c]) for c in ("pending", "claimed", "done", "adjudication", "total", "gold")))
+    out.print(table)
+    for name, n in s["reviewers"].items():
+        out.print(f"{name}: {n} review(s)", markup=False)
+    for field, alpha in s["agreement"].items():
+        value = "undefined" if alpha is None else f"{alpha:.3f}"
+        out.print(f"agreement {field}: Krippendorff's alpha {value}")
+
+
+@review_app.command("serve")
+def review_serve(
+    db: ReviewDb = "autolabel.db",
+    host: Annotated[str, typer.Option(help="Address to bind; non-loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option(help="Shared access token (default: AUTOLABEL_REVIEW_TOKEN).")]
+    = None,
+    blind: Annotated[bool, typer.Option("--blind", help="Hide the model's labels until the reviewer "
+                                                        "commits their own.")] = False,
+) -> None:
+    """Serve the review web UI until interrupted (every page and API call needs a token)."""
+    from .web import serve
+
+    secret = Settings().review_token
+    token = token or (secret.get_secret_value() if secret else None)
+    serve(db, host=host, port=port, token=token, blind=blind,
+          announce=lambda url: out.print(f"reviewing at {url}  (Ctrl+C stops)", markup=False))
+
+
+@review_app.command("add-reviewer")
+def review_add_reviewer(
+    name: Annotated[str, typer.Argument(help="The reviewer's name (shown in the audit log).")],
+    db: ReviewDb = "autolabel.db",
+    replace: Annotated[bool, typer.Option("--replace", help="Issue a new token for an existing reviewer.")]
+    = False,
+) -> None:
+    """Register a reviewer and print their access token (once: only its hash is stored)."""
+    from .review import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        token = queue.add_reviewer(name, replace=replace)
+    out.print(token, markup=False)
+
+
+@review_app.command("export")
+def review_export(
+    db: ReviewDb = "autolabel.db",
+    out_path: Annotated[Path, typer.Option("--out", help="Output JSONL file.")] = Path("reviews.jsonl"),
+) -> None:
+    """Export every review and the gold labels as JSONL."""
+    from .review import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        counts = queue.export_reviews(out_path)
+    out.print(f"wrote {counts['reviews']} reviews and {counts['gold']} gold items to {out_path}")
+
+
+# -- plan -------------------------------------------------------------------------------------------------
+
+@app.command("plan")
+def plan_cmd(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded one).")]
+    = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL (picks the provider's "
+                                                      "prices).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")]
+    = None,
+    sample_dialogues: Annotated[int, typer.Option(help="Dialogues whose prompts are built and counted.")]
+    = 20,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")]
+    = True,
+    db: Annotated[str | None, typer.Option(help="Store whose past calls give observed completion lengths.")]
+    = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+) -> None:
+    """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
+    s = _settings(model=model, base_url=base_url, db=db, window=window, critique=critique, price_in=price_in,
+                  price_out=price_out)
+    p = plan(input, task, s, samples=samples, sample_dialogues=sample_dialogues)
+    table = Table("purpose", title=f"plan: {p.task} with {p.model}")
+    for col in ("calls", "prompt tokens", "completion tokens", "cost (USD)"):
+        table.add_column(col, justify="right")
+    table.add_column("completion tokens from")
+
+    def money(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for c in p.calls:
+        table.add_row(c.purpose.value, f"{c.calls:,}", f"{c.prompt_tokens:,}", f"{c.completion_tokens:,}",
+                      money(c.cost_usd), c.completion_source)
+    table.add_row("total", f"{p.total_calls:,}", f"{p.prompt_tokens:,}", f"{p.completion_tokens:,}",
+                  money(p.cost_usd), "", style="bold")
+    out.print(table)
+    out.print(f"input: {p.dialogues:,} dialogues, {p.turns:,} turns (prompts built for {p.sample_dialogues} "
+              f"dialogues, {p.sample_turns} turns)", markup=False)
+    out.print(f"cacheable prefix: {p.cacheable_share:.0%} of prompt tokens (system messages)", markup=False)
+    out.print(f"tokenizer: {p.tokenizer}", markup=False)
+    out.print(f"prices: {p.price_source}", markup=False)
+    for note in p.notes:
+        out.print(f"note: {note}", markup=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    db: Annotated[str, typer.Option(help="Where to keep the results.")] = "autolabel-demo.db",
+    model: Annotated[str | None, typer.Option(help="Model (default: the embedded local model).")] = None,
+) -> None:
+    """Label the bundled demo dialogues (English and Chinese) offline on the embedded model."""
+    from .demo import demo_path
+
+    annotator = Annotator("psy-insight", settings=_settings(model=model, db=db))
+    summary, _ = _run_with_progress(annotator, demo_path(), "skip")
+    _print_summary(summary)
+    out.print(f"export: autolabel export --db {db} --format jsonl --out demo-labels.jsonl")
 
 
 def main() -> None:

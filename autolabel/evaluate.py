@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import inspect
+from sqlalchemy import text
 
 from . import metrics
 from .agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
@@ -91,13 +91,9 @@ def _gold_value(f: LabelField, meta: Mapping[str, Any]) -> Any:
 
 
 def _store_gold(store: Store, task: TaskSpec) -> Gold:
-    """Reviewed labels from the ``gold`` table of runs of this task; a later row overrides an earlier one."""
-    columns = _columns(store, "gold")
-    if columns is None:
-        return {}
-    order = next((f" ORDER BY g.{c}" for c in ("id", "created_at", "updated_at") if c in columns), "")
-    rows = store._rows("SELECT g.dialogue_id, g.kind, g.turn_index, g.labels_json FROM gold g JOIN runs r ON"
-                       " r.id = g.run_id WHERE r.task_name = :t" + order, t=task.name)
+    """Reviewed labels of this task from the review queue's ``gold`` table; later rows override."""
+    rows = store._rows("SELECT dialogue_id, kind, turn_index, labels_json FROM gold WHERE task_name = :t"
+                       " ORDER BY id", t=task.name)
     gold: Gold = {}
     for dialogue_id, kind, turn_index, labels_json in rows:
         key = (dialogue_id, SESSION if kind == "session" or turn_index is None else int(turn_index))
@@ -112,13 +108,6 @@ def _normalised(task: TaskSpec, labels_json: str | None) -> Iterator[tuple[str, 
         value = task.label(name).normalize(raw) if name in names else None
         if value is not None:
             yield name, value
-
-
-def _columns(store: Store, table: str) -> set[str] | None:
-    """The column names of ``table``, or None when the store has no such table (yet)."""
-    with store.engine.connect() as conn:
-        found = inspect(conn)
-        return {c["name"] for c in found.get_columns(table)} if found.has_table(table) else None
 
 
 def _resolve_gold(gold: Gold | str | Path | None, store: Store, task: TaskSpec) -> tuple[Gold, str]:
@@ -166,22 +155,30 @@ def _canon(value: Any, multi: bool) -> Value:
 
 
 def _collect(store: Store, run_id: str, task: TaskSpec, gold: Gold) -> tuple[list[Item], dict[str, Any]]:
-    """The run's gold-matched items, and the count of final states per kind (turn / session)."""
+    """The model's gold-matched labels in a run, and the count of final states per kind (turn / session).
+
+    The model's answer is the record the run wrote (attempt 0), also where a reviewer's record has since
+    become final: a review must not grade itself."""
     items: list[Item] = []
+    sql = "SELECT record_json FROM annotations WHERE run_id=:r AND attempt=0 ORDER BY dialogue_id, turn_index"
+    with store.engine.connect() as conn:
+        for (rec_json,) in conn.execution_options(yield_per=500).execute(text(sql), {"r": run_id}):
+            rec = json.loads(rec_json)
+            key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
+            fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
+            asked = {f.name for f in fields.labels} if fields else set()
+            for name, g in gold.get(key, {}).items():
+                value = rec["labels"].get(name)
+                if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
+                    continue  # the field is not asked of this record (a failed record lost its labels)
+                multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
+                items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
+                                  None if value is None else _canon(value, multi), rec["status"],
+                                  conf.get("value"), dict(conf.get("signals") or {})))
     coverage: dict[str, Counter[str]] = {"turn": Counter(), "session": Counter()}
-    for rec in store.final_records(run_id):
-        coverage[rec["kind"]][rec["status"]] += 1
-        key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
-        fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
-        asked = {f.name for f in fields.labels} if fields else set()
-        for name, g in gold.get(key, {}).items():
-            value = rec["labels"].get(name)
-            if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
-                continue  # the field is not asked of this record (a failed record lost its labels)
-            multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
-            items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
-                              None if value is None else _canon(value, multi), rec["status"],
-                              conf.get("value"), dict(conf.get("signals") or {})))
+    for kind, status, n in store._rows("SELECT kind, status, COUNT(*) FROM annotations WHERE run_id=:r AND"
+                                       " is_final=1 GROUP BY kind, status", r=run_id):
+        coverage[kind][status] += n
     states = ("accepted", "flagged", "reviewed", "failed")
     return items, {k: {**{s: c[s] for s in states}, "total": sum(c.values())} for k, c in coverage.items()}
 
@@ -337,7 +334,7 @@ def reviewer_agreement(store: Store, task: TaskSpec, run_id: str | None = None) 
 
     Cohen's kappa per pair of reviewers (on the items both reviewed), Fleiss' kappa (items with the most
     common number of reviews), Krippendorff's alpha (nominal; MASI distance for multi-label fields). None
-    when there is no ``reviews`` table or no item has several reviews.
+    when no item has several reviews.
     """
     out: dict[str, Any] = {}
     for name, per_item in _review_units(store, task, run_id).items():
@@ -367,24 +364,13 @@ def _key(value: Any) -> str:
 
 
 def _review_units(store: Store, task: TaskSpec, run_id: str | None) -> dict[str, dict[Any, dict[str, Any]]]:
-    """{field: {item: {reviewer: normalised value}}} from ``reviews``, joined to ``review_items`` by
-    ``item_id`` unless the reviews name their run and turn themselves."""
-    cols = _columns(store, "reviews") or set()
-    who = next((c for c in ("reviewer", "reviewer_id", "user") if c in cols), None)
-    if who is None or "labels_json" not in cols:
-        return {}
-    if {"run_id", "dialogue_id", "kind", "turn_index"} <= cols:
-        sql = f"SELECT run_id, dialogue_id, kind, turn_index, {who}, labels_json FROM reviews"
-    elif "item_id" in cols:
-        sql = (f"SELECT i.run_id, i.dialogue_id, i.kind, i.turn_index, v.{who}, v.labels_json"
-               " FROM reviews v JOIN review_items i ON i.id = v.item_id")
-    else:
-        return {}
+    """{field: {item: {reviewer: normalised value}}} from the review queue's ``reviews``."""
+    sql = ("SELECT i.run_id, i.dialogue_id, i.kind, i.turn_index, v.reviewer, v.labels_json FROM reviews v"
+           " JOIN review_items i ON i.id = v.item_id" + (" WHERE i.run_id = :r" if run_id else ""))
     units: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    for run, dialogue_id, kind, turn_index, reviewer, labels_json in store._rows(sql):
-        if run_id is None or run == run_id:
-            for name, value in _normalised(task, labels_json):
-                units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(reviewer)] = value
+    for run, dialogue_id, kind, turn_index, reviewer, labels_json in store._rows(sql, r=run_id):
+        for name, value in _normalised(task, labels_json):
+            units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(reviewer)] = value
     return units
 
 

@@ -2,10 +2,17 @@
 
 Formats are registered in ``EXPORTERS`` keyed by ``ExportFormat``; each writes to an open text file and returns
 the number of records written.
+
+CSV (for spreadsheets): one row per turn — ``dialogue_id, turn_index, speaker, role, text, status, flags``,
+then one column per label field (several options joined with ``|``), one per text field, and
+``<field>_confidence`` per label field. Each dialogue's session-level record follows its turns as a row with
+an empty ``turn_index`` and the role ``session``. UTF-8; ``bom=True`` starts the file with a byte order mark
+so that Excel reads Chinese text correctly.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -13,15 +20,16 @@ from itertools import groupby
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .records import record_problems
 from .store import Store
-from .tasks import TaskSpec
+from .tasks import LabelField, TaskSpec, TextField
 
 
 class ExportFormat(str, Enum):
     JSONL = "jsonl"
     PSY_INSIGHT = "psy-insight"
+    CSV = "csv"
 
 
 Exporter = Callable[[Store, str, TaskSpec, IO[str], bool], int]
@@ -78,20 +86,68 @@ def export_psy_insight(store: Store, run_id: str, task: TaskSpec, out: IO[str], 
     return n
 
 
+CSV_BASE = ("dialogue_id", "turn_index", "speaker", "role", "text", "status", "flags")
+MULTI_SEPARATOR = "|"
+
+
+def csv_fields(task: TaskSpec) -> tuple[list[LabelField], list[TextField]]:
+    """The label and text fields that get a column: every role's turn fields, then the session's."""
+    roles = [task.fields_for(role) for role in task.roles]
+    groups = [g for g in [*roles, task.session_fields()] if g is not None]
+    labels = {f.name: f for g in groups for f in g.labels}
+    texts = {t.name: t for g in groups for t in g.texts}
+    return list(labels.values()), list(texts.values())
+
+
+def csv_header(task: TaskSpec) -> list[str]:
+    labels, texts = csv_fields(task)
+    return [*CSV_BASE, *(f.name for f in labels), *(t.name for t in texts),
+            *(f"{f.name}_confidence" for f in labels)]
+
+
+def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
+    labels, texts = csv_fields(task)
+    writer = csv.writer(out)
+    writer.writerow(csv_header(task))
+    n = 0
+    for rec in checked_records(store, run_id, task, include_text):
+        session = rec["kind"] == "session"
+        row: list[Any] = [rec["dialogue_id"], "" if session else rec["turn_index"], rec.get("speaker", ""),
+                          "session" if session else rec.get("role") or "", rec.get("text", ""), rec["status"],
+                          MULTI_SEPARATOR.join(rec["flags"])]
+        for f in labels:
+            value = rec["labels"].get(f.name, "")
+            row.append(MULTI_SEPARATOR.join(value) if isinstance(value, list) else value)
+        row += [rec["texts"].get(t.name, "") for t in texts]
+        for f in labels:
+            conf = rec["confidence"].get(f.name)
+            row.append("" if conf is None else round(conf["value"], 4))
+        writer.writerow(row)
+        n += 1
+    return n
+
+
 EXPORTERS: dict[ExportFormat, Exporter] = {
     ExportFormat.JSONL: export_jsonl,
     ExportFormat.PSY_INSIGHT: export_psy_insight,
+    ExportFormat.CSV: export_csv,
 }
 
 
 def export(db: str | Path, format: ExportFormat | str, out: str | Path, *, run_id: str | None = None,
-           include_text: bool = True) -> int:
-    """Write a run's final annotations (the latest run by default) to ``out``; returns the records written."""
+           include_text: bool = True, bom: bool = False) -> int:
+    """Write a run's final annotations (the latest run by default) to ``out``; returns the records written.
+
+    ``bom`` (CSV only) starts the file with a UTF-8 byte order mark, for spreadsheet tools.
+    """
+    fmt = ExportFormat(format)
+    if bom and fmt != ExportFormat.CSV:
+        raise ConfigError(f"a byte order mark is for CSV files only, not {fmt.value}")
     store = Store.open(db)
     try:
         run_id = run_id or store.run()["id"]
         task = run_task(store, run_id)
-        with open(out, "w", encoding="utf-8", newline="") as f:
-            return EXPORTERS[ExportFormat(format)](store, run_id, task, f, include_text)
+        with open(out, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+            return EXPORTERS[fmt](store, run_id, task, f, include_text)
     finally:
         store.close()

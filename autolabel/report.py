@@ -63,9 +63,9 @@ def _reliability(bins: Sequence[Mapping[str, Any]], title: str) -> str:
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
         conf = [b["mean_confidence"] for b in bins]
         acc = [b["accuracy"] for b in bins]
-        ax.plot(conf, acc, marker="o", color="tab:blue", label="equal-mass bins")
-        for c, a, b in zip(conf, acc, bins, strict=True):
-            ax.annotate(str(b["count"]), (c, a), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        sizes = sorted({b["count"] for b in bins})
+        ax.plot(conf, acc, marker="o", color="tab:blue",
+                label=f"equal-mass bins ({'–'.join(map(str, sizes[:: max(1, len(sizes) - 1)]))} labels each)")
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean confidence", ylabel="accuracy", title=title)
         ax.legend(loc="upper left", fontsize=8)
     return _png(draw)
@@ -150,19 +150,20 @@ def _field(name: str, f: Mapping[str, Any]) -> str:
         parts.append(_table(head, [[escape(o), _num(v["precision"]), _num(v["recall"]), _num(v["f1"]),
                                     _num(v["support"]), _num(v.get("cohen_kappa")) if f["multi"] else ""]
                                    for o, v in q["per_option"].items()]))
-    plots = []
+    plots: list[tuple[str, str]] = []
     if c:
         rows = [[k, _ci(c[k])] for k in ("accuracy", "auroc", "aurc", "ece", "brier")]
         rows += [[f"error recall @{b['budget']:.0%} ({b['n_flagged']} flagged)", _ci(b["error_recall"])]
                  for b in c["budgets"]]
         rows += [[f"residual error @{b['budget']:.0%}", _ci(b["residual_error_rate"])] for b in c["budgets"]]
         parts.append("<h3>confidence</h3>" + _table(["metric", "value [95% CI]"], rows))
-        plots.append(_reliability(c["reliability"], f"reliability: {name}"))
-        plots.append(_risk_coverage(c["risk_coverage"], f"risk–coverage: {name}"))
+        plots.append((f"reliability: {name}", _reliability(c["reliability"], f"reliability: {name}")))
+        plots.append((f"risk–coverage: {name}", _risk_coverage(c["risk_coverage"], f"risk–coverage: {name}")))
     if q:
-        plots.append(_confusion(q["confusion"], f"{q['confusion']['kind']}: {name}"))
-    parts.append("<div class='plots'>" + "".join(f"<img alt='{escape(name)} plot' src='{p}'>" for p in plots)
-                 + "</div>")
+        title = f"{q['confusion']['kind']}: {name}"
+        plots.append((title, _confusion(q["confusion"], title)))
+    parts.append("<div class='plots'>" + "".join(f"<img alt='{escape(alt, quote=True)}' src='{uri}'>"
+                                                 for alt, uri in plots) + "</div>")
     return "\n".join(parts)
 
 

@@ -4,9 +4,8 @@
     item = queue.claim("alice")      # next by priority (risk first, then lowest confidence), leased
     queue.submit(item.id, "alice", item.version, {"emotion": ["Anxiety"]})
 
-An item moves ``pending → claimed → pending`` (release, skip, lease expiry, or more reviews still needed)
-``→ done`` (the reviews agree: gold written, a final ``reviewed`` record stored, the turn marked reviewed) or
-``→ adjudication`` (they disagree) ``→ done``.
+An item moves ``pending → claimed → pending`` (release, skip, lease expiry, more reviews needed) ``→ done``
+(reviews agree: gold, a final ``reviewed`` record, turn reviewed) or ``→ adjudication`` ``→ done``.
 
 Concurrency: every write is one transaction that first locks what it reads — SQLite ``BEGIN IMMEDIATE``
 (one writer at a time), PostgreSQL row locks (``FOR UPDATE``; ``SKIP LOCKED`` when claiming) — then checks
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .agreement import Distance, krippendorff_alpha
 from .errors import ReviewError, StoreError
@@ -48,7 +47,7 @@ DEFAULT_LEASE = 600.0
 MAX_NOTE_CHARS = 2000
 
 # Per dialect: how a write transaction takes its locks (dict dispatch, no if-chains on the dialect).
-_BEGIN = {"sqlite": "BEGIN IMMEDIATE"}
+_BEGIN = {"sqlite": ("BEGIN IMMEDIATE",)}
 _LOCK_ROW = {"postgresql": " FOR UPDATE"}
 _SKIP_LOCKED = {"postgresql": " FOR UPDATE SKIP LOCKED"}
 
@@ -93,13 +92,16 @@ class Item:
 
 
 def _item(row: Any) -> Item:
-    m = row._mapping
-    return Item(id=int(m["id"]), run_id=m["run_id"], dialogue_id=m["dialogue_id"], kind=m["kind"],
-                turn_index=int(m["turn_index"]), priority=float(m["priority"]),
-                reasons=json.loads(m["reasons_json"]), proposal=json.loads(m["proposal_json"]),
-                status=m["status"],
-                version=int(m["version"]), lease_owner=m["lease_owner"], lease_expires=m["lease_expires"],
-                required_reviews=int(m["required_reviews"]), agreement=m["agreement"])
+    m = dict(row._mapping)
+    reasons, proposal = json.loads(m.pop("reasons_json")), json.loads(m.pop("proposal_json"))
+    return Item(**m, reasons=reasons, proposal=proposal)
+
+
+def _decoded(row: Any) -> dict[str, Any]:
+    """A row as a dict, with ``labels_json``/``texts_json`` decoded into ``labels``/``texts``."""
+    d = dict(row._mapping)
+    d["labels"], d["texts"] = json.loads(d.pop("labels_json")), json.loads(d.pop("texts_json"))
+    return d
 
 
 def hash_token(token: str) -> str:
@@ -324,12 +326,9 @@ class ReviewQueue:
             if exists and not replace:
                 raise ReviewError(f"reviewer {name!r} exists (replace it to issue a new token)",
                                   reason="state")
-            if exists:
-                conn.execute(text("UPDATE reviewers SET token_hash=:h WHERE name=:n"),
-                             {"n": name, "h": hash_token(token)})
-            else:
-                conn.execute(text("INSERT INTO reviewers (name, token_hash, created_at) VALUES (:n, :h, :t)"),
-                             {"n": name, "h": hash_token(token), "t": now()})
+            conn.execute(text("INSERT INTO reviewers (name, token_hash, created_at) VALUES (:n, :h, :t)"
+                              " ON CONFLICT (name) DO UPDATE SET token_hash=excluded.token_hash"),
+                         {"n": name, "h": hash_token(token), "t": now()})
             self._audit(conn, None, name, "replace_token" if exists else "add_reviewer", None, {"name": name})
         return token
 
@@ -346,7 +345,7 @@ class ReviewQueue:
         return bool(self._rows("SELECT 1 FROM reviewers LIMIT 1"))
 
     # -- reports ---------------------------------------------------------------------------------------------
-    def status(self, run_id: str | None = None) -> dict[str, Any]:
+    def status(self, run_id: str | None = None, *, agreement: bool = True) -> dict[str, Any]:
         """Counts by state (a lapsed lease counts as pending), reviews per reviewer, gold, agreement.
 
         Agreement is Krippendorff's alpha over items with two or more reviews (MASI distance for multi-label
@@ -361,15 +360,15 @@ class ReviewQueue:
         out["remaining"] = out["pending"] + out["claimed"]
         run_i = " AND i.run_id=:r" if run_id else ""
         per = self._rows("SELECT r.reviewer, COUNT(*) FROM reviews r JOIN review_items i ON i.id=r.item_id"
-                               f" WHERE 1=1{run_i} GROUP BY r.reviewer ORDER BY r.reviewer", r=run_id)
+                         f" WHERE 1=1{run_i} GROUP BY r.reviewer ORDER BY r.reviewer", r=run_id)
         out["reviewers"] = {w: int(n) for w, n in per}
         out["gold"] = int(self._rows(f"SELECT COUNT(*) FROM gold WHERE 1=1{run}", r=run_id)[0][0])
-        out["agreement"] = self._agreement(run_i, run_id)
+        out["agreement"] = self._agreement(run_i, run_id) if agreement else {}
         return out
 
     def _agreement(self, run_i: str, run_id: str | None) -> dict[str, float | None]:
         rows = self._rows("SELECT i.id, i.run_id, r.labels_json FROM reviews r JOIN review_items i ON"
-                                f" i.id=r.item_id WHERE 1=1{run_i} ORDER BY i.id, r.id", r=run_id)
+                          f" i.id=r.item_id WHERE 1=1{run_i} ORDER BY i.id, r.id", r=run_id)
         units: dict[str, list[list[Any]]] = defaultdict(list)
         multi: dict[str, bool] = {}
         for (_, run), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
@@ -386,32 +385,20 @@ class ReviewQueue:
     def gold_items(self, task_name: str | None = None) -> list[dict[str, Any]]:
         """Reviewed labels (gold), optionally of one task: for calibration and few-shot examples."""
         rows = self._rows("SELECT run_id, dialogue_id, kind, turn_index, task_name, role, text, labels_json,"
-                                " texts_json, source, reviewer, item_id, created_at FROM gold"
-                                + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
-        out = []
-        for r in rows:
-            g = dict(r._mapping)
-            g["labels"], g["texts"] = json.loads(g.pop("labels_json")), json.loads(g.pop("texts_json"))
-            out.append(g)
-        return out
+                          " texts_json, source, reviewer, item_id, created_at FROM gold"
+                          + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
+        return [_decoded(r) for r in rows]
 
     def export_reviews(self, out: str | Path) -> dict[str, int]:
         """Write every review and gold item as JSONL (``{"type": "review"|"gold", ...}``); returns counts."""
         rows = self._rows("SELECT r.id, r.item_id, i.run_id, i.dialogue_id, i.kind, i.turn_index, r.reviewer,"
                           " r.labels_json, r.texts_json, r.note, r.decision, r.created_at"
                           " FROM reviews r JOIN review_items i ON i.id=r.item_id ORDER BY r.id")
-        counts = {"reviews": 0, "gold": 0}
+        reviews = [{"type": "review", **_decoded(r)} for r in rows]
+        gold = [{"type": "gold", **g} for g in self.gold_items()]
         with open(out, "w", encoding="utf-8", newline="") as f:
-            for r in rows:
-                rec = dict(r._mapping)
-                rec["labels"] = json.loads(rec.pop("labels_json"))
-                rec["texts"] = json.loads(rec.pop("texts_json"))
-                f.write(json.dumps({"type": "review", **rec}, ensure_ascii=False) + "\n")
-                counts["reviews"] += 1
-            for g in self.gold_items():
-                f.write(json.dumps({"type": "gold", **g}, ensure_ascii=False) + "\n")
-                counts["gold"] += 1
-        return counts
+            f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in [*reviews, *gold])
+        return {"reviews": len(reviews), "gold": len(gold)}
 
     def audit(self, item_id: int | None = None) -> list[dict[str, Any]]:
         """The audit log (of one item), oldest first."""
@@ -419,8 +406,7 @@ class ReviewQueue:
         rows = self._rows("SELECT id, item_id, reviewer, action, before_json, after_json, at"
                           f" FROM review_audit{where} ORDER BY id", i=item_id)
         return [{"id": r.id, "item_id": r.item_id, "reviewer": r.reviewer, "action": r.action, "at": r.at,
-                 "before": json.loads(r.before_json or "null"), "after": json.loads(r.after_json or "null")}
-                for r in rows]
+                 "before": json.loads(r.before_json), "after": json.loads(r.after_json)} for r in rows]
 
     # -- internals -------------------------------------------------------------------------------------------
     def _rows(self, sql: str, **params: Any) -> list[Any]:
@@ -431,20 +417,12 @@ class ReviewQueue:
     def _tx(self) -> Iterator[Connection]:
         """One write transaction holding its locks from the start (see the module docstring)."""
         try:
-            with self.store.engine.connect() as conn:
-                begin = _BEGIN.get(conn.dialect.name)
-                if begin:
-                    conn.exec_driver_sql(begin)
-                try:
-                    yield conn
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
+            with self.store.engine.connect() as conn, conn.begin():  # commits, or rolls back on any exception
+                for sql in _BEGIN.get(conn.dialect.name, ()):
+                    conn.exec_driver_sql(sql)
+                yield conn
         except SQLAlchemyError as e:
             detail = str(getattr(e, "orig", None) or e).splitlines()[0]
-            if isinstance(e, IntegrityError):
-                raise ReviewError(f"refused: {detail}", reason="state") from None
             raise StoreError(f"cannot write to {self.store.db}: {detail}") from None
 
     def _locked(self, conn: Connection, item_id: int) -> Item:
@@ -474,30 +452,26 @@ class ReviewQueue:
                before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         conn.execute(text("INSERT INTO review_audit (item_id, reviewer, action, before_json, after_json, at)"
                           " VALUES (:i, :w, :a, :b, :f, :t)"),
-                     {"i": item_id, "w": reviewer, "a": action,
-                      "b": None if before is None else _dumps(before),
-                      "f": None if after is None else _dumps(after), "t": now()})
+                     {"i": item_id, "w": reviewer, "a": action, "b": _dumps(before), "f": _dumps(after),
+                      "t": now()})
 
     def _validated(self, item: Item, labels: dict[str, Any], texts: dict[str, str] | None,
                    reviewer: str) -> dict[str, Any]:
         """The reviewed record these labels make, checked against the record schema and the task's options."""
         proposal = item.proposal or {}
-        labels = _normalized(labels, self.fields(item)) if isinstance(labels, dict) else labels
         record = {**proposal, "status": "reviewed", "labels": labels,
                   "texts": {**proposal.get("texts", {}), **(texts or {})}, "reviewer": reviewer}
         problems = record_problems(record, self.task(item.run_id))
         if problems:
             raise ReviewError(f"labels refused: {'; '.join(problems[:3])}", item_id=item.id, reason="invalid",
                               problems=problems)
-        return record
+        return {**record, "labels": _normalized(labels, self.fields(item))}
 
 
 def pairwise_agreement(answers: list[dict[str, Any]]) -> float:
     """Share of reviewer pairs whose labels are identical (1.0 for a single review)."""
     pairs = list(itertools.combinations(answers, 2))
-    if not pairs:
-        return 1.0
-    return sum(a == b for a, b in pairs) / len(pairs)
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else 1.0
 
 
 def _returned(item: Item) -> Item:
@@ -506,15 +480,9 @@ def _returned(item: Item) -> Item:
 
 
 def _normalized(labels: dict[str, Any], fields: RoleFields | None) -> dict[str, Any]:
-    """Multi-label values in the task's option order, so equal choices compare equal."""
-    order = {f.name: [o.name for o in f.options] for f in fields.labels} if fields else {}
-    out: dict[str, Any] = {}
-    for name, value in labels.items():
-        if isinstance(value, list) and name in order and all(isinstance(v, str) for v in value):
-            rank = {o: i for i, o in enumerate(order[name])}
-            value = sorted(value, key=lambda v: rank.get(v, len(rank)))
-        out[name] = value
-    return out
+    """Valid labels with multi-label values in the task's option order, so equal choices compare equal."""
+    ranks = {f.name: {o.name: i for i, o in enumerate(f.options)} for f in fields.labels} if fields else {}
+    return {n: sorted(v, key=ranks[n].__getitem__) if isinstance(v, list) else v for n, v in labels.items()}
 
 
 def _hashable(value: Any) -> Any:

@@ -1,11 +1,11 @@
-"""The review web UI: a FastAPI app over ``ReviewQueue``, server-rendered (Jinja2, autoescaped) plus a little JS.
+"""The review web UI: a FastAPI app over ``ReviewQueue``, server-rendered (Jinja2, autoescaped), a little JS.
 
-Access: every request needs a token — ``Authorization: Bearer <token>``, or ``?token=<token>`` once, which starts
-a session (HttpOnly, SameSite=Strict cookie) and redirects to the same page without the token. A token is the
-server's shared one (``--token`` / ``AUTOLABEL_REVIEW_TOKEN``; the reviewer's name then comes from ``?reviewer=``
-or the ``X-Reviewer`` header) or a reviewer's own (``autolabel review add-reviewer``). Tokens are compared in
-constant time. Requests of a cookie session that change state carry the session's CSRF token in the
-``X-CSRF-Token`` header. Request bodies over ``max_body`` bytes get 413; without a valid token: 401, no data.
+Access: every request needs a token — ``Authorization: Bearer <token>``, or ``?token=<token>`` once, which
+starts a session (HttpOnly, SameSite=Strict cookie) and redirects to the same page without the token. A token
+is the server's shared one (``--token`` / ``AUTOLABEL_REVIEW_TOKEN``; the reviewer's name then comes from
+``?reviewer=`` or the ``X-Reviewer`` header) or a reviewer's own (``autolabel review add-reviewer``). Tokens
+are compared in constant time. Requests of a cookie session that change state carry the session's CSRF token
+in the ``X-CSRF-Token`` header. Bodies over ``max_body`` bytes get 413; without a valid token: 401, no data.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ReviewError
 from .review import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ReviewQueue
-from .tasks import localize
+from .tasks import LabelField, localize
 
 COOKIE = "autolabel_review"
 SESSION_SECONDS = 12 * 3600
@@ -45,7 +46,8 @@ _ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
-                               " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+                               " connect-src 'self'; base-uri 'none'; form-action 'self';"
+                               " frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -152,15 +154,23 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     queue = ReviewQueue.open(db)
     access = Access(queue, token)
     sessions = Sessions()
-    env = Environment(loader=PackageLoader("autolabel", "templates"), autoescape=True, undefined=StrictUndefined)
-    app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_event_handler("shutdown", queue.close)
+    env = Environment(loader=PackageLoader("autolabel", "templates"), autoescape=True,
+                      undefined=StrictUndefined)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.close()
+
+    app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
 
     def page(name: str, request: Request, **context: Any) -> HTMLResponse:
         me = request.state.reviewer
-        status = queue.status()
+        status = queue.status(agreement=False)  # the header's counts only
         session = request.state.session
-        html = env.get_template(name).render(me=me, blind=blind, status=status, mine=status["reviewers"].get(me, 0),
+        html = env.get_template(name).render(me=me, blind=blind, status=status,
+                                             mine=status["reviewers"].get(me, 0),
                                              csrf=session.csrf if session else "", **context)
         return HTMLResponse(html)
 
@@ -170,9 +180,12 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
         response.headers.update(_HEADERS)
         return response
 
+    app.add_middleware(BodyLimit, limit=max_body)  # outermost: added last
+
     @app.exception_handler(ReviewError)
     async def refused(request: Request, e: ReviewError) -> JSONResponse:
-        return JSONResponse({"error": e.detail}, status_code=_ERROR_STATUS.get(e.fields.get("reason", ""), 409))
+        code = _ERROR_STATUS.get(e.fields.get("reason", ""), 409)
+        return JSONResponse({"error": e.detail}, status_code=code)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> Response:
@@ -238,7 +251,8 @@ async def _authenticate(request: Request, call_next: Callable[[Request], Awaitab
     auth = request.headers.get("authorization", "")
     session = None
     if auth.lower().startswith("bearer "):
-        reviewer = await run_in_threadpool(access.reviewer, auth[7:].strip(), request.headers.get("x-reviewer"))
+        reviewer = await run_in_threadpool(access.reviewer, auth[7:].strip(),
+                                           request.headers.get("x-reviewer"))
     elif (session := sessions.get(request.cookies.get(COOKIE))) is not None:
         reviewer = session.reviewer
     elif "token" in request.query_params and request.method == "GET":
@@ -277,21 +291,28 @@ def _item_view(queue: ReviewQueue, item: Item, blind: bool, env: Environment,
     proposal = item.proposal or {}
     language = proposal.get("language", "en")
     window = task.context.window
+    lo, hi = item.turn_index - window, item.turn_index + 1
     turns = [{**t, "target": item.kind == "turn" and t["turn_index"] == item.turn_index,
-              "context": item.kind == "session" or item.turn_index - window <= t["turn_index"] <= item.turn_index + 1}
+              "context": item.kind == "session" or lo <= t["turn_index"] <= hi}
              for t in queue.dialogue(item)]
-    field_views = [{"name": f.name, "multi": f.multi, "max": f.max_selected or (len(f.options) if f.multi else 1),
+    labels = fields.labels if fields else ()
+    field_views = [{"name": f.name, "multi": f.multi, "max": _most(f),
                     "description": localize(f.description, language),
                     "options": [{"name": o.name, "description": localize(o.description, language)}
                                 for o in f.options]}
-                   for f in (fields.labels if fields else ())]
+                   for f in labels]
     shown = None if blind else proposal
     data = {"id": item.id, "version": item.version, "blind": blind, "lease_seconds": lease_seconds,
-            "fields": [{"name": f["name"], "multi": f["multi"], "max": f["max"],
-                        "options": [o["name"] for o in f["options"]]} for f in field_views],
+            "fields": [{"name": f.name, "multi": f.multi, "max": _most(f),
+                        "options": [o.name for o in f.options]} for f in labels],
             "proposed": None if shown is None else shown.get("labels", {})}
     return {"item": item, "turns": turns, "fields": field_views, "proposal": shown, "data": data,
             "task": task, "risk": "risk_content" in item.reasons}
+
+
+def _most(field: LabelField) -> int:
+    """How many options a reviewer may choose in this field."""
+    return field.max_selected or (len(field.options) if field.multi else 1)
 
 
 def is_loopback(host: str) -> bool:

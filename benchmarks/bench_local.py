@@ -5,8 +5,8 @@ Chinese sessions by sorted ``dialog_id``) with the ``psy-insight`` task through 
 prompts, schemas, validation and routing as any run), then reports
 
 - turns labeled per minute (wall clock, model already loaded) and seconds per model call (median, p90);
-- agreement with the silver labels: exact match and macro-F1 for the multi-label turn fields (emotion, strategy),
-  accuracy and macro-F1 for the session fields (psychotherapy, topic), plus exact match per language.
+- agreement with the silver labels: exact match and macro-F1 for the multi-label turn fields (emotion,
+  strategy), accuracy and macro-F1 for the session fields (psychotherapy, topic), exact match per language.
 
 Usage::
 
@@ -45,11 +45,11 @@ NONE = "(none)"
 
 
 def sample(data: Path, n_en: int, n_zh: int) -> list[Dialogue]:
-    """The first ``n_en`` English and ``n_zh`` Chinese sessions by sorted dialog_id (the same for every model)."""
+    """The first ``n_en`` English and ``n_zh`` Chinese sessions by sorted dialog_id (same for every model)."""
     out: list[Dialogue] = []
-    for name, n in (("en_dev.json", n_en), ("cn_dev.json", n_zh)):
+    for lang, name, n in (("en", "en_dev.json", n_en), ("zh", "cn_dev.json", n_zh)):
         dialogues = sorted(read_dialogues(data / name), key=lambda d: d.id)[:n]
-        out += [d.model_copy(update={"id": f"{name[:2]}-{d.id}"}) for d in dialogues]
+        out += [d.model_copy(update={"id": f"{lang}-{d.id}"}) for d in dialogues]
     return out
 
 
@@ -57,8 +57,9 @@ def _gold(task: TaskSpec, field: str, value: Any) -> Any:
     return task.label(field).normalize(value) if value is not None else None
 
 
-def agreement(task: TaskSpec, dialogues: list[Dialogue], results: dict[str, DialogueResult]) -> dict[str, Any]:
-    """Exact match / macro-F1 per field against the silver labels; a failed or missing prediction counts wrong."""
+def agreement(task: TaskSpec, dialogues: list[Dialogue], results: dict[str, DialogueResult]
+              ) -> dict[str, Any]:
+    """Exact match / macro-F1 per field against the silver labels; a failed or missing prediction is wrong."""
     out: dict[str, Any] = {}
     for field, key in TURN_FIELDS.items():
         truth: list[list[str]] = []
@@ -98,7 +99,8 @@ def agreement(task: TaskSpec, dialogues: list[Dialogue], results: dict[str, Dial
 def _calls(db: str) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT purpose, prompt_tokens, completion_tokens, latency_ms, outcome FROM llm_calls")
+        rows = conn.execute("SELECT purpose, prompt_tokens, completion_tokens, latency_ms, outcome "
+                            "FROM llm_calls")
         return [dict(r) for r in rows]
 
 
@@ -109,15 +111,23 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
     load_model(name, settings)  # joined and loaded once, outside the timed part
     load_seconds = time.perf_counter() - started
     db = str(workdir / f"{name}.db")
-    annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False, concurrency=1)
+    annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False,
+                          concurrency=1)
     load_avg = os.getloadavg()
     started = time.perf_counter()
-    results = {r.dialogue_id: r for r in annotator.annotate_many(dialogues, input_name=f"bench-{name}")}
+    results: dict[str, DialogueResult] = {}
+    crashed: dict[str, str] = {}
+    for d in dialogues:  # one run per dialogue, so that an exception escaping the graph costs one dialogue
+        try:
+            results[d.id] = annotator.annotate(d)
+        except Exception as e:  # reported in the results, and its turns counted as failed
+            crashed[d.id] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            results[d.id] = DialogueResult(dialogue_id=d.id, language="", turns=[])
     seconds = time.perf_counter() - started
     calls = _calls(db)
     latencies = sorted(c["latency_ms"] / 1000 for c in calls)
     turns = sum(len(d.turns) for d in dialogues)
-    statuses: dict[str, int] = {}
+    statuses: dict[str, int] = {"crashed_turns": sum(len(d.turns) for d in dialogues if d.id in crashed)}
     for r in results.values():
         for k, v in r.counts().items():
             statuses[k] = statuses.get(k, 0) + v
@@ -128,7 +138,8 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
         "seconds_per_call_p90": round(latencies[int(0.9 * (len(latencies) - 1))], 2),
         "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
         "completion_tokens": sum(c["completion_tokens"] for c in calls),
-        "statuses": statuses, "load_average_at_start": [round(x, 2) for x in load_avg],
+        "statuses": statuses, "crashed_dialogues": crashed,
+        "load_average_at_start": [round(x, 2) for x in load_avg],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "agreement": agreement(task, dialogues, results),
     }
@@ -136,19 +147,19 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
 
 def table(models: dict[str, dict[str, Any]]) -> str:
     lines = ["| model | turns/min | s/call (median, p90) | emotion EM / macro-F1 | strategy EM / macro-F1 "
-             "| psychotherapy acc / macro-F1 | topic acc / macro-F1 | accepted / flagged / failed |",
+             "| psychotherapy acc / macro-F1 | topic acc / macro-F1 "
+             "| accepted / flagged / failed / crashed |",
              "|---|---|---|---|---|---|---|---|"]
+    def pair(a: dict[str, Any], f: str, first: str) -> str:
+        return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
+
     for r in models.values():
         a, s = r["agreement"], r["statuses"]
-
-        def pair(f: str, first: str) -> str:
-            return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
-
         lines.append(f"| {r['model']} | {r['turns_per_minute']:.1f} | {r['seconds_per_call_median']:.1f}, "
-                     f"{r['seconds_per_call_p90']:.1f} | {pair('emotion', 'exact_match')} | "
-                     f"{pair('strategy', 'exact_match')} | {pair('psychotherapy', 'accuracy')} | "
-                     f"{pair('topic', 'accuracy')} | {s.get('accepted', 0)} / {s.get('flagged', 0)} / "
-                     f"{s.get('failed', 0)} |")
+                     f"{r['seconds_per_call_p90']:.1f} | {pair(a, 'emotion', 'exact_match')} | "
+                     f"{pair(a, 'strategy', 'exact_match')} | {pair(a, 'psychotherapy', 'accuracy')} | "
+                     f"{pair(a, 'topic', 'accuracy')} | {s.get('accepted', 0)} / {s.get('flagged', 0)} / "
+                     f"{s.get('failed', 0)} / {s.get('crashed_turns', 0)} |")
     return "\n".join(lines)
 
 
@@ -157,7 +168,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated local model names")
     parser.add_argument("--en", type=int, default=4, help="English sessions in the sample")
     parser.add_argument("--zh", type=int, default=3, help="Chinese sessions in the sample")
-    parser.add_argument("--critique", action="store_true", help="run the critique call too (about twice the time)")
+    parser.add_argument("--critique", action="store_true", help="also run the critique call (about 2x time)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "local.json")
     args = parser.parse_args()
@@ -166,7 +177,8 @@ def main() -> None:
     dialogues = sample(args.data, args.en, args.zh)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
         "sample": {"en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
                    "turns": sum(len(d.turns) for d in dialogues)},
         "settings": {"critique": args.critique, "concurrency": 1, "cache": False,

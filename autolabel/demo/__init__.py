@@ -1,7 +1,7 @@
 """Demo dialogues written for autolabel (three English, two Chinese counseling sessions) and ``run_demo``.
 
-The sessions are original text made for this project, not excerpts of any dataset. One English session contains
-a risk sentence, so the demo also shows a turn flagged for a human whatever the model's confidence.
+The sessions are original text made for this project, not excerpts of any dataset. One English session
+contains a risk sentence, so the demo also shows a turn flagged for a human whatever the model's confidence.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def demo_path() -> Path:
 
 
 def run_demo(db: str, model: str | None = None, **overrides: Any) -> RunSummary:
-    """Label the demo dialogues with the ``psy-insight`` task (default model: the settings' default, a local one)."""
+    """Label the demo dialogues with the ``psy-insight`` task (default model: the settings' local default)."""
     from autolabel.annotator import Annotator
     from autolabel.settings import Settings
 

@@ -163,7 +163,8 @@
   submitButton.addEventListener("click", () => act(submit));
   acceptButton.addEventListener("click", () => act(accept));
   document.querySelector('[data-action="skip"]').addEventListener("click", () => act(skip));
-  document.querySelector('[data-action="next-field"]').addEventListener("click", () => moveField(1));
+  const nextField = document.querySelector('[data-action="next-field"]');
+  if (nextField) nextField.addEventListener("click", () => moveField(1));
 
   const DIGITS = { Digit1: 0, Digit2: 1, Digit3: 2, Digit4: 3, Digit5: 4, Digit6: 5, Digit7: 6, Digit8: 7, Digit9: 8,
                    Digit0: 9, Numpad1: 0, Numpad2: 1, Numpad3: 2, Numpad4: 3, Numpad5: 4, Numpad6: 5, Numpad7: 6,

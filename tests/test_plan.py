@@ -1,0 +1,286 @@
+"""``autolabel plan`` against what a run really sends, prices, and ``--max-cost`` stopping cleanly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autolabel.graphs.annotate import prompts
+from typer.testing import CliRunner
+
+from autolabel import (
+    Annotator,
+    BudgetExceeded,
+    ConfigError,
+    Dialogue,
+    Settings,
+    Turn,
+    load_task,
+    read_dialogues,
+)
+from autolabel.cli import app
+from autolabel.plan import Purpose, plan, representative_answer, representative_critique
+from autolabel.pricing import price, pricer
+from autolabel.tasks import TaskSpec
+from tests.conftest import write_jsonl
+from tests.fake_openai import FakeOpenAIServer, count_prompt_tokens
+
+runner = CliRunner()
+TASK = load_task("psy-insight")
+EN = [("Supporter", "Hello, what brings you here today?"),
+      ("Seeker", "I have been feeling really anxious about my exams and I can't sleep."),
+      ("Supporter", "It sounds like the exams weigh on you. What worries you most?"),
+      ("Narrator", "(a long pause)"),  # no role in the task: no call
+      ("Seeker", "That I will fail and disappoint my parents.")]
+ZH = [("咨询师", "你好，今天想聊些什么？"), ("来访者", "我最近很焦虑，晚上睡不着觉，担心考试不及格。"),
+      ("咨询师", "听起来考试给你很大的压力。最让你担心的是什么？"), ("来访者", "怕让父母失望。")]
+
+
+def mixed_input(path: Path, n: int = 6) -> Path:
+    """English and Chinese dialogues of different lengths, each with its own text (no two prompts alike)."""
+    dialogues = []
+    for i in range(n):
+        lines = (EN if i % 2 == 0 else ZH)[: 3 + i % 3]
+        dialogues.append(Dialogue(id=f"d{i}", turns=tuple(
+            Turn(index=j, speaker=s, text=f"{t} ({i}.{j})") for j, (s, t) in enumerate(lines))))
+    return write_jsonl(path, dialogues)
+
+
+def uniform_input(path: Path, n: int = 6) -> Path:
+    """Dialogues of the same shape whose texts differ only in one digit."""
+    return write_jsonl(path, [Dialogue(id=f"u{i}", turns=tuple(
+        Turn(index=j, speaker=s, text=f"{t} (#{i})") for j, (s, t) in enumerate(EN[:3]))) for i in range(n)])
+
+
+def representative_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
+    """Answers every label, critique and session call with the plan's representative answer (always valid, so
+    there are no re-asks). Sample calls show shuffled options and get the server's own valid answer."""
+    by_system: dict[str, str] = {}
+    for lang in ("en", "zh"):
+        for role in task.roles:
+            fields = task.fields_for(role)
+            if fields is None:
+                continue
+            answer = json.dumps(representative_answer(task, fields, lang), ensure_ascii=False)
+            by_system[prompts.label_system(task, fields, lang)] = answer
+            critique = json.dumps(representative_critique(task, fields, lang), ensure_ascii=False)
+            by_system[prompts.critique_system(task, fields, lang)] = critique
+        session = task.session_fields()
+        assert session is not None
+        answer = json.dumps(representative_answer(task, session, lang), ensure_ascii=False)
+        by_system[prompts.session_system(task, session, lang)] = answer
+    return lambda body: by_system.get(body["messages"][0]["content"])
+
+
+def logged(db: Path) -> dict[str, tuple[int, int, int]]:
+    """purpose -> (calls, prompt tokens, completion tokens) as the run logged them."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT purpose, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+                            " FROM llm_calls GROUP BY purpose").fetchall()
+    return {p: (n, int(pt), int(ct)) for p, n, pt, ct in rows}
+
+
+# -- plan against a real run --------------------------------------------------------------------------------
+
+def test_plan_counts_exactly_the_prompt_tokens_a_run_sends(tmp_path: Path) -> None:
+    input = mixed_input(tmp_path / "in.jsonl")
+    db = tmp_path / "runs.db"
+    with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
+        settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(db), samples=2)
+        before = plan(input, TASK, settings)  # empty store: completions estimated from the schema
+        summary = Annotator(TASK, settings=settings).run(input)
+        sent = sum(count_prompt_tokens(body["messages"]) for body in srv.requests)
+    assert not [b for b in srv.requests if len(b["messages"]) > 2]  # no re-asks
+    labelled = sum(1 for d in read_dialogues(input) for t in d.turns if TASK.role_of(t.speaker))
+    assert summary.failed == summary.turns - labelled  # the "Narrator" turns: no role, no call
+    rows = {c.purpose: c for c in before.calls}
+    assert set(rows) == set(Purpose)
+    run = logged(db)
+    for purpose, row in rows.items():
+        calls, prompt_tokens, completion_tokens = run[purpose.value]
+        assert (row.calls, row.prompt_tokens) == (row.sample_calls, row.sample_prompt_tokens)  # all sampled
+        assert (row.calls, row.prompt_tokens) == (calls, prompt_tokens), purpose
+        if purpose != Purpose.SAMPLE:  # samples are answered by the server's synthesizer, not the estimate
+            assert row.completion_tokens == completion_tokens, purpose
+            assert row.completion_source == "schema estimate"
+    assert before.prompt_tokens == summary.prompt_tokens == sent
+    assert before.dialogues == 6 and before.turns == summary.turns
+    assert rows[Purpose.LABEL].calls == rows[Purpose.CRITIQUE].calls == labelled < before.turns
+    assert rows[Purpose.SESSION].calls == 6
+    assert 0.5 < before.cacheable_share < 1.0
+    assert before.cost_usd is None and any("n/a" in n for n in before.notes)
+
+    after = plan(input, TASK, settings)  # the store now has this task and model's calls
+    for row in after.calls:
+        calls, _, completion_tokens = run[row.purpose.value]
+        assert row.completion_source == f"observed mean of {calls} calls"
+        assert row.completion_tokens == completion_tokens
+
+
+def test_plan_extrapolates_from_a_sample(tmp_path: Path) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=9)
+    settings = Settings(model="openai:gpt-4o-mini", db=str(tmp_path / "none.db"))
+    whole = plan(input, TASK, settings, sample_dialogues=100)
+    part = plan(input, TASK, settings, sample_dialogues=3)
+    assert (part.dialogues, part.turns, part.sample_dialogues, part.sample_turns) == (9, 27, 3, 9)
+    assert [(c.purpose, c.calls, c.prompt_tokens) for c in part.calls] == \
+        [(c.purpose, c.calls, c.prompt_tokens) for c in whole.calls]
+    assert part.calls[0].sample_calls * 3 == part.calls[0].calls
+    assert any("first 3 of 9" in n for n in part.notes) and not whole.notes
+    assert not (tmp_path / "none.db").exists()  # planning never creates a store
+
+
+def test_plan_options_change_the_calls(tmp_path: Path) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=2)
+    base = Settings(model="openai:gpt-4o", db=str(tmp_path / "none.db"))
+    default = {c.purpose: c for c in plan(input, TASK, base).calls}
+    assert set(default) == {Purpose.LABEL, Purpose.CRITIQUE, Purpose.SESSION}
+    three = {c.purpose: c for c in plan(input, TASK, base, samples=3).calls}
+    assert three[Purpose.SAMPLE].calls == 2 * three[Purpose.LABEL].calls
+    lean_settings = base.model_copy(update={"critique": False, "window": 0})
+    lean = {c.purpose: c for c in plan(input, TASK, lean_settings).calls}
+    assert Purpose.CRITIQUE not in lean
+    assert lean[Purpose.LABEL].prompt_tokens < default[Purpose.LABEL].prompt_tokens  # no context turns
+
+
+def test_plan_cost_uses_the_price_of_each_call(tmp_path: Path) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=2)
+    p = plan(input, TASK, Settings(model="openai:x", price_in=2.0, price_out=8.0, db=str(tmp_path / "n.db")))
+    expected = (p.prompt_tokens * 2.0 + p.completion_tokens * 8.0) / 1e6
+    assert p.cost_usd == pytest.approx(expected, rel=1e-9)
+    assert "--price-in/--price-out" in p.price_source
+    known = plan(input, TASK, Settings(model="openai:gpt-4o-mini", db=str(tmp_path / "n.db")))
+    assert known.cost_usd is not None and known.cost_usd > 0 and "genai-prices" in known.price_source
+
+
+# -- prices -------------------------------------------------------------------------------------------------
+
+def test_prices_come_from_genai_prices_overrides_or_nowhere() -> None:
+    mini = price(Settings(model="openai:gpt-4o-mini"))
+    assert mini.known and "genai-prices" in mini.source and "gpt-4o-mini" in mini.source
+    assert mini.cost(1_000_000, 0) == pytest.approx(0.15)  # per million prompt tokens, as OpenAI lists it
+    full, cached = mini.cost(1_000_000, 0), mini.cost(1_000_000, 0, cached_tokens=1_000_000)
+    assert full is not None and cached is not None and cached < full  # cache reads are cheaper
+    assert price(Settings(model="local:qwen2.5-0.5b")).cost(10**6, 10**6) == 0.0
+    own = price(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1", price_in=1, price_out=3))
+    assert own.cost(2_000_000, 1_000_000) == pytest.approx(5.0)
+    unknown = price(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1"))
+    assert not unknown.known and unknown.cost(100, 100) is None and "--price-in" in unknown.source
+    with pytest.raises(ConfigError, match="together"):
+        price(Settings(model="openai:gpt-4o", price_in=1.0))
+
+
+def test_a_budget_needs_a_price() -> None:
+    fn, source = pricer(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1"))
+    assert fn(1000, 1000) == 0.0 and "n/a" in source
+    with pytest.raises(ConfigError, match="--max-cost"):
+        pricer(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1", max_cost=1.0))
+
+
+# -- --max-cost ---------------------------------------------------------------------------------------------
+
+def final_records(db: Path) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT dialogue_id, kind, turn_index FROM annotations"
+                            " WHERE is_final=1").fetchall()
+
+
+def dialogue_states(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT dialogue_id, status FROM dialogues").fetchall())
+
+
+def assert_complete(db: Path, input: Path) -> set[str]:
+    """Every dialogue the store has is done and has exactly one final record per turn plus its session."""
+    states = dialogue_states(db)
+    assert set(states.values()) <= {"done"}, states  # nothing left half-way
+    records = final_records(db)
+    assert len(records) == len(set(records))
+    turns = {d.id: len(d.turns) for d in read_dialogues(input)}
+    for did in states:
+        assert sorted(i for d, k, i in records if d == did and k == "turn") == list(range(turns[did]))
+        assert [k for d, k, _ in records if d == did].count("session") == 1
+    assert {d for d, _, _ in records} == set(states)
+    return set(states)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_max_cost_stops_cleanly_and_a_higher_budget_resumes(tmp_path: Path, concurrency: int) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=8)
+    db = tmp_path / "runs.db"
+    with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
+        settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(db), price_in=1000.0,
+                            price_out=1000.0, concurrency=concurrency)
+        estimate = plan(input, TASK, settings).cost_usd
+        assert estimate is not None
+        per_dialogue = estimate / 8  # exact here: the server answers with the plan's representative answers
+        limit = 2.5 * per_dialogue
+        first = Annotator(TASK, settings=settings.model_copy(update={"max_cost": limit})).run(input)
+        assert first.stopped_reason == "budget"
+        done = assert_complete(db, input)
+        if concurrency == 1:  # after two dialogues a third would pass the budget
+            assert len(done) == first.dialogues == 2 and first.cost_usd <= limit
+        else:  # three started at once before anything was spent; all three finished and were stored
+            assert len(done) == first.dialogues == 3
+        assert first.turns == 3 * len(done) and first.cost_usd == pytest.approx(per_dialogue * len(done))
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
+
+        second = Annotator(TASK, settings=settings.model_copy(update={"max_cost": 100 * limit})).run(input)
+    assert second.stopped_reason is None and second.skipped_dialogues == len(done)
+    assert assert_complete(db, input) == {f"u{i}" for i in range(8)}
+    assert len([r for r in final_records(db) if r[1] == "turn"]) == 24  # every turn exactly once
+
+
+def test_the_streaming_api_raises_budget_exceeded_after_the_finished_results(tmp_path: Path) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=4)
+    with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
+        settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(tmp_path / "r.db"),
+                            price_in=1000.0, price_out=1000.0, concurrency=1, max_cost=1e-9)
+        results = []
+        with pytest.raises(BudgetExceeded) as e:
+            for r in Annotator(TASK, settings=settings).annotate_many(read_dialogues(input)):
+                results.append(r)
+    assert len(results) == 1 and e.value.limit == 1e-9 and e.value.spent > 0
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+
+def test_cli_plan_prints_the_table_and_where_prices_come_from(tmp_path: Path) -> None:
+    input = mixed_input(tmp_path / "in.jsonl")
+    r = runner.invoke(app, ["plan", str(input), "--model", "openai:gpt-4o-mini", "--db",
+                            str(tmp_path / "n.db"), "--samples", "2", "--sample-dialogues", "4"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    for text in ("label", "sample", "critique", "session", "total", "cacheable prefix", "genai-prices",
+                 "tiktoken o200k_base", "first 4 of 6"):
+        assert text in r.output
+    r = runner.invoke(app, ["plan", str(input), "--model", "openai:my-model", "--base-url",
+                            "http://127.0.0.1:9/v1", "--db", str(tmp_path / "n.db")], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "n/a" in r.output and "--price-in" in r.output
+    r = runner.invoke(app, ["plan", str(input), "--model", "openai:my-model", "--price-in", "1",
+                            "--price-out", "2", "--db", str(tmp_path / "n.db")], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "n/a" not in r.output and "$1/M prompt" in r.output
+    r = runner.invoke(app, ["plan", str(input), "--model", "openai:my-model", "--price-in", "1"])
+    assert isinstance(r.exception, ConfigError)
+
+
+def test_cli_run_stops_at_max_cost_with_its_exit_code_and_resumes(tmp_path: Path) -> None:
+    input = uniform_input(tmp_path / "in.jsonl", n=4)
+    db = tmp_path / "runs.db"
+    with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
+        args = ["run", str(input), "--model", "openai:test-model", "--base-url", srv.base_url, "--db",
+                str(db), "--concurrency", "1", "--price-in", "1000", "--price-out", "1000"]
+        r = runner.invoke(app, [*args, "--max-cost", "0.000001"], env={"COLUMNS": "200"})
+        assert r.exit_code == BudgetExceeded.exit_code == 6, r.output
+        assert "stopped: budget" in r.output and "--max-cost" in r.output
+        assert "prices from --price-in" in r.output
+        assert len(assert_complete(db, input)) == 1
+        r = runner.invoke(app, [*args, "--max-cost", "1000"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        assert "stopped" not in r.output and "1 dialogue(s) were already done" in r.output
+    assert len(assert_complete(db, input)) == 4
