@@ -28,7 +28,15 @@ from .errors import BudgetExceeded, InputError
 from .graphs.annotate.context import Context
 from .graphs.annotate.graph import build_graph
 from .llm import LLMClient, make_backend
-from .models import Dialogue, DialogueResult, FieldConfidence, RunSummary, SessionAnnotation, Status, TurnAnnotation
+from .models import (
+    Dialogue,
+    DialogueResult,
+    FieldConfidence,
+    RunSummary,
+    SessionAnnotation,
+    Status,
+    TurnAnnotation,
+)
 from .readers import read_dialogues
 from .settings import Settings
 from .store import Store, is_postgres

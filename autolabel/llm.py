@@ -93,7 +93,8 @@ class OpenAIBackend:
         key = settings.api_key()
         if not key:
             if settings.base_url is None:
-                raise ConfigError(f"no API key: set {settings.api_key_env} (or --api-key-env NAME) for {settings.model}")
+                raise ConfigError(f"no API key: set {settings.api_key_env} (or --api-key-env NAME) "
+                                  f"for {settings.model}")
             key = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) accept any key
         self.model = settings.model_name
         self._client = openai.AsyncOpenAI(

@@ -12,7 +12,7 @@ import jsonschema
 from autolabel import Annotator, Status, export, load_task, read_dialogues
 from autolabel.tasks import load_schema
 from tests.conftest import dialogue, shared_file, write_jsonl
-from tests.fake_openai import Fault, FakeOpenAIServer
+from tests.fake_openai import FakeOpenAIServer, Fault
 
 
 def purpose(body: dict[str, Any]) -> str:

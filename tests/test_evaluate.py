@@ -279,6 +279,24 @@ def test_evaluate_reports_known_quality_confidence_coverage(made: tuple[Path, Pa
     assert "http" not in html.replace("http-equiv", "")  # nothing fetched from elsewhere
 
 
+def test_failed_turns_count_as_missing_not_as_labels(tmp_path: Path) -> None:
+    lines = write_input(tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(lines[:2]), encoding="utf-8")
+
+    def broken(body: dict[str, Any]) -> str:  # d0's turn 1 never gets a valid answer
+        invalid = _purpose(body) == "label" and "[d0/1]" in body["messages"][1]["content"].split("<target")[1]
+        return '{"observation": "x", "emotion": "not a list"}' if invalid else replies(body)
+
+    with FakeOpenAIServer(replies=broken, logprob=lambda token: LOGPROB.get(token, -0.001)) as srv:
+        Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=tmp_path / "r.db",
+                  max_reasks=0).run(path)
+    report = evaluate(tmp_path / "r.db", path, n_boot=10)
+    emotion = report["fields"]["emotion"]
+    assert (emotion["n_gold"], emotion["n_labeled"], emotion["n_missing"]) == (6, 5, 1)
+    assert report["coverage"]["turn"]["failed"] == 1
+
+
 def test_reviewer_agreement_from_several_reviews(made: tuple[Path, Path], tmp_path: Path) -> None:
     db = copy_db(made[0], tmp_path / "runs.db")
     Store.open(db).close()

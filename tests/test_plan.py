@@ -20,6 +20,7 @@ from autolabel import (
     Settings,
     Turn,
     load_task,
+    local,
     read_dialogues,
 )
 from autolabel.cli import app
@@ -284,3 +285,34 @@ def test_cli_run_stops_at_max_cost_with_its_exit_code_and_resumes(tmp_path: Path
         assert r.exit_code == 0, r.output
         assert "stopped" not in r.output and "1 dialogue(s) were already done" in r.output
     assert len(assert_complete(db, input)) == 4
+
+
+# -- local models -------------------------------------------------------------------------------------------
+
+def test_plan_counts_a_local_models_prompts_with_its_own_tokenizer(tmp_path: Path) -> None:
+    """SmolLM2 (the [local] extra) through its chat template: plan and run agree on each first attempt."""
+    input = write_jsonl(tmp_path / "in.jsonl", [Dialogue(id="l1", turns=(
+        Turn(index=0, speaker="Seeker", text="I failed my driving test again and I feel like an idiot."),
+        Turn(index=1, speaker="Supporter", text="That sounds discouraging. What happened during the test?")))])
+    db = tmp_path / "runs.db"
+    settings = Settings(model="local:smollm2-135m", model_dir=tmp_path / "models", local_threads=2,
+                        db=str(db), critique=False, max_tokens=120)
+    p = plan(input, TASK, settings)
+    assert p.tokenizer == "smollm2-135m's own chat template and tokenizer"
+    assert p.cost_usd == 0.0 and "no cost" in p.price_source
+    Annotator(TASK, settings=settings).run(input)
+    with sqlite3.connect(db) as conn:  # re-asks add messages: the first call of each turn is the planned one
+        first = conn.execute("SELECT purpose, SUM(prompt_tokens) FROM llm_calls WHERE id IN (SELECT MIN(id) FROM"
+                             " llm_calls GROUP BY purpose, dialogue_id, turn_index) GROUP BY purpose").fetchall()
+    assert {c.purpose.value: c.sample_prompt_tokens for c in p.calls} == dict(first)
+
+
+def test_plan_approximates_a_local_model_that_is_not_installed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ghost = local.split_model("ghost-1b", "nowhere", "autolabel-ghost-part", "1", 2, 10, "0" * 64, ("en",))
+    monkeypatch.setitem(local.MODELS, "ghost-1b", ghost)
+    input = uniform_input(tmp_path / "in.jsonl", n=1)
+    p = plan(input, TASK, Settings(model="local:ghost-1b", model_dir=tmp_path / "m", db=str(tmp_path / "n")))
+    assert p.tokenizer.startswith("o200k_base (approximation")
+    assert any("approximated" in n and "pip install" in n for n in p.notes) and p.prompt_tokens > 0
+    assert p.cost_usd == 0.0

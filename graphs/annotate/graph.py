@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
-
 from autolabel.graphs.annotate import nodes
 from autolabel.graphs.annotate.context import Context
 from autolabel.graphs.annotate.state import InputState, State, TurnInput, TurnOutput, TurnState
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
 
 
 def fan_out(state: State) -> list[Send] | Literal["session"]:

@@ -6,9 +6,12 @@ import asyncio
 import random
 from typing import Any
 
+from autolabel.graphs.annotate import prompts
+from autolabel.graphs.annotate.context import Context
+from autolabel.graphs.annotate.state import State, TurnState
 from langgraph.runtime import Runtime
 
-from autolabel.errors import LLMError, RequestRefused, RetryExhausted
+from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm import CallTrace, option_probabilities
 from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
@@ -16,9 +19,6 @@ from autolabel.risk import detect_injection, detect_risk
 from autolabel.structured import validation_errors
 from autolabel.tasks import RoleFields
 from autolabel.text import detect_language, truncate
-from autolabel.graphs.annotate import prompts
-from autolabel.graphs.annotate.context import Context
-from autolabel.graphs.annotate.state import State, TurnState
 
 CRITIC_SCORE = {"agree": 1.0, "unsure": 0.5, "revise": 0.0}
 DEFAULT_THRESHOLD = 0.5
@@ -314,7 +314,8 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if s.status == Status.FLAGGED:
             review.append({"kind": "session", "turn_index": -1, "reasons": s.flags,
                            "priority": _priority(s.flags, s.confidence), "proposal": rec})
-    await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations, review_items=review,
+    await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations,
+                            review_items=review,
                             task=ctx.task, language=lang)
     return {}
 
