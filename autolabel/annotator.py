@@ -96,17 +96,20 @@ class Annotator:
             source = iter(dialogues)
             lock = asyncio.Lock()
             budget_hit = asyncio.Event()  # no new dialogue starts; the running ones finish and are stored
+            finished = 0  # dialogues the workers have finished, stored ones included
 
             async def worker() -> None:
+                nonlocal finished
                 while True:
                     async with lock:
                         d = None if budget_hit.is_set() else next(source, None)
-                        if d is not None and self._over_budget(run):
+                        if d is not None and self._over_budget(run, finished):
                             budget_hit.set()
                             d = None  # not started: a re-run reads it again
                     if d is None:
                         return
                     res = await self._one(run, d)
+                    finished += 1
                     await results.put(res)
 
             async def drive() -> None:
@@ -241,13 +244,13 @@ class Annotator:
         s.cost_usd = run.llm.cost_usd
         s.seconds = round(time.monotonic() - run.started, 3)
 
-    def _over_budget(self, run: RunState) -> bool:
-        """Would one more dialogue pass ``max_cost``? Spent so far plus the mean cost of the dialogues
-        annotated in this process (stored ones cost nothing). Dialogues already running may pass it a little."""
+    def _over_budget(self, run: RunState, finished: int) -> bool:
+        """Would one more dialogue pass ``max_cost``? Spent so far plus the mean cost of the ``finished``
+        dialogues less the stored ones (they cost nothing). Dialogues already running may pass it a little."""
         limit = self.settings.max_cost
         if limit is None:
             return False
-        spent, done = run.llm.cost_usd, run.summary.dialogues - run.summary.skipped_dialogues
+        spent, done = run.llm.cost_usd, finished - run.summary.skipped_dialogues
         return spent >= limit or (done > 0 and spent + spent / done > limit)
 
     def _finish(self, run: RunState) -> None:

@@ -133,12 +133,13 @@ def run(
                   max_cost=max_cost, price_in=price_in, price_out=price_out)
     annotator = Annotator(task, settings=s)
     cost = price(s)
-    console.print(f"prices: {cost.source}", markup=False)
+    console.print(cost.source, markup=False)
     summary, errors = _run_with_progress(annotator, input, on_invalid.value)
     _print_summary(summary, cost_known=cost.known)
     if summary.stopped_reason == "budget":
-        console.print(f"stopped before passing --max-cost ${s.max_cost:g}: finished dialogues are stored; "
-                      "run again with a higher --max-cost to go on", style="yellow", markup=False)
+        console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${s.max_cost:g}; finished "
+                      "dialogues are stored, run again with a higher --max-cost to go on", style="yellow",
+                      markup=False)
         raise typer.Exit(BudgetExceeded.exit_code)
     for e in errors[:20]:
         console.print(f"skipped: {e}", markup=False)
@@ -224,7 +225,7 @@ def eval_cmd(
     report = evaluate(db, gold, run_id=run_id, out_dir=out_dir, n_boot=n_boot)
     table = Table(title=f"run {report['run']['id']} against {report['gold']['source']}")
     for col in ("field", "n", "accuracy*", "macro-F1", "AUROC", "ECE", "error recall@20%"):
-        table.add_column(col, justify="left" if col == "field" else "right")
+        table.add_column(col, justify="left" if col == "field" else "right", no_wrap=col == "field")
     for r in summary_rows(report):
         table.add_row(r["field"], str(r["n"]), *(_fmt(r[k]) for k in ("accuracy", "macro_f1", "auroc", "ece",
                                                                         "error_recall_20")))
@@ -252,9 +253,10 @@ def calibrate_cmd(
     from .evaluate import calibrate
 
     results = calibrate(db, gold, run_id=run_id, alpha=alpha, delta=delta, method=method, min_n=min_n)
-    table = Table(title="certified auto-accept thresholds (fixed-sequence Clopper–Pearson)")
+    table = Table(title="certified auto-accept thresholds (fixed-sequence Clopper–Pearson)", show_edge=False)
     for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage"):
-        table.add_column(col, justify="left" if col in ("field", "method") else "right")
+        table.add_column(col, justify="left" if col in ("field", "method") else "right",
+                         no_wrap=col in ("field", "method"))
     for r in results:
         threshold = "none" if r["threshold"] is None else _fmt(r["threshold"])
         table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]),
@@ -386,7 +388,7 @@ def plan_cmd(
               f"dialogues, {p.sample_turns} turns)", markup=False)
     out.print(f"cacheable prefix: {p.cacheable_share:.0%} of prompt tokens (system messages)", markup=False)
     out.print(f"tokenizer: {p.tokenizer}", markup=False)
-    out.print(f"prices: {p.price_source}", markup=False)
+    out.print(p.price_source, markup=False)
     for note in p.notes:
         out.print(f"note: {note}", markup=False)
 

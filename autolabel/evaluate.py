@@ -403,13 +403,13 @@ def _fit(items: list[Item], method: CalibrationMethod) -> tuple[Calibrator | Non
     if not items:
         return None, "no gold labels to fit a calibrator on"
     if not names:
-        return None, "no signals to fit a calibrator on: the raw score was certified"
+        return None, "no signals to fit a calibrator on; the raw score was used"
     if method is CalibrationMethod.ISOTONIC and len(names) > 1:
         raise ConfigError(f"isotonic calibration takes one signal, the labels carry {names}: use auto")
     try:
         return Calibrator.fit(_features(items, names), [i.correct for i in items], method), ""
     except ValueError as e:
-        return None, f"no calibrator fitted ({e}): the raw score was certified"
+        return None, f"no calibrator fitted ({e}); the raw score was used"
 
 
 def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_id: str | None = None,

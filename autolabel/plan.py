@@ -130,7 +130,7 @@ def plan(input: str | Path, task: TaskSpec | str | Path, settings: Settings, sam
     """Estimate calls, tokens and cost of annotating ``input`` with ``task`` and ``settings.model``."""
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     if samples is not None:
-        settings = settings.model_copy(update={"samples": samples})
+        settings = Settings.model_validate({**settings.model_dump(), "samples": samples})
     if sample_dialogues < 1:
         raise ConfigError("--sample-dialogues must be at least 1")
     counter, text_tokens, tokenizer, notes = _tokenizer(settings)

@@ -146,16 +146,19 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
 
 
 def table(models: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | turns/min | s/call (median, p90) | emotion EM / macro-F1 | strategy EM / macro-F1 "
-             "| psychotherapy acc / macro-F1 | topic acc / macro-F1 "
+    lines = ["| model | sample | turns/min | s/call (median, p90) | emotion EM / macro-F1 "
+             "| strategy EM / macro-F1 | psychotherapy acc / macro-F1 | topic acc / macro-F1 "
              "| accepted / flagged / failed / crashed |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
+
     def pair(a: dict[str, Any], f: str, first: str) -> str:
         return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
 
     for r in models.values():
-        a, s = r["agreement"], r["statuses"]
-        lines.append(f"| {r['model']} | {r['turns_per_minute']:.1f} | {r['seconds_per_call_median']:.1f}, "
+        a, s, sample = r["agreement"], r["statuses"], r.get("sample") or {}
+        where = f"{sample.get('en')} EN + {sample.get('zh')} ZH, {sample.get('turns')} turns"
+        lines.append(f"| {r['model']} | {where} | {r['turns_per_minute']:.1f} | "
+                     f"{r['seconds_per_call_median']:.1f}, "
                      f"{r['seconds_per_call_p90']:.1f} | {pair(a, 'emotion', 'exact_match')} | "
                      f"{pair(a, 'strategy', 'exact_match')} | {pair(a, 'psychotherapy', 'accuracy')} | "
                      f"{pair(a, 'topic', 'accuracy')} | {s.get('accepted', 0)} / {s.get('flagged', 0)} / "
@@ -176,21 +179,23 @@ def main() -> None:
     task = load_task("psy-insight")
     dialogues = sample(args.data, args.en, args.zh)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    sample_info = {"en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
+                   "turns": sum(len(d.turns) for d in dialogues)}
+    settings_info = {"critique": args.critique, "concurrency": 1, "cache": False,
+                     "defaults": "temperature 0, max_tokens 512, max_reasks 2, logprobs on"}
+    models: dict[str, Any] = {}
+    for name, entry in previous.get("models", {}).items():  # earlier runs, each with the sample it used
+        models[name] = {"sample": previous.get("sample"), "settings": previous.get("settings"), **entry}
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "sample": {"en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
-                   "turns": sum(len(d.turns) for d in dialogues)},
-        "settings": {"critique": args.critique, "concurrency": 1, "cache": False,
-                     "defaults": "temperature 0, max_tokens 512, max_reasks 2, logprobs on"},
-        "models": dict(previous.get("models", {})) if previous.get("sample") == {
-            "en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
-            "turns": sum(len(d.turns) for d in dialogues)} else {},
+        "note": "each model entry names its sample and settings; compare models on the same sample only",
+        "models": models,
     }
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         for name in args.models.split(","):
             result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp))
-            report["models"][name] = result
+            report["models"][name] = {"sample": sample_info, "settings": settings_info, **result}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             print(f"{name}: {result['seconds']} s, {result['turns_per_minute']} turns/min", flush=True)

@@ -225,8 +225,8 @@ def test_max_cost_stops_cleanly_and_a_higher_budget_resumes(tmp_path: Path, conc
         done = assert_complete(db, input)
         if concurrency == 1:  # after two dialogues a third would pass the budget
             assert len(done) == first.dialogues == 2 and first.cost_usd <= limit
-        else:  # three started at once before anything was spent; all three finished and were stored
-            assert len(done) == first.dialogues == 3
+        else:  # three started at once before anything was spent: all finished and were stored
+            assert 3 <= len(done) == first.dialogues < 8
         assert first.turns == 3 * len(done) and first.cost_usd == pytest.approx(per_dialogue * len(done))
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
@@ -290,21 +290,25 @@ def test_cli_run_stops_at_max_cost_with_its_exit_code_and_resumes(tmp_path: Path
 # -- local models -------------------------------------------------------------------------------------------
 
 def test_plan_counts_a_local_models_prompts_with_its_own_tokenizer(tmp_path: Path) -> None:
-    """SmolLM2 (the [local] extra) through its chat template: plan and run agree on each first attempt."""
-    input = write_jsonl(tmp_path / "in.jsonl", [Dialogue(id="l1", turns=(
-        Turn(index=0, speaker="Seeker", text="I failed my driving test again and I feel like an idiot."),
-        Turn(index=1, speaker="Supporter", text="That sounds discouraging. What happened during the test?")))])
-    db = tmp_path / "runs.db"
+    """SmolLM2 (the [local] extra): its chat template and tokenizer, which the local backend reports as usage
+    (tests/test_local.py); that plan builds the graph's messages is pinned by the scripted-server test above."""
+    turn = Turn(index=0, speaker="Seeker", text="I failed my driving test again and I feel like an idiot.")
+    input = write_jsonl(tmp_path / "in.jsonl", [Dialogue(id="l1", turns=(turn,))])
     settings = Settings(model="local:smollm2-135m", model_dir=tmp_path / "models", local_threads=2,
-                        db=str(db), critique=False, max_tokens=120)
+                        db=str(tmp_path / "none.db"), critique=False)
     p = plan(input, TASK, settings)
     assert p.tokenizer == "smollm2-135m's own chat template and tokenizer"
     assert p.cost_usd == 0.0 and "no cost" in p.price_source
-    Annotator(TASK, settings=settings).run(input)
-    with sqlite3.connect(db) as conn:  # re-asks add messages: the first call of each turn is the planned one
-        first = conn.execute("SELECT purpose, SUM(prompt_tokens) FROM llm_calls WHERE id IN (SELECT MIN(id) FROM"
-                             " llm_calls GROUP BY purpose, dialogue_id, turn_index) GROUP BY purpose").fetchall()
-    assert {c.purpose.value: c.sample_prompt_tokens for c in p.calls} == dict(first)
+    fields = TASK.fields_for("seeker")
+    assert fields is not None
+    d = next(read_dialogues(input))
+    messages = [{"role": "system", "content": prompts.label_system(TASK, fields, "en")},
+                {"role": "user", "content": prompts.turn_user(d, 0, "seeker", TASK.context.window,
+                                                              TASK.context.max_turn_chars, "en", None, TASK,
+                                                              fields)}]
+    label = next(c for c in p.calls if c.purpose == Purpose.LABEL)
+    assert label.sample_prompt_tokens == local.count_tokens("smollm2-135m", messages, settings)
+    assert label.sample_prompt_tokens != count_prompt_tokens(messages)  # not o200k's count
 
 
 def test_plan_approximates_a_local_model_that_is_not_installed(tmp_path: Path,

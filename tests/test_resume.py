@@ -57,8 +57,9 @@ def test_sigkill_then_resume_labels_every_turn_exactly_once(tmp_path: Path) -> N
         hits = conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
     assert len(per_turn) == n_turns and {c for (c,) in per_turn} == {1}
     assert sum(n for _, n in statuses) == n_turns
-    # the resumed run paid only for what was not done: fewer calls than a full second run
-    assert hits == len(srv.requests) and len(srv.requests) - calls_before < calls_before + n_turns * 2
+    # the resumed run paid only for what was not done: fewer calls than a full second run. (Calls in flight at the
+    # SIGKILL reached the server but were never logged, so the log can hold a few less than the server saw.)
+    assert hits <= len(srv.requests) and len(srv.requests) - calls_before < calls_before + n_turns * 2
     out_file = tmp_path / "labels.jsonl"
     export(db, "jsonl", out_file)
     keys = [(r["dialogue_id"], r.get("turn_index")) for r in map(json.loads, out_file.read_text().splitlines())]
