@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import httpx
 import instructor
 import openai
-from instructor.core.exceptions import InstructorRetryException
+from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
@@ -241,6 +241,11 @@ class LLMClient:
         try:
             parsed = await self._create(response_model=model_cls, messages=messages,
                                         max_retries=self.settings.max_reasks, _trace=trace, **params)
+        except IncompleteOutputException:  # the answer hit max_tokens: an invalid output for this item, not a crash
+            raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
+                                 usage={"prompt_tokens": trace.prompt_tokens,
+                                        "completion_tokens": trace.completion_tokens},
+                                 detail=f"output cut at max_tokens={self.settings.max_tokens}") from None
         except InstructorRetryException as e:
             if isinstance(e.__cause__, LLMError):  # the endpoint failed, not the output: not a re-ask matter
                 raise e.__cause__ from None

@@ -9,8 +9,8 @@ calibrate half and a report half:
 - on the calibrate half, ``autolabel.evaluate.calibrate`` certifies thresholds (it splits that half again
   into fit / certify), and a calibrator with the same features is fitted on the whole half for the table;
 - on the report half, per field: exact-match accuracy and macro-F1 against the silver labels, and AUROC, ECE
-  and error recall at a 20% review budget of the raw confidence (the mean of the signals, as the run stored
-  it) and of the calibrated one (that calibrator applied to the same signals).
+  and error recall at a 20% review budget of the raw confidence (the mean of the signals, what an
+  uncalibrated run stores) and of the calibrated one (that calibrator applied to the same signals).
 
 Prints the table and writes ``benchmarks/results/calibration.json``. The run is kept in ``--work``
 (resumable: the same sample and model resume the same run). Usage::
@@ -117,7 +117,8 @@ def main() -> None:
         if not rep:
             continue
         correct = np.array([i.correct for i in rep])
-        raw = np.array([float(i.confidence or 0.0) for i in rep])
+        # the uncalibrated score (mean of the signals), whatever calibrator the run itself may have used
+        raw = np.array([sum(i.signals.values()) / len(i.signals) if i.signals else 0.0 for i in rep])
         names = sorted({n for i in fit for n in i.signals})
         row: dict[str, Any] = {"n_calibrate": len(fit), "n_report": len(rep), "signals": names}
         row["accuracy"], row["macro_f1"] = quality(f.multi, rep)

@@ -177,3 +177,4 @@ def test_real_sessions_en_and_cn(server: FakeOpenAIServer, tmp_path: Path) -> No
         assert all(t.status in (Status.ACCEPTED, Status.FLAGGED, Status.FAILED) for r in results for t in r.turns)
     cn_prompt = next(b for b in server.requests if "心理咨询" in b["messages"][0]["content"])
     assert "来访者" in cn_prompt["messages"][0]["content"] or "咨询师" in cn_prompt["messages"][0]["content"]
+
