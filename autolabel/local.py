@@ -191,7 +191,7 @@ def load_model(name: str, settings: Settings) -> Loaded:
 
 def count_tokens(name: str, messages: list[dict[str, Any]], settings: Settings | None = None) -> int:
     """Prompt tokens of ``messages`` for local model ``name``: its chat template, then its own tokenizer."""
-    loaded = load_model(name, settings or Settings.model_validate({}))
+    loaded = load_model(name, settings or Settings.model_validate({}))  # reads AUTOLABEL_* too
     with loaded.lock:
         return len(_prompt_tokens(loaded.llama, messages))
 

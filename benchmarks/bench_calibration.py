@@ -58,16 +58,22 @@ def sample(per_language: int, max_turns: int) -> list[dict[str, Any]]:
 
 
 def report_half(dialogue_ids: list[str]) -> set[str]:
-    ordered = sorted(dialogue_ids, key=lambda d: hashlib.sha256(f"report:{SEED}:{d}".encode()).digest())
-    return set(ordered[: len(ordered) // 2])
+    """Half of each language's sessions, by a seeded hash of the id."""
+    held: set[str] = set()
+    for language in ("en", "cn"):
+        ids = [d for d in dialogue_ids if d.startswith(language)]
+        ordered = sorted(ids, key=lambda d: hashlib.sha256(f"report:{SEED}:{d}".encode()).digest())
+        held |= set(ordered[: len(ids) // 2])
+    return held
 
 
-def quality(multi: bool, items: list[Item]) -> tuple[float, float]:
+def quality(multi: bool, items: list[Item]) -> dict[str, float]:
+    """Exact-match accuracy (the ``correct`` of confidence) and macro-F1; Jaccard too for multi-label."""
     if multi:
         rep = multilabel_report([set(i.gold) for i in items], [set(i.predicted or ()) for i in items])
-        return rep["exact_match"], rep["macro_f1"]
+        return {"accuracy": rep["exact_match"], "macro_f1": rep["macro_f1"], "jaccard": rep["jaccard"]}
     rep = classification_report([str(i.gold) for i in items], [str(i.predicted) for i in items])
-    return rep["accuracy"], rep["macro_f1"]
+    return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
 
 
 def confidence(correct: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -120,8 +126,8 @@ def main() -> None:
         # the uncalibrated score (mean of the signals), whatever calibrator the run itself may have used
         raw = np.array([sum(i.signals.values()) / len(i.signals) if i.signals else 0.0 for i in rep])
         names = sorted({n for i in fit for n in i.signals})
-        row: dict[str, Any] = {"n_calibrate": len(fit), "n_report": len(rep), "signals": names}
-        row["accuracy"], row["macro_f1"] = quality(f.multi, rep)
+        row: dict[str, Any] = {"n_calibrate": len(fit), "n_report": len(rep), "signals": names,
+                               "right_calibrate": sum(i.correct for i in fit), **quality(f.multi, rep)}
         row["raw"] = confidence(correct, raw)
         try:
             calibrator = fit_calibrator({n: [i.signals.get(n, math.nan) for i in fit] for n in names},
@@ -135,13 +141,15 @@ def main() -> None:
 
     store = Store.open(db)
     counts = store.counts(summary.run_id)
+    calls = store._rows("SELECT COUNT(*) FROM llm_calls WHERE run_id=:r", r=summary.run_id)[0][0]
     store.close()
     result = clean({
         "model": model, "machine": f"{platform.machine()}, {platform.python_version()}",
         "sample": {"per_language": args.per_language, "max_turns": args.max_turns,
                    "dialogues": [s["dialog_id"] for s in sessions], "report_half": sorted(held),
                    "turns": sum(len(s["dialog"]) for s in sessions)},
-        "run": {"id": summary.run_id, "seconds": round(seconds, 1), "calls": summary.calls, **counts},
+        "run": {"id": summary.run_id, "llm_calls": calls, "seconds_this_invocation": round(seconds, 1),
+                **counts},
         "fields": fields, "certified_on_calibrate_half": certified,
     })
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -154,10 +162,11 @@ def main() -> None:
 
     print(f"model {model}; {len(sessions)} sessions, {result['sample']['turns']} turns; report half "
           f"{len(held)} sessions")
-    print(f"{'field':15} {'n cal/rep':>10} {'acc':>5} {'mF1':>5} {'AUROC raw→cal':>14} {'ECE raw→cal':>12}"
-          f" {'err.rec@20%':>12}")
+    print(f"{'field':15} {'n cal/rep':>10} {'acc':>5} {'Jacc.':>5} {'mF1':>5} {'AUROC raw→cal':>14}"
+          f" {'ECE raw→cal':>12} {'err.rec@20%':>12}")
     for name, row in fields.items():
-        print(f"{name:15} {row['n_calibrate']:>4}/{row['n_report']:<5} {row['accuracy']:5.2f} "
+        jaccard = f"{row['jaccard']:5.2f}" if "jaccard" in row else "    –"
+        print(f"{name:15} {row['n_calibrate']:>4}/{row['n_report']:<5} {row['accuracy']:5.2f} {jaccard} "
               f"{row['macro_f1']:5.2f} {pair(row, 'auroc'):>14} {pair(row, 'ece'):>12} "
               f"{pair(row, 'error_recall_20'):>12}")
     for r in certified:
