@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from . import pricing
@@ -35,6 +36,7 @@ from .models import (
     RunSummary,
     SessionAnnotation,
     Status,
+    Turn,
     TurnAnnotation,
 )
 from .readers import read_dialogues
@@ -108,7 +110,11 @@ class Annotator:
                             d = None  # not started: a re-run reads it again
                     if d is None:
                         return
-                    res = await self._one(run, d)
+                    try:
+                        res = await self._one(run, d)
+                    except BudgetExceeded:  # a call was refused: this dialogue stays resumable from its checkpoint
+                        budget_hit.set()
+                        return
                     finished += 1
                     await results.put(res)
 
@@ -258,13 +264,19 @@ class Annotator:
         self._ctx.store.finish_run(run.run_id, status, run.summary.model_dump())
 
 
+def _serde() -> JsonPlusSerializer:
+    """Checkpoints hold our pydantic records; only these types may be rebuilt from a checkpoint."""
+    return JsonPlusSerializer(allowed_msgpack_modules=[
+        Dialogue, Turn, TurnAnnotation, SessionAnnotation, FieldConfidence, Status])
+
+
 @asynccontextmanager
 async def _checkpointer(db: str) -> AsyncIterator[Any]:
     """LangGraph's checkpointer for the same database: SQLite (WAL) or PostgreSQL."""
     if is_postgres(db):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-        async with AsyncPostgresSaver.from_conn_string(db) as saver:
+        async with AsyncPostgresSaver.from_conn_string(db, serde=_serde()) as saver:
             await saver.setup()
             yield saver
         return
@@ -272,7 +284,7 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA busy_timeout=30000")
-        saver = AsyncSqliteSaver(conn)
+        saver = AsyncSqliteSaver(conn, serde=_serde())
         await saver.setup()
         yield saver
     finally:

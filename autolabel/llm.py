@@ -36,7 +36,7 @@ from instructor.core.exceptions import IncompleteOutputException, InstructorRetr
 from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .errors import ConfigError, LLMError, RequestRefused, RetryExhausted
+from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted
 from .settings import Settings
 from .structured import response_model, schema_digest
 
@@ -247,7 +247,7 @@ class LLMClient:
                                         "completion_tokens": trace.completion_tokens},
                                  detail=f"output cut at max_tokens={self.settings.max_tokens}") from None
         except InstructorRetryException as e:
-            if isinstance(e.__cause__, LLMError):  # the endpoint failed, not the output: not a re-ask matter
+            if isinstance(e.__cause__, LLMError | BudgetExceeded):  # not the output's fault: no re-ask
                 raise e.__cause__ from None
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
@@ -269,12 +269,24 @@ class LLMClient:
             self.totals.cache_hits += 1
             self._record(_trace, completion, counted=False)
             return completion
+        self._check_budget()
         completion = await self._call_with_retries(kwargs, key, _trace)
         if self.settings.cache:
             dumped = completion.model_dump(mode="json", exclude_unset=True)
             await asyncio.to_thread(self.calls.cache_put, key, self.backend.model, dumped)
         self._record(_trace, completion, counted=True)
         return completion
+
+    def _check_budget(self) -> None:
+        """Refuse a call that would pass ``max_cost``: spent so far plus the mean cost of a call. Calls already in
+        flight may still pass it by at most their own cost. The dialogue that asked stays resumable."""
+        limit = self.settings.max_cost
+        if limit is None:
+            return
+        paid = self.totals.calls
+        mean = self.cost_usd / paid if paid else 0.0
+        if self.cost_usd >= limit or self.cost_usd + mean > limit:
+            raise BudgetExceeded(self.cost_usd, limit)
 
     def _record(self, trace: CallTrace, completion: ChatCompletion, *, counted: bool) -> None:
         content = completion.choices[0].message.content if completion.choices else None
