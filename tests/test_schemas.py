@@ -72,7 +72,8 @@ def test_public_api_is_pinned() -> None:
     assert sorted(autolabel.__all__) == sorted([
         "Annotator", "AutolabelError", "BudgetExceeded", "ConfigError", "Dialogue", "DialogueResult",
         "ExportFormat", "InputError", "InputFormat", "LLMError", "RequestRefused", "RetryExhausted", "ReviewError",
-        "RunSummary", "SessionAnnotation", "Settings", "Status", "Store", "StoreError", "TaskSpec", "TaskSpecError",
+        "RunSummary", "SessionAnnotation", "Settings", "Plan", "ReviewQueue", "calibrate", "evaluate", "load_gold",
+        "plan", "Status", "Store", "StoreError", "TaskSpec", "TaskSpecError",
         "Turn", "TurnAnnotation", "export", "list_tasks", "load_task", "read_dialogues", "validate_task_file",
     ])
     for name in autolabel.__all__:
