@@ -8,14 +8,16 @@ finished dialogues are not redone, an interrupted one continues from its LangGra
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from . import pricing
-from .errors import BudgetExceeded, InputError
+from .batch import batch_backend
+from .errors import BudgetExceeded, InputError, LeaseLost, StoreError
+from .examples import few_shot_picker
 from .graphs.annotate.context import Context
 from .graphs.annotate.graph import build_graph
 from .llm import LLMClient, make_backend
@@ -46,7 +50,8 @@ from .tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 
-OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact")
+OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact",
+                 "few_shot")
 Progress = Callable[[DialogueResult, "RunState"], None]
 
 
@@ -87,15 +92,20 @@ class Annotator:
         results = [r async for r in self.aannotate_many([dialogue], input_name=f"api:{dialogue.id}")]
         return results[0]
 
-    async def aannotate_many(self, dialogues: Iterable[Dialogue], *, input_name: str = "api",
-                             progress: Progress | None = None, summary: RunSummary | None = None
+    async def aannotate_many(self, dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue], *,
+                             input_name: str = "api", progress: Progress | None = None,
+                             summary: RunSummary | None = None, lease_owner: str | None = None
                              ) -> AsyncIterator[DialogueResult]:
-        """Annotate dialogues concurrently (at most ``concurrency`` in flight); yield results as they finish."""
-        async with self._run(input_name) as run:
+        """Annotate dialogues concurrently (at most ``concurrency`` in flight); yield results as they finish.
+
+        ``lease_owner``: the job-queue worker that claimed the dialogues (``autolabel.jobs``; ``dialogues`` is
+        then its claims). A dialogue whose lease another worker took over is not stored and not yielded, and the
+        run's status is left to the queue."""
+        async with self._run(input_name, lease_owner) as run:
             if summary is not None:
                 run.summary = summary
             results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
-            source = iter(dialogues)
+            source = _aiter(dialogues)
             lock = asyncio.Lock()
             budget_hit = asyncio.Event()  # no new dialogue starts; the running ones finish and are stored
             finished = 0  # dialogues the workers have finished, stored ones included
@@ -104,7 +114,7 @@ class Annotator:
                 nonlocal finished
                 while True:
                     async with lock:
-                        d = None if budget_hit.is_set() else next(source, None)
+                        d = None if budget_hit.is_set() else await anext(source, None)
                         if d is not None and self._over_budget(run, finished):
                             budget_hit.set()
                             d = None  # not started: a re-run reads it again
@@ -116,7 +126,8 @@ class Annotator:
                         budget_hit.set()
                         return
                     finished += 1
-                    await results.put(res)
+                    if res is not None:
+                        await results.put(res)
 
             async def drive() -> None:
                 try:
@@ -194,17 +205,16 @@ class Annotator:
 
     # -- internals -----------------------------------------------------------------------------------------
     @asynccontextmanager
-    async def _run(self, input_name: str) -> AsyncIterator[RunState]:
+    async def _run(self, input_name: str, lease_owner: str | None = None) -> AsyncIterator[RunState]:
         s = self.settings
         cost, _ = pricing.pricer(s)  # first: a budget without a known price is refused before anything opens
         if s.is_remote():
-            log.warning("dialogue text will be sent to a remote endpoint (%s)", s.base_url or "api.openai.com")
+            log.warning("dialogue text will be sent to a remote endpoint (%s)%s", s.endpoint_host(),
+                        " with personal details replaced (--redact)" if s.redact else
+                        "; --redact replaces names, phone numbers, e-mail and street addresses first")
         store = Store.open(s.db)
-        backend = make_backend(s)
-        run_id = self.run_id(input_name)
-        store.start_run(run_id, task_name=self.task.name, task_version=self.task.version,
-                        task_hash=self.task.spec_hash, task_json=self.task.model_dump_json(), model=s.model,
-                        params=self.params(), params_hash=self.params_hash(), input=input_name)
+        run_id = self.start_run(store, input_name)
+        backend = batch_backend(s, store, run_id) if s.batch_api else make_backend(s)
         llm = LLMClient(s, backend, store, run_id=run_id, pricer=cost)
         try:
             async with _checkpointer(s.db) as saver:
@@ -213,14 +223,29 @@ class Annotator:
                 from .evaluate import load_routing  # here: scikit-learn loads only when a run starts
 
                 thresholds, calibrate = load_routing(store, self.task, s.model)
+                picker = few_shot_picker(store, self.task, s.few_shot)  # None without gold: no embedding model
                 self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
-                                    thresholds=thresholds, calibrate=calibrate)
-                yield RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic())
+                                    thresholds=thresholds, calibrate=calibrate, examples=picker,
+                                    knn_agreement=picker.knn_agreement if picker else None,
+                                    lease_owner=lease_owner)
+                with _frozen_heap():
+                    yield RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic())
         finally:
-            await backend.aclose()
-            store.close()
+            try:
+                await llm.flush()  # the call log's last rows
+            finally:
+                await backend.aclose()
+                store.close()
 
-    async def _one(self, run: RunState, d: Dialogue) -> DialogueResult:
+    def start_run(self, store: Store, input_name: str) -> str:
+        """Record the run of this configuration over ``input_name`` (or reopen it); returns its id."""
+        run_id = self.run_id(input_name)
+        store.start_run(run_id, task_name=self.task.name, task_version=self.task.version,
+                        task_hash=self.task.spec_hash, task_json=self.task.model_dump_json(), model=self.settings.model,
+                        params=self.params(), params_hash=self.params_hash(), input=input_name)
+        return run_id
+
+    async def _one(self, run: RunState, d: Dialogue) -> DialogueResult | None:
         store = self._ctx.store
         # every store call from async code goes through a thread: the checkpointer's aiosqlite transactions must
         # be able to commit while we wait for SQLite's lock
@@ -234,7 +259,11 @@ class Annotator:
                                   "recursion_limit": 50}
         snapshot = await self._graph.aget_state(config)
         inp = None if snapshot.next else {"dialogue": d}
-        await self._graph.ainvoke(inp, config, context=self._ctx)
+        try:
+            await self._graph.ainvoke(inp, config, context=self._ctx)
+        except LeaseLost as e:  # another worker took the dialogue over and stores its own result
+            log.warning("%s", e)
+            return None
         await self._saver.adelete_thread(thread)
         return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
 
@@ -260,8 +289,23 @@ class Annotator:
         return spent >= limit or (done > 0 and spent + spent / done > limit)
 
     def _finish(self, run: RunState) -> None:
+        if self._ctx.lease_owner is not None:
+            return  # a queued run is finished by the job queue when its last dialogue is done
         status = "stopped" if run.summary.stopped_reason else "finished"
         self._ctx.store.finish_run(run.run_id, status, run.summary.model_dump())
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Objects alive when a run starts (modules, classes, the compiled graph: ~300k) are moved out of reach of
+    Python's cyclic garbage collector for the run. Otherwise each full collection walks all of them again, which
+    cost about a fifth of the client's CPU per call. Unfrozen afterwards: garbage made of them is collected as usual."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _serde() -> JsonPlusSerializer:
@@ -276,19 +320,35 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
     if is_postgres(db):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-        async with AsyncPostgresSaver.from_conn_string(db, serde=_serde()) as saver:
-            await saver.setup()
+        async with AsyncPostgresSaver.from_conn_string(db.replace("+psycopg", "", 1), serde=_serde()) as saver:
+            # one process at a time creates LangGraph's tables (workers start together; its setup is not atomic)
+            await saver.conn.execute("SELECT pg_advisory_lock(724514)")
+            try:
+                await saver.setup()
+            finally:
+                await saver.conn.execute("SELECT pg_advisory_unlock(724514)")
             yield saver
         return
-    conn = await aiosqlite.connect(str(Path(db).expanduser()), timeout=30)
+    conn = await aiosqlite.connect(db if db.startswith("file:") else str(Path(db).expanduser()), timeout=30, uri=True)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA busy_timeout=30000")
         saver = AsyncSqliteSaver(conn, serde=_serde())
         await saver.setup()
         yield saver
+    except sqlite3.DatabaseError as e:  # from the checkpointer's own connection: a read-only file, a full disk
+        raise StoreError(f"cannot write to {db}: {e}") from None
     finally:
         await conn.close()
+
+
+async def _aiter(dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue]) -> AsyncIterator[Dialogue]:
+    if isinstance(dialogues, AsyncIterable):
+        async for d in dialogues:
+            yield d
+    else:
+        for d in dialogues:
+            yield d
 
 
 def _stored_result(store: Store, run_id: str, dialogue_id: str) -> DialogueResult:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from . import __version__
 from .annotator import Annotator, RunState
-from .errors import AutolabelError, BudgetExceeded, InputError
+from .errors import AutolabelError, BudgetExceeded, InputError, ReviewError
 from .export import ExportFormat, export
 from .models import DialogueResult, RunSummary
 from .plan import plan
@@ -102,6 +102,7 @@ def _settings(**kw: Any) -> Settings:
     return Settings.model_validate({**Settings().model_dump(), **{k: v for k, v in kw.items() if v is not None}})
 
 
+BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share one batch round
 PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
 PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
 
@@ -126,11 +127,23 @@ def run(
     price_out: PriceOut = None,
     on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
     = OnInvalid.skip,
+    redact: Annotated[bool, typer.Option("--redact", help="Replace names, phone numbers, e-mail and street "
+                                                          "addresses with placeholders in everything sent to the "
+                                                          "model; restore them in its answers.")] = False,
+    batch_api: Annotated[bool, typer.Option("--batch-api", help="Send the calls through the provider's batch API "
+                                                                "(openai: models; cheaper, asynchronous; resumable). "
+                                                                "--concurrency: dialogues per batch round (default "
+                                                                "1024).")] = False,
+    few_shot: Annotated[int | None, typer.Option(help="Reviewed turns shown as examples, most similar first "
+                                                      "(0: none; default 3).")] = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
+    if batch_api and concurrency is None:
+        concurrency = BATCH_CONCURRENCY
     s = _settings(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
                   window=window, samples=samples, critique=critique, max_reasks=max_reasks, temperature=temperature,
-                  max_cost=max_cost, price_in=price_in, price_out=price_out)
+                  max_cost=max_cost, price_in=price_in, price_out=price_out, redact=redact or None,
+                  batch_api=batch_api or None, few_shot=few_shot)
     annotator = Annotator(task, settings=s)
     cost = price(s)
     console.print(cost.source, markup=False)
@@ -185,6 +198,63 @@ def _print_summary(s: RunSummary, cost_known: bool = True) -> None:
     out.print(f"results: {s.db}")
 
 
+# -- job queue ------------------------------------------------------------------------------------------
+
+@app.command("enqueue")
+def enqueue_cmd(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    db: Annotated[str, typer.Option(help="postgresql:// URL (or a SQLite file, for workers on one machine).")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded model).")]
+    = None,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
+    on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
+    = OnInvalid.skip,
+) -> None:
+    """Queue every dialogue of INPUT as a job for `autolabel worker` processes (same run id as `autolabel run`)."""
+    from .jobs import enqueue
+
+    s = _settings(model=model, window=window, samples=samples, critique=critique, max_reasks=max_reasks,
+                  temperature=temperature)
+    r = enqueue(input, db=db, task=task, settings=s, on_invalid=on_invalid.value)
+    out.print(f"run {r.run_id}: {r.added} dialogue(s) queued, {r.existing} already in the run", markup=False)
+    for e in r.input_errors[:20]:
+        console.print(f"skipped: {e}", markup=False)
+    if r.input_errors:
+        console.print(f"{len(r.input_errors)} bad input record(s) skipped", style="yellow")
+        raise typer.Exit(3)
+
+
+@app.command("worker")
+def worker_cmd(
+    db: Annotated[str, typer.Option(help="postgresql:// URL (or a SQLite file) holding queued runs.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (default: every run with queued "
+                                                            "work, oldest first).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Dialogues and LLM calls in flight in this worker.")]
+    = None,
+    lease_seconds: Annotated[float, typer.Option(help="Lease of a claimed dialogue; renewed while working, "
+                                                      "taken over by another worker when it lapses.")] = 60.0,
+    max_cost: Annotated[float | None, typer.Option(help="Stop this worker cleanly before it spends more (USD).")]
+    = None,
+) -> None:
+    """Label queued dialogues until the run is done; start as many as you like, on any machine."""
+    from .jobs import work
+
+    s = _settings(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, max_cost=max_cost)
+    r = work(db, run_id=run_id, settings=s, lease_seconds=lease_seconds)
+    if not r.runs:
+        out.print("no queued work", markup=False)
+    for summary in r.runs:
+        _print_summary(summary)
+    out.print(f"worker {r.worker}: {r.dialogues} dialogue(s), {r.turns} turn(s)", markup=False)
+
+
 # -- export -----------------------------------------------------------------------------------------------
 
 @app.command("export")
@@ -200,6 +270,29 @@ def export_cmd(
     """Export a run's final annotations (validated against the schemas on the way out)."""
     n = export(db, format, out_path, run_id=run_id, include_text=text, bom=bom)
     out.print(f"wrote {n} records to {out_path}")
+
+
+@app.command("import-reviews")
+def import_reviews_cmd(
+    file: Annotated[Path, typer.Argument(help="A reviewed Label Studio export (JSON) or Argilla records (JSONL).")],
+    db: Annotated[str, typer.Option(help="SQLite file or postgresql:// URL.")] = "autolabel.db",
+    format: Annotated[str | None, typer.Option(help="label-studio or argilla (default: recognised from the file).")]
+    = None,
+    reviewer: Annotated[str | None, typer.Option(help="Record every review under this name (default: the "
+                                                      "annotator named in the export).")] = None,
+) -> None:
+    """Apply reviews made in Label Studio or Argilla as reviews here: audit log, gold and turn status."""
+    from .interop import import_reviews
+
+    result = import_reviews(db, file, format=format, reviewer=reviewer)
+    out.print(f"{result.applied} of {result.answers} answers applied as reviews ({result.queued} for turns the "
+              f"model had accepted) by {', '.join(sorted(result.reviewers)) or 'nobody'}", markup=False)
+    for line in result.skipped[:20]:
+        out.print(f"skipped {line}", markup=False)
+    for line in result.errors[:20]:
+        console.print(f"refused {line}", markup=False, style="red")
+    if result.errors:
+        raise typer.Exit(ReviewError.exit_code)
 
 
 # -- eval and calibrate -----------------------------------------------------------------------------------

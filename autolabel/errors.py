@@ -7,6 +7,8 @@ The hierarchy::
     ├── InputError(source, line, detail, field) a dialogue record that cannot be read (file + line/record)
     ├── ConfigError(detail)                     settings that cannot work (missing key, bad --model, bad URL)
     ├── StoreError(detail)                      the database cannot be opened or written (read-only, disk full)
+    │   └── LeaseLost(run_id, dialogue_id, worker)  a queued dialogue's lease passed to another worker:
+    │                                            its result is not stored
     ├── LLMError(detail)                        the endpoint failed for good (unreachable, auth, deadline passed):
     │   │                                        the run stops and can be resumed
     │   ├── RequestRefused(detail)              the endpoint refused one request (HTTP 400): that item fails
@@ -71,6 +73,14 @@ class StoreError(AutolabelError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
+
+
+class LeaseLost(StoreError):
+    """A job-queue worker tried to store a dialogue whose lease another worker has taken over: nothing is written."""
+
+    def __init__(self, run_id: str, dialogue_id: str, worker: str) -> None:
+        self.run_id, self.dialogue_id, self.worker = run_id, dialogue_id, worker
+        super().__init__(f"{worker} no longer holds dialogue {dialogue_id} of run {run_id}: its result was not stored")
 
 
 class LLMError(AutolabelError):

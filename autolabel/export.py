@@ -8,6 +8,8 @@ then one column per label field (several options joined with ``|``), one per tex
 ``<field>_confidence`` per label field. Each dialogue's session-level record follows its turns as a row with
 an empty ``turn_index`` and the role ``session``. UTF-8; ``bom=True`` starts the file with a byte order mark
 so that Excel reads Chinese text correctly.
+
+Label Studio tasks and Argilla records (for reviewing there, and importing the reviews back): see ``interop``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class ExportFormat(str, Enum):
     JSONL = "jsonl"
     PSY_INSIGHT = "psy-insight"
     CSV = "csv"
+    LABEL_STUDIO = "label-studio"
+    ARGILLA = "argilla"
 
 
 Exporter = Callable[[Store, str, TaskSpec, IO[str], bool], int]
@@ -127,10 +131,22 @@ def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_
     return n
 
 
+def _interop(name: str) -> Exporter:
+    """The Label Studio and Argilla writers live in ``interop``, which imports this module: looked up on use."""
+    def write(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
+        from . import interop
+
+        exporter: Exporter = getattr(interop, name)
+        return exporter(store, run_id, task, out, include_text)
+    return write
+
+
 EXPORTERS: dict[ExportFormat, Exporter] = {
     ExportFormat.JSONL: export_jsonl,
     ExportFormat.PSY_INSIGHT: export_psy_insight,
     ExportFormat.CSV: export_csv,
+    ExportFormat.LABEL_STUDIO: _interop("export_label_studio"),
+    ExportFormat.ARGILLA: _interop("export_argilla"),
 }
 
 

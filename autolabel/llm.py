@@ -25,6 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -36,7 +37,7 @@ from instructor.core.exceptions import IncompleteOutputException, InstructorRetr
 from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted
+from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
 from .settings import Settings
 from .structured import response_model, schema_digest
 
@@ -45,12 +46,13 @@ log = logging.getLogger(__name__)
 
 class _PayloadsToDebug(logging.Filter):
     """instructor logs failed attempts at ERROR with the model's output, which can quote dialogue text.
-    Those records are demoted to DEBUG so that nothing of the dialogue shows at the default level."""
+    Those records are demoted to DEBUG so that nothing of the dialogue shows at the default level, and dropped
+    unless DEBUG is on (the logger's level was checked before the demotion; handlers do not check it again)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.DEBUG:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 for _name in ("instructor", "instructor.v2", "instructor.v2.retry", "instructor.v2.core.retry",
@@ -81,7 +83,11 @@ class CallLog(Protocol):
 
     def cache_put(self, key: str, model: str, response: dict[str, Any]) -> None: ...
 
-    def log_call(self, **fields: Any) -> None: ...
+    def log_calls(self, rows: list[dict[str, Any]]) -> None: ...
+
+
+POOL_REQUESTS = 8
+"""Requests in flight per HTTP connection pool of ``OpenAIBackend``."""
 
 
 class OpenAIBackend:
@@ -97,18 +103,30 @@ class OpenAIBackend:
                                   f"for {settings.model}")
             key = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) accept any key
         self.model = settings.model_name
-        self._client = openai.AsyncOpenAI(
+        # httpcore scans every connection of its pool for each request (a readability syscall per idle one): at
+        # 64 requests in flight that doubles the client's CPU per call. Pools of at most POOL_REQUESTS in flight
+        # keep the scan short; each request goes to the least busy pool.
+        pools = math.ceil(settings.concurrency / POOL_REQUESTS)
+        per_pool = math.ceil(settings.concurrency / pools) * 2
+        self._clients = [openai.AsyncOpenAI(
             api_key=key, base_url=settings.base_url, max_retries=0,
             timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)),
-            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.concurrency * 2,
-                                                              max_keepalive_connections=settings.concurrency * 2)),
-        )
+            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=per_pool,
+                                                              max_keepalive_connections=per_pool)),
+        ) for _ in range(pools)]
+        self._in_flight = [0] * pools
 
     async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
-        return await self._client.chat.completions.create(model=self.model, **kwargs)
+        i = self._in_flight.index(min(self._in_flight))
+        self._in_flight[i] += 1
+        try:
+            return await self._clients[i].chat.completions.create(model=self.model, **kwargs)
+        finally:
+            self._in_flight[i] -= 1
 
     async def aclose(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
 
 
 def _openai_backend(settings: Settings) -> Backend:
@@ -207,6 +225,10 @@ class Structured:
         return len(self.trace.outputs)
 
 
+current_trace: ContextVar[CallTrace | None] = ContextVar("current_trace", default=None)
+"""The trace of the call a backend is answering (set by ``LLMClient`` around ``Backend.complete``)."""
+
+
 def cache_key(model: str, kwargs: dict[str, Any]) -> str:
     blob = json.dumps({"model": model, **kwargs}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -222,10 +244,14 @@ class LLMClient:
         self.calls = calls
         self.run_id = run_id
         self.pricer = pricer or (lambda p, c: 0.0)
-        self.limit = asyncio.Semaphore(settings.concurrency)
+        # a backend that only queues requests (the batch API) may allow more in flight than ``concurrency``
+        self.limit = asyncio.Semaphore(getattr(backend, "max_in_flight", None) or settings.concurrency)
         self.logprobs = settings.logprobs and backend.supports_logprobs
         self.totals = CallTrace(purpose="total")
         self.cost_usd = 0.0
+        self._log_rows: list[dict[str, Any]] = []
+        self._log_writer: asyncio.Task[None] | None = None
+        self._log_error: StoreError | None = None
         self._create = instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA)
 
     async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
@@ -247,7 +273,7 @@ class LLMClient:
                                         "completion_tokens": trace.completion_tokens},
                                  detail=f"output cut at max_tokens={self.settings.max_tokens}") from None
         except InstructorRetryException as e:
-            if isinstance(e.__cause__, LLMError | BudgetExceeded):  # not the output's fault: no re-ask
+            if isinstance(e.__cause__, LLMError | BudgetExceeded | StoreError):  # not the output's fault: no re-ask
                 raise e.__cause__ from None
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
@@ -331,11 +357,14 @@ class LLMClient:
         raise LLMError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
     async def _one_call(self, kwargs: dict[str, Any], key: str, trace: CallTrace, attempt: int) -> ChatCompletion:
+        if self._log_error is not None:  # the call log could not be written: stop, as on any store failure
+            raise self._log_error
         async with self.limit:
             started = time.perf_counter()
             outcome = "ok"
             completion: ChatCompletion | None = None
             try:
+                current_trace.set(trace)  # what the request is for (the batch backend names its lines by it)
                 completion = await self.backend.complete(kwargs)
                 return completion
             finally:
@@ -347,13 +376,35 @@ class LLMClient:
                 c = usage.completion_tokens if usage else 0
                 trace.calls += 1
                 self.totals.calls += 1
-                await asyncio.to_thread(
-                    self.calls.log_call, run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
+                self._log(dict(
+                    run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
                     purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
                     cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
                     latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
                     cost_usd=self.pricer(p, c),
-                )
+                ))
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Queue a call-log row. One writer task writes whatever has queued up, in one transaction in a thread:
+        a call neither waits for the store nor holds its concurrency slot while the row is written."""
+        self._log_rows.append(row)
+        if self._log_writer is None or self._log_writer.done():
+            self._log_writer = asyncio.get_running_loop().create_task(self._write_log())
+
+    async def _write_log(self) -> None:
+        while self._log_rows and self._log_error is None:
+            rows, self._log_rows = self._log_rows, []
+            try:
+                await asyncio.to_thread(self.calls.log_calls, rows)
+            except StoreError as e:  # raised by the next call and by flush()
+                self._log_error = e
+
+    async def flush(self) -> None:
+        """Wait until every call so far is in the call log; raises StoreError when it could not be written."""
+        if self._log_writer is not None:
+            await asyncio.shield(self._log_writer)
+        if self._log_error is not None:
+            raise self._log_error
 
 
 def _params_hash(kwargs: dict[str, Any]) -> str:

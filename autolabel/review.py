@@ -139,6 +139,18 @@ class ReviewQueue:
         item = _item(rows[0])
         return item if include_proposal else item.blind()
 
+    def find(self, run_id: str, dialogue_id: str, kind: str, turn_index: int) -> Item | None:
+        """The item of one turn (``kind`` ``turn``) or session (``kind`` ``session``, ``turn_index`` -1), if any."""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM review_items WHERE run_id=:r AND dialogue_id=:d AND kind=:k"
+                          " AND turn_index=:i", r=run_id, d=dialogue_id, k=kind, i=turn_index)
+        return _item(rows[0]) if rows else None
+
+    def reviews(self, item_id: int) -> list[dict[str, Any]]:
+        """Every review of an item, oldest first: reviewer, labels, texts, note, decision, created_at."""
+        rows = self._rows("SELECT reviewer, labels_json, texts_json, note, decision, created_at FROM reviews"
+                          " WHERE item_id=:i ORDER BY id", i=item_id)
+        return [_decoded(r) for r in rows]
+
     def items(self, status: ItemStatus | str | None = None, *, run_id: str | None = None) -> list[Item]:
         """Items in queue order, optionally of one status (e.g. ``adjudication``) and one run."""
         where = [c for c, v in (("status=:s", status), ("run_id=:r", run_id)) if v is not None]
@@ -171,8 +183,9 @@ class ReviewQueue:
 
     # -- lease actions ---------------------------------------------------------------------------------------
     def claim(self, reviewer: str, lease_seconds: float = DEFAULT_LEASE, *, run_id: str | None = None,
-              include_proposal: bool = True) -> Item | None:
-        """Lease the next item by priority that this reviewer has not reviewed, skipped or already holds."""
+              include_proposal: bool = True, item_id: int | None = None) -> Item | None:
+        """Lease the next item by priority that this reviewer has not reviewed, skipped or already holds
+        (``item_id``: that item only, e.g. when applying reviews made in another tool)."""
         _check_name(reviewer)
         with self._tx() as conn:
             t = self.clock()
@@ -180,9 +193,9 @@ class ReviewQueue:
                    " WHERE (i.status='pending' OR (i.status='claimed' AND i.lease_expires < :now))"
                    " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=:w)"
                    " AND NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.item_id=i.id AND s.reviewer=:w)"
-                   + (" AND i.run_id=:r" if run_id else "") + " ORDER BY i.priority, i.id LIMIT 1"
-                   + _SKIP_LOCKED.get(conn.dialect.name, ""))
-            row = conn.execute(text(sql), {"now": t, "w": reviewer, "r": run_id}).first()
+                   + (" AND i.run_id=:r" if run_id else "") + (" AND i.id=:id" if item_id is not None else "")
+                   + " ORDER BY i.priority, i.id LIMIT 1" + _SKIP_LOCKED.get(conn.dialect.name, ""))
+            row = conn.execute(text(sql), {"now": t, "w": reviewer, "r": run_id, "id": item_id}).first()
             if row is None:
                 return None
             before = _item(row)
@@ -219,6 +232,31 @@ class ReviewQueue:
                                   " ON CONFLICT DO NOTHING"), {"i": item_id, "w": reviewer, "t": now()})
             self._audit(conn, item_id, reviewer, action, before.state(), after.state())
         return after
+
+    def enqueue(self, run_id: str, dialogue_id: str, kind: str, turn_index: int, reviewer: str,
+                reason: str = "external_review") -> Item:
+        """Put a turn (or session) the model settled without review into the queue, its final record as the
+        proposal, so that a review made elsewhere goes through ``claim`` and ``submit`` like any other.
+        Returns the existing item when there is one."""
+        _check_name(reviewer)
+        key = {"r": run_id, "d": dialogue_id, "k": kind, "i": turn_index}
+        with self._tx() as conn:
+            where = "run_id=:r AND dialogue_id=:d AND kind=:k AND turn_index=:i"
+            row = conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE {where}"), key).first()
+            if row is not None:
+                return _item(row)
+            record = conn.execute(text(f"SELECT record_json FROM annotations WHERE {where} AND is_final=1"),
+                                  key).scalar()
+            if record is None:
+                raise ReviewError(f"no annotation of {dialogue_id}/{turn_index} in run {run_id}", reason="unknown")
+            t = now()
+            conn.execute(text("INSERT INTO review_items (run_id, dialogue_id, kind, turn_index, priority,"
+                              " reasons_json, proposal_json, status, version, required_reviews, created_at,"
+                              " updated_at) VALUES (:r, :d, :k, :i, 1.0, :reasons, :p, 'pending', 1, 1, :t, :t)"),
+                         {**key, "reasons": json.dumps([reason]), "p": record, "t": t})
+            item = _item(conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE {where}"), key).one())
+            self._audit(conn, item.id, reviewer, "enqueue", None, {**item.state(), "reason": reason})
+        return item
 
     def reveal(self, item_id: int, reviewer: str, version: int, labels: dict[str, Any]) -> Item:
         """Blind mode: record the reviewer's own labels (audit ``reveal``), then hand over the proposal."""

@@ -39,12 +39,16 @@ class Settings(BaseSettings):
     max_retries: int = Field(8, ge=0, description="transport retries per call (429, 5xx, timeouts, resets)")
     cache: bool = True
     redact: bool = False
+    few_shot: int = Field(3, ge=0, le=20, description="reviewed examples per prompt, most similar first; 0: none")
     max_cost: float | None = Field(None, ge=0)
     price_in: float | None = Field(None, ge=0, description="USD per million prompt tokens (override)")
     price_out: float | None = Field(None, ge=0, description="USD per million completion tokens (override)")
     model_dir: Path | None = Field(None, description="cache folder for local model files")
     local_threads: int | None = Field(None, ge=1)
     review_token: SecretStr | None = None
+    batch_api: bool = Field(False, description="send the calls through the provider's batch API (openai: models)")
+    batch_poll: float = Field(30.0, gt=0, description="seconds between polls of a submitted batch")
+    batch_wait: float = Field(2.0, gt=0, description="a batch is submitted once no new request came for this long")
 
     @property
     def family(self) -> str:
@@ -57,11 +61,15 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env)
 
+    def endpoint_host(self) -> str:
+        """The host the model's requests go to (no scheme, port, path or credentials: safe to log)."""
+        return urlparse(self.base_url or "https://api.openai.com/v1").hostname or ""
+
     def is_remote(self) -> bool:
         """True when dialogue text would leave this machine (an endpoint not on loopback)."""
         if self.family == "local":
             return False
-        host = urlparse(self.base_url or "https://api.openai.com/v1").hostname or ""
+        host = self.endpoint_host()
         if host == "localhost":
             return False
         try:

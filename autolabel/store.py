@@ -1,7 +1,8 @@
 """The store: runs, dialogues, turns, annotations, LLM calls and cache, review items — SQLite or PostgreSQL.
 
-``Store.open(db)`` takes a file path (SQLite, WAL) or a ``postgresql://`` URL, and always migrates. LangGraph's
-checkpoints live in the same database (their own tables, written by LangGraph's checkpointer).
+``Store.open(db)`` takes a file path (SQLite, WAL), an SQLite URI filename (``file:runs.db?mode=ro``) or a
+``postgresql://`` URL, and always migrates. LangGraph's checkpoints live in the same database (their own tables,
+written by LangGraph's checkpointer).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from .errors import StoreError
+from .errors import LeaseLost, StoreError
 from .migrations import migrate
 from .records import record_problems
 
@@ -30,10 +31,17 @@ def is_postgres(db: str) -> bool:
     return db.startswith(("postgresql://", "postgresql+psycopg://", "postgres://"))
 
 
+def sqlite_file(db: str) -> Path:
+    """The file of a SQLite database given as a path or as an SQLite URI filename (``file:runs.db?mode=ro``)."""
+    return Path(db.removeprefix("file:").split("?", 1)[0] if db.startswith("file:") else db).expanduser()
+
+
 def engine_url(db: str) -> str:
     if is_postgres(db):
         return "postgresql+psycopg://" + db.split("://", 1)[1]
-    return f"sqlite:///{Path(db).expanduser()}"
+    if db.startswith("file:"):  # an SQLite URI filename, e.g. file:runs.db?mode=ro (read-only)
+        return f"sqlite:///{db}{'&' if '?' in db else '?'}uri=true"
+    return f"sqlite:///{sqlite_file(db)}"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -57,7 +65,7 @@ class Store:
         db = str(db)
         try:
             if not is_postgres(db):
-                parent = Path(db).expanduser().resolve().parent
+                parent = sqlite_file(db).resolve().parent
                 if not parent.is_dir():
                     raise StoreError(f"cannot open database {db}: folder {parent} does not exist")
             engine = create_engine(engine_url(db), connect_args={"timeout": 30} if not is_postgres(db) else {})
@@ -138,11 +146,13 @@ class Store:
 
     def save_dialogue(self, run_id: str, dialogue_id: str, *, turns: list[dict[str, Any]],
                       annotations: list[dict[str, Any]], review_items: list[dict[str, Any]], task: Any,
-                      language: str) -> None:
+                      language: str, lease_owner: str | None = None) -> None:
         """Write a finished dialogue in one transaction: turns, every annotation attempt, review items, status.
 
         Each annotation dict has kind, turn_index, attempt, is_final, valid, status, record. A record marked valid
         is checked against the annotation schema and the task here; one that fails is refused (StoreError).
+        With ``lease_owner`` (a job-queue worker) the dialogue is written only while that worker still holds it
+        (running, its lease not taken over): otherwise LeaseLost and nothing is written.
         """
         for a in annotations:
             if a["valid"]:
@@ -153,6 +163,13 @@ class Store:
         key = {"r": run_id, "d": dialogue_id}
         try:
             with self.engine.begin() as conn:
+                # first: the status row is locked (PostgreSQL) or the write lock taken (SQLite) before anything else
+                guard = " AND status='running' AND worker=:w" if lease_owner is not None else ""
+                held = conn.execute(text("UPDATE dialogues SET status='done', language=:l, lease_expires=NULL,"
+                                         f" updated_at=:t WHERE run_id=:r AND dialogue_id=:d{guard}"),
+                                    {**key, "t": t, "l": language, "w": lease_owner}).rowcount
+                if lease_owner is not None and not held:
+                    raise LeaseLost(run_id, dialogue_id, lease_owner)
                 for table in ("turns", "annotations", "review_items"):
                     conn.execute(text(f"DELETE FROM {table} WHERE run_id=:r AND dialogue_id=:d"), key)
                 if turns:
@@ -178,8 +195,6 @@ class Store:
                         [{**key, "kind": x["kind"], "i": x["turn_index"], "priority": x["priority"],
                           "reasons": json.dumps(x["reasons"]), "req": x.get("required_reviews", 1), "t": t,
                           "proposal": json.dumps(x["proposal"], ensure_ascii=False)} for x in review_items])
-                conn.execute(text("UPDATE dialogues SET status='done', language=:l, updated_at=:t WHERE run_id=:r"
-                                  " AND dialogue_id=:d"), {**key, "t": t, "l": language})
         except SQLAlchemyError as e:
             raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
 
@@ -237,17 +252,56 @@ class Store:
         self._write(sql, {"k": key, "m": model, "j": json.dumps(response, ensure_ascii=False), "t": now()})
 
     def log_call(self, **f: Any) -> None:
+        self.log_calls([f])
+
+    def log_calls(self, rows: list[dict[str, Any]]) -> None:
+        """Write call-log rows in one transaction."""
+        if not rows:
+            return
+        t = now()
         self._write(
             "INSERT INTO llm_calls (run_id, dialogue_id, turn_index, purpose, model, params_hash, cache_key, attempt,"
             " prompt_tokens, completion_tokens, latency_ms, outcome, cost_usd, created_at) VALUES (:run_id,"
             " :dialogue_id, :turn_index, :purpose, :model, :params_hash, :cache_key, :attempt, :prompt_tokens,"
-            " :completion_tokens, :latency_ms, :outcome, :cost_usd, :t)", {**f, "t": now()})
+            " :completion_tokens, :latency_ms, :outcome, :cost_usd, :t)", [{**f, "t": t} for f in rows])
 
     def schema_sql(self) -> list[str]:
         """The schema as SQL (SQLite), for the migration test."""
         rows = self._rows("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
                           " AND name NOT IN ('checkpoints', 'writes') ORDER BY name")
         return [" ".join(r[0].split()) for r in rows]
+
+    def schema_outline(self) -> list[str]:
+        """The schema in dialect-neutral terms (tables, columns with a generic type and nullability, keys,
+        indexes), read back from the database's catalog (information_schema/pg_catalog, SQLite pragmas) by
+        SQLAlchemy's inspector: the migration test checks that both engines get the same schema."""
+        insp = inspect(self.engine)
+        out = []
+        for table in sorted(set(insp.get_table_names()) - _FOREIGN_TABLES):
+            for c in insp.get_columns(table):
+                out.append(f"{table}.{c['name']} {_generic(c['type'])}{'' if c['nullable'] else ' NOT NULL'}")
+            pk = insp.get_pk_constraint(table)["constrained_columns"]
+            out.append(f"{table} PRIMARY KEY ({', '.join(pk)})")
+            for u in insp.get_unique_constraints(table):
+                out.append(f"{table} UNIQUE ({', '.join(u['column_names'])})")  # unnamed ones: names differ
+            for ix in insp.get_indexes(table):
+                if not ix.get("duplicates_constraint"):
+                    out.append(f"{table} INDEX {ix['name']} ({', '.join(map(str, ix['column_names']))})")
+        return sorted(out)
+
+
+# LangGraph's checkpointer keeps its own tables in the same database (SQLite saver, Postgres saver)
+_FOREIGN_TABLES = {"checkpoints", "writes", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"}
+
+
+def _generic(type_: Any) -> str:
+    """A column type as one of text, integer, float, binary (SQLite's and PostgreSQL's names differ)."""
+    name = type(type_).__name__.upper()
+    for generic, names in (("integer", ("INT",)), ("float", ("FLOAT", "REAL", "DOUBLE", "NUMERIC")),
+                           ("binary", ("BLOB", "BYTEA", "BINARY")), ("text", ("TEXT", "CHAR", "STRING"))):
+        if any(n in name for n in names):
+            return generic
+    return name.lower()
 
 
 def _reason(e: Exception) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+import instructor
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -51,9 +52,16 @@ def _model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
     return type(name, (SchemaAnswer,), attrs)
 
 
+@lru_cache(maxsize=256)
+def _response_model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
+    # instructor wraps a model that is not yet its ``ResponseSchema`` in a new pydantic class on every call (a few
+    # milliseconds of CPU each); wrapped once here, the class is reused
+    return cast(type[SchemaAnswer], instructor.openai_schema(_model_for(name, schema_json)))
+
+
 def response_model(name: str, schema: dict[str, Any]) -> type[SchemaAnswer]:
-    """The (cached) response model class for a JSON Schema."""
-    return _model_for(name, json.dumps(schema, sort_keys=True))
+    """The (cached) response model class for a JSON Schema, ready for instructor."""
+    return _response_model_for(name, json.dumps(schema, sort_keys=True))
 
 
 def validation_errors(schema: dict[str, Any], value: Any) -> list[str]:

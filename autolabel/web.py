@@ -6,6 +6,10 @@ is the server's shared one (``--token`` / ``AUTOLABEL_REVIEW_TOKEN``; the review
 ``?reviewer=`` or the ``X-Reviewer`` header) or a reviewer's own (``autolabel review add-reviewer``). Tokens
 are compared in constant time. Requests of a cookie session that change state carry the session's CSRF token
 in the ``X-CSRF-Token`` header. Bodies over ``max_body`` bytes get 413; without a valid token: 401, no data.
+
+Pages: ``/`` (start, or the item you hold), ``/item/<id>`` (review), ``/adjudicate`` (items whose reviews
+disagree, with each reviewer's labels) and ``/adjudicate/<id>`` (settle one: its labels become gold). Any
+reviewer may adjudicate; the audit log names who did.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ReviewError
-from .review import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ReviewQueue
+from .review import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue
 from .tasks import LabelField, localize
 
 COOKIE = "autolabel_review"
@@ -41,7 +45,8 @@ SESSION_SECONDS = 12 * 3600
 MAX_BODY = 64 * 1024
 DEFAULT_REVIEWER = "reviewer"
 _NAME = re.compile(r"^[\w.@+-]{1,64}$")
-_STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "adjudicate.js": "text/javascript; charset=utf-8",
+           "app.css": "text/css; charset=utf-8"}
 _ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409}
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = {
@@ -242,6 +247,26 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
         item = queue.submit(item_id, request.state.reviewer, body.version, dict(body.labels), note=body.note)
         return {"status": item.status, "version": item.version}
 
+    @app.get("/adjudicate", response_class=HTMLResponse)
+    def adjudicate_list(request: Request) -> Response:
+        items = queue.items(ItemStatus.ADJUDICATION)
+        rows = [{"item": i, "reviews": queue.reviews(i.id)} for i in items]
+        return page("adjudicate_list.html", request, rows=rows)
+
+    @app.get("/adjudicate/{item_id}", response_class=HTMLResponse)
+    def adjudicate_page(item_id: int, request: Request) -> Response:
+        item = queue.get(item_id)
+        if item.status != ItemStatus.ADJUDICATION.value:
+            return RedirectResponse("/adjudicate", status_code=303)
+        return page("adjudicate.html", request, **_adjudication_view(queue, item, env, lease_seconds))
+
+    @app.post("/api/adjudicate/{item_id}")
+    def api_adjudicate(item_id: int, body: Submission, request: Request) -> dict[str, Any]:
+        item = queue.adjudicate(item_id, request.state.reviewer, dict(body.labels), note=body.note,
+                                version=body.version)
+        waiting = [i.id for i in queue.items(ItemStatus.ADJUDICATION)]
+        return {"status": item.status, "next": waiting[0] if waiting else None}
+
     return app
 
 
@@ -308,6 +333,24 @@ def _item_view(queue: ReviewQueue, item: Item, blind: bool, env: Environment,
             "proposed": None if shown is None else shown.get("labels", {})}
     return {"item": item, "turns": turns, "fields": field_views, "proposal": shown, "data": data,
             "task": task, "risk": "risk_content" in item.reasons}
+
+
+def _adjudication_view(queue: ReviewQueue, item: Item, env: Environment, lease_seconds: float) -> dict[str, Any]:
+    """The item page's view plus every reviewer's answer, and a start: what all reviewers agree on, per field."""
+    view = _item_view(queue, item, False, env, lease_seconds)
+    reviews = queue.reviews(item.id)
+    start: dict[str, Any] = {}
+    for f in view["data"]["fields"]:
+        answers = [set(v if isinstance(v, list) else [v]) for r in reviews if (v := r["labels"].get(f["name"]))]
+        common = set.intersection(*answers) if answers else set()
+        start[f["name"]] = [o for o in f["options"] if o in common]
+    waiting = [i.id for i in queue.items(ItemStatus.ADJUDICATION)]
+    later = [i for i in waiting if i > item.id] or [i for i in waiting if i != item.id]
+    data = {"id": item.id, "version": item.version, "fields": view["data"]["fields"], "start": start,
+            "proposed": (item.proposal or {}).get("labels", {}),
+            "reviews": [{"reviewer": r["reviewer"], "labels": r["labels"]} for r in reviews],
+            "next": later[0] if later else None}
+    return {**view, "reviews": reviews, "data": data}
 
 
 def _most(field: LabelField) -> int:

@@ -120,7 +120,7 @@ def test_rerun_of_a_finished_job_makes_no_calls(server: FakeOpenAIServer, small_
     again = annotator(server, db).run(small_input)
     assert len(server.requests) == sent and again.calls == 0
     assert again.skipped_dialogues == first.dialogues and again.turns == first.turns
-    # a new run (other parameters) over the same input re-uses no answers but the cache still holds the old ones
+    # every answer the first run paid for is in the cache (one entry per request sent)
     assert db_rows(db, "SELECT COUNT(*) FROM llm_cache")[0][0] == sent
 
 

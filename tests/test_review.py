@@ -1,5 +1,6 @@
-"""The review queue on a real SQLite file: items made by a real annotation run against the scripted server,
-plus a synthetic queue of 200 items written through the store's own API for the concurrency race."""
+"""The review queue on both engines (a SQLite file; a PostgreSQL database of the test run's own cluster): items
+made by a real annotation run against the scripted server, plus synthetic queues written through the store's own
+API for the concurrency races (8 reviewers × 200 items on both engines, 20 × 300 on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from autolabel import Annotator, Dialogue, ReviewError, Turn, export, load_task
 from autolabel.cli import app
 from autolabel.review import Item, ReviewQueue
-from autolabel.store import Store
+from autolabel.store import Store, engine_url
 from tests.conftest import dialogue
 from tests.fake_openai import FakeOpenAIServer
+from tests.pg import Cluster, cluster, dbname, engine_fixture, new_db_fixture, pg_fixture  # noqa: F401
 
 RISK_TEXT = "Some nights I think about killing myself. I just want it all to end."
 SCRIPT_TEXT = "<script>alert(1)</script> I keep worrying that <b>nobody</b> cares."
@@ -47,7 +51,7 @@ def base_dialogues() -> list[Dialogue]:
     return [dialogue("d0", 6), dialogue("d1", 6), risky]
 
 
-def annotate_into(db: Path) -> None:
+def annotate_into(db: str | Path) -> None:
     """A real annotation run (scripted server, random labels: most turns get flagged by the critic)."""
     with FakeOpenAIServer(seed=7) as srv:
         annotator = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db)
@@ -60,7 +64,14 @@ def copy_db(src: Path, dst: Path) -> Path:
     return dst
 
 
-def synthetic_queue(db: Path, n: int, *, seed: int = 0, text: str = "I feel anxious about tomorrow.") -> str:
+def clone_db(src: str, tmp_path: Path) -> str:
+    """A copy of a database: a SQLite file, or a PostgreSQL database made from ``src`` as its template."""
+    if src.startswith("postgresql://"):
+        return cluster().database(template=dbname(src))
+    return str(copy_db(Path(src), tmp_path / "review.db"))
+
+
+def synthetic_queue(db: str | Path, n: int, *, seed: int = 0, text: str = "I feel anxious about tomorrow.") -> str:
     """A run with ``n`` flagged seeker turns, written with ``Store.start_run`` and ``Store.save_dialogue``."""
     task = load_task("psy-insight")
     store = Store.open(db)
@@ -101,23 +112,29 @@ def labels_for(queue: ReviewQueue, item: Item, choice: int = 0) -> dict[str, Any
     return {f.name: [f.options[choice].name] if f.multi else f.options[choice].name for f in fields.labels}
 
 
-def rows(db: Path, sql: str, *params: Any) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, params).fetchall()
+def rows(db: str | Path, sql: str, **params: Any) -> list[tuple]:
+    """Read the database directly (SQL with ``:name`` parameters), past the queue's API."""
+    eng = create_engine(engine_url(str(db)))
+    try:
+        with eng.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        eng.dispose()
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def annotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("annotated") / "base.db"
+def annotated(engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = str(tmp_path_factory.mktemp("annotated") / "base.db") if engine == "sqlite" else cluster().database()
     annotate_into(db)
     return db
 
 
 @pytest.fixture
-def db(annotated: Path, tmp_path: Path) -> Path:
-    return copy_db(annotated, tmp_path / "review.db")
+def db(annotated: str, tmp_path: Path) -> str:
+    return clone_db(annotated, tmp_path)
 
 
 @pytest.fixture
@@ -126,7 +143,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def queue(db: Path, clock: Clock) -> ReviewQueue:
+def queue(db: str, clock: Clock) -> ReviewQueue:
     q = ReviewQueue(Store.open(db), clock=clock)
     yield q
     q.close()
@@ -154,8 +171,8 @@ def test_two_reviewers_never_get_the_same_item(queue: ReviewQueue) -> None:
     assert queue.held("alice") == [a] and queue.held("bob") == [b]
 
 
-def test_concurrent_claims_and_submits_from_eight_threads(tmp_path: Path) -> None:
-    db = tmp_path / "race.db"
+def test_concurrent_claims_and_submits_from_eight_threads(new_db: str) -> None:
+    db = new_db
     synthetic_queue(db, 200)
     got: dict[str, list[int]] = {}
     errors: list[BaseException] = []
@@ -190,6 +207,52 @@ def test_concurrent_claims_and_submits_from_eight_threads(tmp_path: Path) -> Non
     assert rows(db, "SELECT COUNT(*) FROM gold") == [(200,)]
 
 
+def test_twenty_reviewers_on_postgresql_review_every_item_exactly_once(pg: Cluster) -> None:
+    """20 threads, each with its own engine (like 20 processes), race for 300 items; one claim in five is released
+    and claimed again. Every item reviewed once, and no update lost: each item's version counts every claim,
+    release and submit in its audit log."""
+    db, n, threads_n = pg.database(), 300, 20
+    synthetic_queue(db, n)
+    got: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_n)
+
+    def reviewer(name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        q = ReviewQueue.open(db)
+        mine: list[int] = []
+        try:
+            start.wait()
+            while (item := q.claim(name)) is not None:
+                if rng.random() < 0.2:
+                    q.release(item.id, name, item.version)
+                    continue
+                q.submit(item.id, name, item.version, {"emotion": ["Sadness"]})
+                mine.append(item.id)
+        except BaseException as e:  # reported below
+            errors.append(e)
+        finally:
+            got[name] = mine
+            q.close()
+
+    threads = [threading.Thread(target=reviewer, args=(f"r{i}", i)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    reviewed = [i for ids in got.values() for i in ids]
+    assert len(reviewed) == n and len(set(reviewed)) == n, "every item reviewed exactly once"
+    assert sum(1 for ids in got.values() if ids) >= 10, "the reviewers really raced"
+    assert rows(db, "SELECT status, COUNT(*) FROM review_items GROUP BY status") == [("done", n)]
+    assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT item_id) FROM reviews") == [(n, n)]
+    lost = rows(db, "SELECT i.id, i.version, COUNT(a.id) FROM review_items i JOIN review_audit a ON a.item_id=i.id"
+                    " AND a.action IN ('claim', 'release', 'submit') GROUP BY i.id, i.version"
+                    " HAVING i.version <> 1 + COUNT(a.id)")
+    assert lost == [], "a version bump was lost"
+    assert rows(db, "SELECT COUNT(*) FROM gold") == [(n,)]
+
+
 def test_an_expired_lease_returns_the_item(queue: ReviewQueue, clock: Clock) -> None:
     a = queue.claim("alice", lease_seconds=60)
     assert a is not None
@@ -221,7 +284,7 @@ def test_renew_keeps_the_lease_and_a_lapsed_lease_nobody_took_still_counts(queue
         queue.renew(a.id, "alice")
 
 
-def test_a_stale_submit_is_refused_and_writes_nothing(queue: ReviewQueue, db: Path) -> None:
+def test_a_stale_submit_is_refused_and_writes_nothing(queue: ReviewQueue, db: str) -> None:
     first = queue.claim("alice")
     queue.release(first.id, "alice", first.version)
     again = queue.claim("alice")  # the same item (highest priority), a newer version: e.g. a second tab
@@ -265,16 +328,17 @@ def test_invalid_labels_are_refused_and_the_lease_kept(queue: ReviewQueue) -> No
 
 # -- outcomes: done, gold, reviewed turn, adjudication -------------------------------------------------------
 
-def test_a_reviewed_item_becomes_gold_and_a_final_reviewed_record(queue: ReviewQueue, db: Path) -> None:
+def test_a_reviewed_item_becomes_gold_and_a_final_reviewed_record(queue: ReviewQueue, db: str,
+                                                                    tmp_path: Path) -> None:
     item = queue.claim("alice")
     labels = labels_for(queue, item, choice=2)
     done = queue.submit(item.id, "alice", item.version, labels, note="the critic was right")
     assert done.status == "done" and done.agreement == 1.0
-    key = (item.run_id, item.dialogue_id, item.turn_index)
-    assert rows(db, "SELECT status FROM turns WHERE run_id=? AND dialogue_id=? AND turn_index=?", *key) == \
+    key = {"r": item.run_id, "d": item.dialogue_id, "i": item.turn_index}
+    assert rows(db, "SELECT status FROM turns WHERE run_id=:r AND dialogue_id=:d AND turn_index=:i", **key) == \
         [("reviewed",)]
-    finals = rows(db, "SELECT is_final, status, record_json FROM annotations WHERE run_id=? AND"
-                      " dialogue_id=? AND turn_index=? AND kind='turn' AND valid=1 ORDER BY attempt", *key)
+    finals = rows(db, "SELECT is_final, status, record_json FROM annotations WHERE run_id=:r AND"
+                      " dialogue_id=:d AND turn_index=:i AND kind='turn' AND valid=1 ORDER BY attempt", **key)
     assert [(f, s) for f, s, _ in finals] == [(0, "flagged"), (1, "reviewed")], "the model's record is kept"
     reviewed = json.loads(finals[-1][2])
     assert reviewed["labels"] == labels and reviewed["reviewer"] == "alice"
@@ -285,7 +349,7 @@ def test_a_reviewed_item_becomes_gold_and_a_final_reviewed_record(queue: ReviewQ
         [(item.dialogue_id, item.turn_index, labels, "review", "alice")]
     assert gold[0]["text"] == RISK_TEXT and gold[0]["role"] == "seeker"
     assert queue.gold_items("another-task") == []
-    out = db.parent / "labels.jsonl"
+    out = tmp_path / "labels.jsonl"
     export(db, "jsonl", out, run_id=item.run_id)
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     mine = [r for r in exported
@@ -294,9 +358,8 @@ def test_a_reviewed_item_becomes_gold_and_a_final_reviewed_record(queue: ReviewQ
     assert Store.open(db).counts(item.run_id)["reviewed"] == 1
 
 
-def test_two_agreeing_reviews_make_gold(queue: ReviewQueue, db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE review_items SET required_reviews=2")
+def test_two_agreeing_reviews_make_gold(queue: ReviewQueue, db: str) -> None:
+    rows(db, "UPDATE review_items SET required_reviews=2")
     a = queue.claim("alice")
     labels = labels_for(queue, a, choice=1)
     after_one = queue.submit(a.id, "alice", a.version, labels)
@@ -310,9 +373,8 @@ def test_two_agreeing_reviews_make_gold(queue: ReviewQueue, db: Path) -> None:
     assert [(g["reviewer"], g["source"]) for g in queue.gold_items()] == [("alice,bob", "review")]
 
 
-def test_disagreeing_reviews_go_to_adjudication(queue: ReviewQueue, db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE review_items SET required_reviews=2")
+def test_disagreeing_reviews_go_to_adjudication(queue: ReviewQueue, db: str) -> None:
+    rows(db, "UPDATE review_items SET required_reviews=2")
     a = queue.claim("alice")
     queue.submit(a.id, "alice", a.version, labels_for(queue, a, choice=0))
     b = queue.claim("bob")
@@ -337,7 +399,7 @@ def test_disagreeing_reviews_go_to_adjudication(queue: ReviewQueue, db: Path) ->
 
 # -- audit, blind mode, reviewers, export --------------------------------------------------------------------
 
-def test_every_action_is_in_the_append_only_audit_log(queue: ReviewQueue, db: Path, clock: Clock) -> None:
+def test_every_action_is_in_the_append_only_audit_log(queue: ReviewQueue, db: str, clock: Clock) -> None:
     a = queue.claim("alice")
     queue.renew(a.id, "alice")
     queue.release(a.id, "alice", a.version)
@@ -356,10 +418,10 @@ def test_every_action_is_in_the_append_only_audit_log(queue: ReviewQueue, db: Pa
     assert log[-1]["after"]["labels"] == labels_for(queue, c)
     assert log[-1]["after"]["decision"] in ("accept", "correct")
     assert all(e["at"] for e in log)
-    with sqlite3.connect(db) as conn:
-        for sql in ("UPDATE review_audit SET reviewer='mallory'", "DELETE FROM review_audit"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(sql)
+    for sql in ("UPDATE review_audit SET reviewer='mallory'", "DELETE FROM review_audit"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            rows(db, sql)
+    assert len(queue.audit(a.id)) == len(log)
 
 
 def test_blind_claim_hides_the_proposal_until_reveal(queue: ReviewQueue) -> None:
@@ -374,12 +436,15 @@ def test_blind_claim_hides_the_proposal_until_reveal(queue: ReviewQueue) -> None
         queue.reveal(item.id, "bob", item.version, mine)
 
 
-def test_reviewer_tokens_are_stored_hashed_and_compared(queue: ReviewQueue, db: Path) -> None:
+def test_reviewer_tokens_are_stored_hashed_and_compared(queue: ReviewQueue, db: str) -> None:
     token = queue.add_reviewer("alice")
     assert queue.reviewer_for_token(token) == "alice"
     assert queue.reviewer_for_token(token + "x") is None and queue.reviewer_for_token("") is None
-    files = [db, db.with_name(db.name + "-wal")]
-    assert all(token.encode() not in f.read_bytes() for f in files if f.exists())
+    assert rows(db, "SELECT COUNT(*) FROM reviewers WHERE token_hash=:t", t=token) == [(0,)]
+    assert rows(db, "SELECT COUNT(*) FROM review_audit WHERE after_json LIKE :t", t=f"%{token}%") == [(0,)]
+    if not db.startswith("postgresql://"):
+        files = [Path(db), Path(db + "-wal")]
+        assert all(token.encode() not in f.read_bytes() for f in files if f.exists())
     with pytest.raises(ReviewError, match="exists"):
         queue.add_reviewer("alice")
     new = queue.add_reviewer("alice", replace=True)
@@ -403,9 +468,9 @@ def test_export_reviews_writes_reviews_and_gold(queue: ReviewQueue, tmp_path: Pa
 
 # -- CLI -----------------------------------------------------------------------------------------------------
 
-def test_review_cli_status_add_reviewer_export_and_serve_refusal(db: Path, tmp_path: Path) -> None:
+def test_review_cli_status_add_reviewer_export_and_serve_refusal(db: str, tmp_path: Path) -> None:
     runner = CliRunner()
-    status = runner.invoke(app, ["review", "status", "--db", str(db)])
+    status = runner.invoke(app, ["review", "status", "--db", db])
     assert status.exit_code == 0, status.output
     assert "pending" in status.output and "adjudication" in status.output
     added = runner.invoke(app, ["review", "add-reviewer", "dana", "--db", str(db)])

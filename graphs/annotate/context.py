@@ -28,3 +28,8 @@ class Context:
     """Calibrated confidence of a field from its signals, when a calibrator is stored for this task and model."""
     examples: Callable[[str, str, str], list[dict[str, Any]]] | None = None
     """(role, language, text) -> reviewed examples similar to the turn, for few-shot prompts."""
+    lease_owner: str | None = None
+    """The job-queue worker running this run (``autolabel worker``): a dialogue is stored only while it holds it."""
+    knn_agreement: Callable[[str, str, str, str, Any], float | None] | None = None
+    """(role, language, text, field, proposed value) -> agreement with the majority label of the nearest reviewed
+    turns: the ``knn_agreement`` confidence signal (None when no neighbour has the field)."""

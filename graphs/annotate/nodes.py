@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from typing import Any
 
@@ -13,8 +14,9 @@ from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm import CallTrace, option_probabilities
-from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
+from autolabel.redact import Redactor
 from autolabel.risk import detect_injection, detect_risk
 from autolabel.structured import validation_errors
 from autolabel.tasks import RoleFields
@@ -41,10 +43,56 @@ def _messages(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[
     window = ctx.settings.window if ctx.settings.window is not None else task.context.window
     turn = state["dialogue"].turns[state["index"]]
     similar = ctx.examples(fields.role, lang, turn.text) if ctx.examples else None
-    user = prompts.turn_user(state["dialogue"], state["index"], fields.role, window, task.context.max_turn_chars,
+    dialogue, redactor = _sent(ctx, state["dialogue"])
+    if redactor is not None and similar:
+        similar = [_redacted_example(ex) for ex in similar]
+    user = prompts.turn_user(dialogue, state["index"], fields.role, window, task.context.max_turn_chars,
                              lang, similar, task, fields)
     return [{"role": "system", "content": prompts.label_system(task, fields, lang)},
             {"role": "user", "content": user}], user
+
+
+async def _prompt(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
+    """``_messages``, in a worker thread when similar examples are looked up (embedding is CPU work)."""
+    if ctx.examples is None:
+        return _messages(state, ctx, fields)
+    return await asyncio.to_thread(_messages, state, ctx, fields)
+
+
+# -- --redact: what the model sees is pseudonymised, what is stored is restored ----------------------------------
+
+def _sent(ctx: Context, d: Dialogue) -> tuple[Dialogue, Redactor | None]:
+    """The dialogue as the model sees it and the Redactor that can undo it (None without ``--redact``).
+
+    One Redactor per dialogue, primed with every turn, redacts the turns in order: the placeholders are the same in
+    every node and on every resume (the prompts, hence the cache keys, do not change), and nothing of it goes into a
+    checkpoint — each node rebuilds it from the dialogue (cached)."""
+    if not ctx.settings.redact:
+        return d, None
+    turns, redactor = _redact_turns(d.id, tuple((t.speaker, t.text) for t in d.turns))
+    return d.model_copy(update={"turns": tuple(t.model_copy(update={"speaker": speaker, "text": text})
+                                               for t, (speaker, text) in zip(d.turns, turns, strict=True))}), redactor
+
+
+@functools.lru_cache(maxsize=256)
+def _redact_turns(dialogue_id: str, turns: tuple[tuple[str, str], ...]
+                  ) -> tuple[tuple[tuple[str, str], ...], Redactor]:
+    redactor = Redactor()
+    redactor.prime(text for _, text in turns)
+    return tuple((redactor.redact(speaker), redactor.redact(text)) for speaker, text in turns), redactor
+
+
+def _redacted_example(ex: dict[str, Any]) -> dict[str, Any]:
+    """A reviewed example from another dialogue, pseudonymised on its own (its placeholders are never restored)."""
+    r = Redactor()
+    r.prime([ex["text"], *ex.get("texts", {}).values()])
+    return {**ex, "text": r.redact(ex["text"]), "texts": {k: r.redact(v) for k, v in ex.get("texts", {}).items()}}
+
+
+def _restore(ctx: Context, d: Dialogue, obj: Any) -> Any:
+    """Model output to be stored, with the originals back in place of ``--redact``'s placeholders."""
+    redactor = _sent(ctx, d)[1]
+    return obj if redactor is None else redactor.restore_obj(obj)
 
 
 def _trace(state: TurnState, purpose: str) -> CallTrace:
@@ -63,19 +111,22 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"role": None, "failed": f"unknown_speaker: {turn.speaker!r} is not mapped to a role by the task"}
     if fields is None:
         return {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
-    messages, _ = _messages(state, ctx, fields)
+    messages, _ = await _prompt(state, ctx, fields)
     schema = ctx.task.output_schema(fields)
     trace = _trace(state, "label")
     try:
         result = await ctx.llm.structured(messages, schema, name=f"label_{role}", trace=trace)
     except RetryExhausted as e:
-        return {"role": role, "failed": f"invalid_output: {e}", "raw": e.last_output or "",
-                "history": _history("label", trace, e)}
+        return _restore(ctx, state["dialogue"], {"role": role, "failed": f"invalid_output: {e}",
+                                                 "raw": e.last_output or "", "history": _history("label", trace, e)})
     except RequestRefused as e:  # other LLMErrors (endpoint down, bad key) stop the run; it resumes later
-        return {"role": role, "failed": f"llm_error: {e}", "raw": "", "history": _history("label", trace, e)}
+        return _restore(ctx, state["dialogue"], {"role": role, "failed": f"llm_error: {e}", "raw": "",
+                                                 "history": _history("label", trace, e)})
     labels, texts = ctx.task.decode(fields, result.answer)
+    # answer and raw stay as the model saw them (the critique quotes the answer; logprobs spell the raw text)
     out: dict[str, Any] = {"role": role, "answer": result.answer, "raw": result.raw, "tokens": result.tokens,
-                           "labels": labels, "texts": texts, "history": _history("label", trace, None)}
+                           "labels": labels, "texts": _restore(ctx, state["dialogue"], texts),
+                           "history": _restore(ctx, state["dialogue"], _history("label", trace, None))}
     if ctx.settings.samples > 1:
         out["samples"] = await _samples(state, ctx, fields, messages, schema)
     return out
@@ -107,7 +158,7 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     fields = _fields(runtime, state["role"])
     if fields is None or not ctx.settings.critique:
         return {"critique": None}
-    messages, user = _messages(state, ctx, fields)
+    messages, user = await _prompt(state, ctx, fields)
     msgs = [{"role": "system", "content": prompts.critique_system(ctx.task, fields, state["language"])},
             {"role": "user", "content": prompts.critique_user(user, state["answer"], state["language"])}]
     trace = _trace(state, "critique")
@@ -116,11 +167,12 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
         result = await ctx.llm.structured(msgs, ctx.task.critique_schema(fields), name=f"critique_{fields.role}",
                                           trace=trace)
     except (RetryExhausted, RequestRefused) as e:
-        history += _history("critique", trace, e)
-        return {"critique": {"verdict": "unsure", "reason": f"critique failed: {e}", "revised": None},
+        history += _restore(ctx, state["dialogue"], _history("critique", trace, e))
+        return {"critique": {"verdict": "unsure", "revised": None,
+                             "reason": _restore(ctx, state["dialogue"], f"critique failed: {e}")},
                 "history": history}
-    crit = dict(result.answer)
-    history += _history("critique", trace, None)
+    crit = _restore(ctx, state["dialogue"], dict(result.answer))
+    history += _restore(ctx, state["dialogue"], _history("critique", trace, None))
     update: dict[str, Any] = {"critique": crit, "history": history}
     if crit["verdict"] == "revise" and crit.get("revised"):
         revised = {**state["answer"], **crit["revised"]}
@@ -142,14 +194,17 @@ async def validate(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     if not problems:
         probe = _turn_annotation(state, Status.ACCEPTED)
         problems = _record_problems(ctx, probe)
-    return {"failed": f"invalid_output: {problems[0]}"} if problems else {}
+    if not problems:
+        return {}
+    return {"failed": f"invalid_output: {problems[0]}", "raw": _restore(ctx, state["dialogue"], state.get("raw", ""))}
 
 
 async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Confidence per field from the signals at hand, through the stored calibrator when there is one.
 
     Without a calibrator the value is the mean of the available signals (option probability from logprobs,
-    the critic's verdict as 1 / 0.5 / 0, agreement of samples) — a documented placeholder, not a probability.
+    the critic's verdict as 1 / 0.5 / 0, agreement of samples, agreement with the nearest reviewed turns) — a
+    documented placeholder, not a probability.
     """
     ctx = runtime.context
     fields = _fields(runtime, state["role"])
@@ -167,6 +222,12 @@ async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
         if state.get("samples"):
             signals["sample_agreement"] = _agreement(state["labels"].get(f.name), ctx, fields, f.name,
                                                      state["samples"])
+        if ctx.knn_agreement is not None and f.name in state["labels"]:
+            turn = state["dialogue"].turns[state["index"]]
+            knn = await asyncio.to_thread(ctx.knn_agreement, fields.role, state["language"], turn.text, f.name,
+                                          state["labels"][f.name])
+            if knn is not None:
+                signals["knn_agreement"] = knn
         value = ctx.calibrate(f.name, signals) if ctx.calibrate else (
             sum(signals.values()) / len(signals) if signals else 0.0)
         out[f.name] = FieldConfidence(value=min(1.0, max(0.0, value)), signals=signals)
@@ -187,9 +248,9 @@ def _agreement(value: Any, ctx: Context, fields: RoleFields, name: str, samples:
 async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Accept, or flag with reasons; failures keep their reason and last raw output."""
     ctx = runtime.context
+    flags = _content_flags(state, ctx)  # a failed turn keeps them too (risk content, injection, truncation)
     if state.get("failed"):
-        return {"turns": [_turn_annotation(state, Status.FAILED)]}
-    flags = _content_flags(state, ctx)
+        return {"turns": [_turn_annotation({**state, "flags": flags}, Status.FAILED)]}
     crit = state.get("critique")
     if crit is not None and crit["verdict"] == "revise":
         flags.append("critic_disagrees")
@@ -257,18 +318,21 @@ async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if fields is None:
         return {"session": None}
     lang = state["language"]
-    user, truncated = prompts.session_user(d, ctx.task.context.max_turn_chars, lang)
+    user, truncated = prompts.session_user(_sent(ctx, d)[0], ctx.task.context.max_turn_chars, lang)
     msgs = [{"role": "system", "content": prompts.session_system(ctx.task, fields, lang)},
             {"role": "user", "content": user}]
     trace = CallTrace(purpose="session", dialogue_id=d.id)
     try:
         r = await ctx.llm.structured(msgs, ctx.task.output_schema(fields), name="session", trace=trace)
     except RetryExhausted as e:
-        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"invalid_output: {e}",
-                                             raw_output=e.last_output)}
+        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED,
+                                             error=_restore(ctx, d, f"invalid_output: {e}"),
+                                             raw_output=_restore(ctx, d, e.last_output))}
     except RequestRefused as e:
-        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED, error=f"llm_error: {e}")}
+        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED,
+                                             error=_restore(ctx, d, f"llm_error: {e}"))}
     labels, texts = ctx.task.decode(fields, r.answer)
+    texts = _restore(ctx, d, texts)
     conf = {}
     flags = ["truncated_input"] if truncated else []
     for f in fields.labels:
@@ -316,7 +380,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                            "priority": _priority(s.flags, s.confidence), "proposal": rec})
     await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations,
                             review_items=review,
-                            task=ctx.task, language=lang)
+                            task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
     return {}
 
 

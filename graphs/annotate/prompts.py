@@ -148,10 +148,12 @@ def session_system(task: TaskSpec, fields: RoleFields, language: str) -> str:
 
 
 def session_user(dialogue: Dialogue, limit: int, language: str) -> tuple[str, bool]:
-    """The whole session, each turn capped, the whole capped at SESSION_CHARS (head and tail kept)."""
+    """The whole session, each turn capped, the whole capped at SESSION_CHARS (head and tail kept); True when
+    anything was cut."""
     per_turn = max(200, min(limit, SESSION_CHARS // max(1, len(dialogue.turns))))
     lines = [_turn_line(t.speaker, t.text, t.index, per_turn) for t in dialogue.turns]
     body, truncated = truncate("\n".join(lines), SESSION_CHARS)
+    truncated = truncated or any(len(t.text) > per_turn for t in dialogue.turns)
     return f"<dialogue>\n{body}\n</dialogue>\n{SESSION_ASK[_lang(language)]}", truncated
 
 

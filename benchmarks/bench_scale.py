@@ -1,0 +1,251 @@
+"""Scale-out on PostgreSQL: labeling throughput of 1, 2 and 4 worker processes, and review-queue latency.
+
+Both parts run against a throwaway PostgreSQL cluster started by this script (``tests/pg.py``; Debian's
+``postgresql`` package must be installed) and, for labeling, the scripted OpenAI-compatible server
+(``tests/fake_openai.py``) with a fixed ``--latency`` per call and an endpoint limit of ``--endpoint-limit``
+requests in flight (more get HTTP 429 with Retry-After, as a real provider's rate limit would).
+
+1. **Workers.** ``--dialogues`` dialogues (5–7 turns) are enqueued (``autolabel.jobs.enqueue``); N worker
+   processes (``autolabel.jobs.work``, ``--worker-concurrency`` calls in flight each) import autolabel first and
+   then start together, so the timing is labeling, not Python start-up. Reported: wall time from the start signal
+   to the last worker's exit, turns/s and calls/s, speed-up over one worker, 429s from the endpoint.
+2. **Review queue.** ``--items`` review items are bulk-loaded; ``--reviewers`` processes (each its own
+   ``ReviewQueue`` and connections, like reviewers behind separate web workers) each claim and submit
+   ``--per-reviewer`` items; the latency of ``claim`` and of ``claim + submit`` is recorded per item. Twice: back
+   to back (``closed``: the queue's capacity; with zero think time the latency is mostly waiting for a CPU) and
+   ``paced`` (each reviewer pauses ``--think-ms`` between items — still far faster than a person). Reported:
+   p50, p90, p99, max, and the throughput. Goal: p99 of claim + submit ≤ 50 ms.
+
+Prints the tables and writes ``benchmarks/results/scale.json``. Usage::
+
+    PYTHONPATH=. python benchmarks/bench_scale.py [--workers 1,2,4] [--dialogues 30] [--latency 1.0]
+        [--endpoint-limit 12] [--worker-concurrency 4] [--items 100000] [--reviewers 10] [--per-reviewer 300]
+        [--think-ms 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import text  # noqa: E402
+
+from autolabel import load_task  # noqa: E402
+from autolabel.jobs import enqueue, work  # noqa: E402
+from autolabel.review import ReviewQueue  # noqa: E402
+from autolabel.store import Store  # noqa: E402
+from tests.conftest import dialogue, write_jsonl  # noqa: E402
+from tests.fake_openai import FakeOpenAIServer  # noqa: E402
+from tests.pg import cluster  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "scale.json"
+
+
+# -- 1. workers -----------------------------------------------------------------------------------------------------
+
+def _worker(db: str, base_url: str, concurrency: int, go: Any, out: Any) -> None:
+    """One worker process: everything imported, then wait for the start signal, then work until the run is done."""
+    go.wait()
+    result = work(db, base_url=base_url, concurrency=concurrency, lease_seconds=30)
+    out.put({"worker": result.worker, "dialogues": result.dialogues, "turns": result.turns,
+             "calls": sum(r.calls for r in result.runs)})
+
+
+def bench_workers(counts: list[int], n_dialogues: int, latency: float, limit: int, concurrency: int,
+                  tmp: Path) -> list[dict[str, Any]]:
+    pg = cluster()
+    dialogues = [dialogue(f"d{i:04d}", 5 + i % 3) for i in range(n_dialogues)]
+    n_turns = sum(len(d.turns) for d in dialogues)
+    rows = []
+    ctx = mp.get_context("fork")
+    for n in counts:
+        # each run its own input name (and so its own run and cache): no answer is reused across runs
+        input = write_jsonl(tmp / f"workers-{n}.jsonl", dialogues)
+        db = pg.database()
+        with FakeOpenAIServer(latency=latency, max_concurrency=limit, seed=n) as srv:
+            enqueue(input, db=db, task="psy-insight", model="openai:bench")
+            go, out = ctx.Event(), ctx.Queue()
+            procs = [ctx.Process(target=_worker, args=(db, srv.base_url, concurrency, go, out)) for _ in range(n)]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)
+            started = time.perf_counter()
+            go.set()
+            done = [out.get(timeout=1800) for _ in procs]
+            for p in procs:
+                p.join()
+            seconds = time.perf_counter() - started
+            stats = dict(srv.stats)
+        assert sum(d["turns"] for d in done) == n_turns, done
+        rows.append({"workers": n, "worker_concurrency": concurrency, "dialogues": n_dialogues, "turns": n_turns,
+                     "calls": stats.get("ok", 0), "rate_limited": stats.get("rate_limited", 0),
+                     "seconds": round(seconds, 2), "turns_per_s": round(n_turns / seconds, 2),
+                     "calls_per_s": round(stats.get("ok", 0) / seconds, 2),
+                     "per_worker_dialogues": sorted(d["dialogues"] for d in done),
+                     "load_average": [round(x, 1) for x in os.getloadavg()]})
+        print(f"  {n} worker(s): {seconds:.1f} s, {n_turns / seconds:.2f} turns/s", flush=True)
+    base = rows[0]["turns_per_s"] / rows[0]["workers"]
+    for r in rows:
+        r["speedup"] = round(r["turns_per_s"] / rows[0]["turns_per_s"], 2)
+        r["efficiency"] = round(r["turns_per_s"] / (base * r["workers"]), 2)
+    return rows
+
+
+# -- 2. review queue ------------------------------------------------------------------------------------------------
+
+def load_items(db: str, n: int, seed: int = 0) -> None:
+    """``n`` flagged seeker turns as review items of one run, bulk-inserted (turns, final records, items)."""
+    task = load_task("psy-insight")
+    store = Store.open(db)
+    run_id = "bench"
+    store.start_run(run_id, task_name=task.name, task_version=task.version, task_hash=task.spec_hash,
+                    task_json=task.model_dump_json(), model="openai:bench", params={}, params_hash="0", input=None)
+    rng = random.Random(seed)
+    t = "2026-01-01T00:00:00.000+00:00"
+    chunk = 5000
+    with store.engine.begin() as conn:
+        for start in range(0, n, chunk):
+            turns, items = [], []
+            for k in range(start, min(n, start + chunk)):
+                did, i = f"s{k // 10:06d}", k % 10
+                conf = round(rng.random(), 4)
+                proposal = {"kind": "turn", "run_id": run_id,
+                            "task": {"name": task.name, "version": task.version, "hash": task.spec_hash},
+                            "model": "openai:bench", "dialogue_id": did, "turn_index": i, "speaker": "Seeker",
+                            "role": "seeker", "language": "en", "status": "flagged",
+                            "labels": {"emotion": ["Anxiety"]}, "texts": {"observation": "worry about exams"},
+                            "confidence": {"emotion": {"value": conf}}, "flags": ["low_confidence:emotion"],
+                            "critique": None, "error": None, "raw_output": None}
+                turns.append({"r": run_id, "d": did, "i": i, "x": f"I feel anxious about tomorrow ({did}/{i})."})
+                items.append({"r": run_id, "d": did, "i": i, "p": conf, "j": json.dumps(proposal), "t": t})
+            conn.execute(text("INSERT INTO turns (run_id, dialogue_id, turn_index, speaker, role, text, meta_json,"
+                              " status) VALUES (:r, :d, :i, 'Seeker', 'seeker', :x, '{}', 'flagged')"), turns)
+            conn.execute(text("INSERT INTO review_items (run_id, dialogue_id, kind, turn_index, priority,"
+                              " reasons_json, proposal_json, status, version, required_reviews, created_at,"
+                              " updated_at) VALUES (:r, :d, 'turn', :i, :p, '[\"low_confidence:emotion\"]', :j,"
+                              " 'pending', 1, 1, :t, :t)"), items)
+        conn.execute(text("ANALYZE"))
+    store.close()
+
+
+def _reviewer(db: str, name: str, per: int, think_ms: float, go: Any, out: Any) -> None:
+    queue = ReviewQueue.open(db)
+    queue.task("bench")  # warm: the task spec is read once per queue
+    claim_ms, total_ms = [], []
+    rng = random.Random(name)
+    go.wait()
+    for _ in range(per):
+        if think_ms:
+            time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+        t0 = time.perf_counter()
+        item = queue.claim(name)
+        t1 = time.perf_counter()
+        if item is None:
+            break
+        queue.submit(item.id, name, item.version, {"emotion": ["Sadness"]})
+        t2 = time.perf_counter()
+        claim_ms.append((t1 - t0) * 1000)
+        total_ms.append((t2 - t0) * 1000)
+    queue.close()
+    out.put({"claim": claim_ms, "total": total_ms})
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 2)
+
+
+def bench_review(n_items: int, reviewers: int, per: int, think_ms: float) -> dict[str, Any]:
+    db = cluster().database()
+    t = time.perf_counter()
+    load_items(db, n_items)
+    load_s = time.perf_counter() - t
+    ctx = mp.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_reviewer, args=(db, f"r{i}", per, think_ms, go, out)) for i in range(reviewers)]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)
+    started = time.perf_counter()
+    go.set()
+    parts = [out.get(timeout=1800) for _ in procs]
+    seconds = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    claim = [x for p in parts for x in p["claim"]]
+    total = [x for p in parts for x in p["total"]]
+    with Store.open(db).engine.connect() as conn:
+        reviewed = conn.execute(text("SELECT COUNT(*), COUNT(DISTINCT item_id) FROM reviews")).one()
+    assert reviewed[0] == reviewed[1] == len(total), "every item reviewed once"
+    return {"items": n_items, "reviewers": reviewers, "think_ms": think_ms, "reviewed": len(total),
+            "load_seconds": round(load_s, 1), "load_average": [round(x, 1) for x in os.getloadavg()],
+            "seconds": round(seconds, 2), "reviews_per_s": round(len(total) / seconds, 1),
+            "claim_ms": {"p50": _pct(claim, 0.5), "p90": _pct(claim, 0.9), "p99": _pct(claim, 0.99),
+                         "max": round(max(claim), 2), "mean": round(statistics.fmean(claim), 2)},
+            "claim_submit_ms": {"p50": _pct(total, 0.5), "p90": _pct(total, 0.9), "p99": _pct(total, 0.99),
+                                "max": round(max(total), 2), "mean": round(statistics.fmean(total), 2)}}
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--dialogues", type=int, default=30)
+    ap.add_argument("--latency", type=float, default=1.0, help="seconds per call at the scripted endpoint")
+    ap.add_argument("--endpoint-limit", type=int, default=12, help="requests in flight before HTTP 429")
+    ap.add_argument("--worker-concurrency", type=int, default=4)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--reviewers", type=int, default=10)
+    ap.add_argument("--per-reviewer", type=int, default=300)
+    ap.add_argument("--think-ms", type=float, default=500, help="mean pause between items in the paced pass")
+    ap.add_argument("--skip-workers", action="store_true")
+    ap.add_argument("--skip-review", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(cluster().root)  # the cluster's folder (removed at exit) also holds the input files
+    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                           "platform": platform.platform()}}
+    if not args.skip_workers:
+        print(f"workers: {args.dialogues} dialogues, {args.latency:g} s per call, endpoint limit "
+              f"{args.endpoint_limit} in flight, {args.worker_concurrency} calls in flight per worker", flush=True)
+        rows = bench_workers([int(x) for x in args.workers.split(",")], args.dialogues, args.latency,
+                             args.endpoint_limit, args.worker_concurrency, tmp)
+        results["workers"] = {"latency_s": args.latency, "endpoint_limit": args.endpoint_limit, "runs": rows}
+        print(f"\n{'workers':>7} {'in flight':>9} {'seconds':>8} {'turns/s':>8} {'calls/s':>8} {'speed-up':>8}"
+              f" {'efficiency':>10} {'429s':>6}")
+        for r in rows:
+            print(f"{r['workers']:>7} {r['workers'] * r['worker_concurrency']:>9} {r['seconds']:>8.1f}"
+                  f" {r['turns_per_s']:>8.2f} {r['calls_per_s']:>8.2f} {r['speedup']:>8.2f} {r['efficiency']:>10.2f}"
+                  f" {r['rate_limited']:>6}")
+    if not args.skip_review:
+        results["review"] = {}
+        for mode, think in (("closed", 0.0), ("paced", args.think_ms)):
+            print(f"\nreview queue ({mode}): {args.items:,} items, {args.reviewers} reviewers × {args.per_reviewer}"
+                  f" items, {think:g} ms between items", flush=True)
+            r = results["review"][mode] = bench_review(args.items, args.reviewers, args.per_reviewer, think)
+            print(f"loaded in {r['load_seconds']} s; {r['reviewed']} reviews in {r['seconds']} s "
+                  f"({r['reviews_per_s']}/s); load average {r['load_average']}")
+            print(f"{'ms':>14} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
+            for k in ("claim_ms", "claim_submit_ms"):
+                v = r[k]
+                print(f"{k[:-3]:>14} {v['p50']:>7} {v['p90']:>7} {v['p99']:>7} {v['max']:>7}")
+            print(f"goal p99 claim+submit <= 50 ms: {'met' if r['claim_submit_ms']['p99'] <= 50 else 'NOT met'}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

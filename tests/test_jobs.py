@@ -1,0 +1,143 @@
+"""Scale-out: ``Annotator.run`` on PostgreSQL (LangGraph's Postgres checkpointer), the job queue's leases on both
+engines, ``autolabel enqueue``/``autolabel worker`` end to end, and three worker processes against PostgreSQL and
+the scripted server with one of them SIGKILLed mid-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from autolabel import Annotator, read_dialogues
+from autolabel.cli import app
+from autolabel.jobs import JobQueue, enqueue, work
+from autolabel.store import Store, engine_url
+from tests.conftest import dialogue, write_jsonl
+from tests.fake_openai import FakeOpenAIServer
+from tests.pg import Cluster, engine_fixture, new_db_fixture, pg_fixture  # noqa: F401  (fixtures)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rows(db: str, sql: str) -> list[tuple]:
+    eng = create_engine(engine_url(db))
+    try:
+        with eng.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        eng.dispose()
+
+
+def assert_every_turn_once(db: str, input: Path) -> None:
+    dialogues = list(read_dialogues(input))
+    n_turns = sum(len(d.turns) for d in dialogues)
+    per_turn = rows(db, "SELECT COUNT(*) FROM annotations WHERE is_final=1 AND kind='turn'"
+                        " GROUP BY dialogue_id, turn_index")
+    assert len(per_turn) == n_turns and {c for (c,) in per_turn} == {1}
+    assert rows(db, "SELECT COUNT(*) FROM annotations WHERE is_final=1 AND kind='session'") == [(len(dialogues),)]
+    assert rows(db, "SELECT COUNT(*) FROM turns") == [(n_turns,)]
+    assert rows(db, "SELECT status, COUNT(*) FROM dialogues GROUP BY status") == [("done", len(dialogues))]
+
+
+def test_annotator_runs_on_postgresql_with_its_checkpointer(pg: Cluster, server: FakeOpenAIServer,
+                                                             small_input: Path) -> None:
+    db = pg.database()
+    annotator = Annotator("psy-insight", model="openai:test", base_url=server.base_url, db=db)
+    summary = annotator.run(small_input)
+    assert summary.dialogues == 5 and summary.calls > 0
+    assert_every_turn_once(db, small_input)
+    assert rows(db, "SELECT COUNT(*) FROM checkpoint_migrations")[0][0] > 0, "LangGraph's Postgres checkpointer"
+    assert rows(db, "SELECT COUNT(*) FROM checkpoints") == [(0,)], "finished threads are deleted"
+    sent = len(server.requests)
+    again = annotator.run(small_input)
+    assert again.skipped_dialogues == 5 and len(server.requests) == sent
+
+
+def test_leases_claim_expire_renew_and_release(new_db: str, tmp_path: Path) -> None:
+    store = Store.open(new_db)
+    clock = Clock()
+    queue = JobQueue(store, clock=clock)
+    store.start_run("r", task_name="t", task_version="1", task_hash="h", task_json="{}", model="m", params={},
+                    params_hash="p", input=None)
+    assert queue.enqueue("r", [dialogue(f"d{i}", 2) for i in range(3)]) == (3, 0)
+    assert queue.enqueue("r", [dialogue("d0", 2), dialogue("d3", 2)]) == (1, 1)
+    a = queue.claim("r", "w1", lease_seconds=10)
+    b = queue.claim("r", "w2", lease_seconds=10)
+    assert a is not None and b is not None and a.id != b.id and a.turns == dialogue(a.id, 2).turns
+    assert queue.counts("r") == {"pending": 2, "running": 2, "done": 0}
+    clock.t += 8
+    assert queue.heartbeat("w1", lease_seconds=10) == 1  # w1 renews, w2 does not
+    clock.t += 5
+    taken = [queue.claim("r", "w3", lease_seconds=10) for _ in range(3)]
+    assert taken[0] is not None and taken[0].id == b.id, "a lapsed lease is taken over first"
+    assert {d.id for d in taken if d} == {"d0", "d1", "d2", "d3"} - {a.id}
+    assert queue.claim("r", "w3") is None, "a live lease is never taken"
+    assert queue.release("w3") == 3 and queue.counts("r") == {"pending": 3, "running": 1, "done": 0}
+    assert queue.runs_with_work() == ["r"]
+
+
+def test_enqueue_and_worker_commands(new_db: str, small_input: Path, server: FakeOpenAIServer) -> None:
+    runner = CliRunner()
+    queued = runner.invoke(app, ["enqueue", str(small_input), "--db", new_db, "--task", "psy-insight", "--model",
+                                 "openai:test"])
+    assert queued.exit_code == 0, queued.output
+    run_id = Annotator("psy-insight", model="openai:test").run_id(str(small_input.resolve()))
+    assert f"run {run_id}: 5 dialogue(s) queued, 0 already in the run" in queued.output
+    worked = runner.invoke(app, ["worker", "--db", new_db, "--base-url", server.base_url, "--lease-seconds", "5"])
+    assert worked.exit_code == 0, worked.output
+    assert "5 dialogue(s)" in worked.output and "dialogues" in worked.output
+    assert_every_turn_once(new_db, small_input)
+    assert rows(new_db, f"SELECT status FROM runs WHERE id='{run_id}'") == [("finished",)]
+    again = runner.invoke(app, ["worker", "--db", new_db])
+    assert again.exit_code == 0 and "no queued work" in again.output
+    requeued = enqueue(small_input, db=new_db, task="psy-insight", model="openai:test")
+    assert (requeued.run_id, requeued.added, requeued.existing) == (run_id, 0, 5)
+    assert work(new_db, base_url=server.base_url).runs == []
+
+
+def _worker(db: str, base_url: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "autolabel", "worker", "--db", db, "--base-url", base_url, "--lease-seconds", "2",
+           "--concurrency", "2"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": "1"})
+
+
+def test_three_workers_one_killed_every_turn_exactly_once(pg: Cluster, tmp_path: Path) -> None:
+    input = write_jsonl(tmp_path / "in.jsonl", [dialogue(f"d{i:02d}", 4 + i % 3) for i in range(20)])
+    db = pg.database()
+    assert enqueue(input, db=db, task="psy-insight", model="openai:test").added == 20
+    with FakeOpenAIServer(latency=0.05) as srv:
+        workers = [_worker(db, srv.base_url) for _ in range(3)]
+        victim = workers[0]
+        victim_id = f"{socket.gethostname()}:{victim.pid}"
+        held: list[tuple] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and victim.poll() is None:
+            done = rows(db, "SELECT COUNT(*) FROM dialogues WHERE status='done'")[0][0]
+            held = rows(db, f"SELECT dialogue_id FROM dialogues WHERE status='running' AND worker='{victim_id}'")
+            if done >= 4 and held:
+                break
+            time.sleep(0.05)
+        assert victim.poll() is None and held, "the victim was working when killed"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        for w in workers[1:]:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err.decode()[-2000:]
+    assert_every_turn_once(db, input)
+    finishers = dict(rows(db, "SELECT dialogue_id, worker FROM dialogues"))
+    assert all(finishers[d] != victim_id for (d,) in held), "the killed worker's dialogues were finished by others"
+    assert len(set(finishers.values())) == 3, "all three workers labeled dialogues"
+    assert rows(db, "SELECT status FROM runs") == [("finished",)]
