@@ -29,9 +29,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-import httpx
 import openai
 from openai.types.chat import ChatCompletion
 from sqlalchemy import text
@@ -43,7 +42,7 @@ from .store import Store, now
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 MAX_LINES = 50_000  # the provider's limit of requests per batch
 LINE_ATTEMPTS = 3  # a line that fails is sent in this many batches at most
 ENDED = ("completed", "expired", "cancelled", "failed")
@@ -79,7 +78,7 @@ class BatchBackend:
         self.wait, self.poll = settings.batch_wait, settings.batch_poll
         self._client = openai.AsyncOpenAI(api_key=key or "not-needed", base_url=settings.base_url,
                                           max_retries=settings.max_retries,
-                                          timeout=httpx.Timeout(settings.request_timeout, connect=10.0))
+                                          timeout=settings.request_timeout)
         self._requests: dict[str, _Request] = {}  # by cache key: queued, or in a batch
         self._queued: list[str] = []
         self._batches: dict[str, dict[str, str]] = {}  # batch id -> custom_id -> cache key

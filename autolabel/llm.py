@@ -88,6 +88,8 @@ class CallLog(Protocol):
 
 POOL_REQUESTS = 8
 """Requests in flight per HTTP connection pool of ``OpenAIBackend``."""
+LOG_BATCH_SECONDS = 0.05
+"""How long call-log rows gather before they are written together."""
 
 
 class OpenAIBackend:
@@ -295,24 +297,12 @@ class LLMClient:
             self.totals.cache_hits += 1
             self._record(_trace, completion, counted=False)
             return completion
-        self._check_budget()
         completion = await self._call_with_retries(kwargs, key, _trace)
         if self.settings.cache:
             dumped = completion.model_dump(mode="json", exclude_unset=True)
             await asyncio.to_thread(self.calls.cache_put, key, self.backend.model, dumped)
         self._record(_trace, completion, counted=True)
         return completion
-
-    def _check_budget(self) -> None:
-        """Refuse a call that would pass ``max_cost``: spent so far plus the mean cost of a call. Calls already in
-        flight may still pass it by at most their own cost. The dialogue that asked stays resumable."""
-        limit = self.settings.max_cost
-        if limit is None:
-            return
-        paid = self.totals.calls
-        mean = self.cost_usd / paid if paid else 0.0
-        if self.cost_usd >= limit or self.cost_usd + mean > limit:
-            raise BudgetExceeded(self.cost_usd, limit)
 
     def _record(self, trace: CallTrace, completion: ChatCompletion, *, counted: bool) -> None:
         content = completion.choices[0].message.content if completion.choices else None
@@ -393,6 +383,7 @@ class LLMClient:
 
     async def _write_log(self) -> None:
         while self._log_rows and self._log_error is None:
+            await asyncio.sleep(LOG_BATCH_SECONDS)  # let rows gather: one thread hop and one commit for all of them
             rows, self._log_rows = self._log_rows, []
             try:
                 await asyncio.to_thread(self.calls.log_calls, rows)

@@ -104,10 +104,11 @@ def _unknown(settings: Settings, why: str) -> Price:
 
 def _where(settings: Settings) -> dict[str, Any]:
     """genai-prices' provider selector for the endpoint: OpenAI itself, or the provider at ``base_url``."""
-    host = urlparse(settings.base_url).hostname if settings.base_url else None
-    if host is None or host in OPENAI_HOSTS:
+    url = urlparse(settings.base_url) if settings.base_url else None
+    if url is None or url.hostname is None or url.hostname in OPENAI_HOSTS:
         return {"provider_id": "openai"}
-    return {"provider_api_url": settings.base_url}
+    # without user:password@ — genai-prices quotes the URL in its messages, and they are printed
+    return {"provider_api_url": url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()}
 
 
 def _openai(settings: Settings) -> Price:

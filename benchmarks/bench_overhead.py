@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 import openai
-
 from _common import Endpoint, table, write_jsonl, write_result
+
 from autolabel.annotator import Annotator
 
 TASK = "psy-insight"

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,24 @@ from autolabel import Annotator, Dialogue, Turn, export, load_task, read_dialogu
 from autolabel.records import record_problems
 from autolabel.tasks import load_schema
 from tests.conftest import dialogue, write_jsonl
-from tests.fake_openai import ALL_FAULTS, FakeOpenAIServer, Fault
+from tests.fake_openai import ALL_FAULTS, FakeOpenAIServer
 from tests.test_annotate import purpose
 
 SECRET_KEY = "sk-test-SECRET-6f1d0c2a9b8e4d7f"
 FAULT_RATE = 0.4
-ALWAYS_BAD = ("(session d00)", '<target index="1"')  # this turn's label calls always get out-of-taxonomy labels
+def quoting(dialogue_id: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """Replies that, for turn 1 of one dialogue, quote the turn at length (past the field's 400 characters, so the
+    answer never validates): the validation errors, which instructor logs, carry dialogue text, as a real model's
+    would."""
 
+    def replies(body: dict[str, Any]) -> dict[str, Any] | None:
+        user = body["messages"][1]["content"]
+        if purpose(body) == "label" and f"(session {dialogue_id})" in user and '<target index="1"' in user:
+            turn = re.search(r"<target[^>]*>\n(.*)\n</target>", user, re.S).group(1)
+            return {"observation": " ".join([turn] * 6), "emotion": ["NotAnOption"]}
+        return None
 
-def _always_bad_labels(body: dict[str, Any]) -> Fault | None:
-    user = body["messages"][1]["content"]
-    if purpose(body) == "label" and all(marker in user for marker in ALWAYS_BAD):
-        return Fault("bad_labels")
-    return None
+    return replies
 
 
 def summary_rows(stdout: str) -> dict[str, int]:
@@ -57,14 +63,17 @@ def _final_records(db: Path) -> list[dict[str, Any]]:
 def test_fault_storm_every_turn_ends_accepted_flagged_or_failed_with_reason(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
-    caplog.set_level(logging.WARNING)  # the default level: what a user sees without --debug
+    # the default level, as an application's logging.basicConfig() sets it up: the root logger at WARNING, a
+    # handler that takes whatever reaches it
+    caplog.set_level(logging.WARNING)
+    caplog.handler.setLevel(logging.NOTSET)
     dialogues = [dialogue(f"d{i:02d}", 5) for i in range(40)]
     input = write_jsonl(tmp_path / "in.jsonl", dialogues)
     n_turns = sum(len(d.turns) for d in dialogues)
     db = tmp_path / "runs.db"
     started = time.monotonic()
     with FakeOpenAIServer(seed=11, fault_rate=FAULT_RATE, fault_kinds=ALL_FAULTS, timeout_sleep=3,
-                          replies=_always_bad_labels) as srv:
+                          replies=quoting("d00")) as srv:
         summary = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, request_timeout=1.0,
                             max_reasks=1).run(input)
     seconds = time.monotonic() - started
@@ -130,7 +139,8 @@ def test_cli_under_faults_exits_with_a_summary_and_logs_no_text_and_no_key(tmp_p
     input = write_jsonl(tmp_path / "in.jsonl", dialogues)
     env = {**os.environ, "CI": "1", "OPENAI_API_KEY": SECRET_KEY, "AUTOLABEL_REQUEST_TIMEOUT": "1",
            "AUTOLABEL_MAX_REASKS": "1"}
-    with FakeOpenAIServer(seed=3, fault_rate=FAULT_RATE, fault_kinds=ALL_FAULTS, timeout_sleep=3) as srv:
+    with FakeOpenAIServer(seed=3, fault_rate=FAULT_RATE, fault_kinds=ALL_FAULTS, timeout_sleep=3,
+                          replies=quoting("m0")) as srv:
         r = subprocess.run([sys.executable, "-m", "autolabel", "run", str(input), "--model", "openai:test",
                             "--base-url", srv.base_url, "--db", str(tmp_path / "runs.db")],
                            capture_output=True, text=True, timeout=120, env=env)
@@ -140,6 +150,7 @@ def test_cli_under_faults_exits_with_a_summary_and_logs_no_text_and_no_key(tmp_p
     rows = summary_rows(r.stdout)
     n_turns = sum(len(d.turns) for d in read_dialogues(input))
     assert rows["turns"] == n_turns == rows["accepted"] + rows["flagged"] + rows["failed"]
+    assert rows["failed"] >= 1  # m0's turn 1, whose rejected answers quoted it
     everything = r.stdout + r.stderr
     assert SECRET_KEY not in everything and "marker-quokka" not in everything
     assert not [t.text for d in dialogues for t in d.turns if t.text[:40] in everything]

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from autolabel import Annotator, Dialogue, Settings, Turn
+from autolabel.review import ReviewQueue
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer, requested_schema, synthesize
 
@@ -96,6 +97,30 @@ def test_redact_prompts_are_stable_so_a_rerun_is_answered_from_the_cache(tmp_pat
         copy = write_jsonl(tmp_path / "copy.jsonl", [EN])  # another run id, the same prompts
         s = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, redact=True).run(copy)
     assert len(srv.requests) == sent and s.calls == 0 and s.cache_hits == sent
+
+
+def test_redact_covers_few_shot_examples_from_other_dialogues(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    named = "My name is Sarah Connor, call me on 415-555-0100: I am so anxious about my exams that I cannot sleep."
+    old = Dialogue(id="old", turns=(Turn(index=0, speaker="Supporter", text="Hello, what brings you here?"),
+                                    Turn(index=1, speaker="Seeker", text=named)))
+    new = Dialogue(id="new", turns=(Turn(index=0, speaker="Supporter", text="Hi, what is on your mind today?"),
+                                    Turn(index=1, speaker="Seeker", text="I'm so nervous about my exam that I "
+                                                                         "lie awake all night.")))
+    with FakeOpenAIServer() as srv:
+        Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, critique=False).annotate(old)
+    with ReviewQueue.open(db) as queue:  # the named turn becomes gold, hence a few-shot example for later runs
+        run_id = queue.store.run()["id"]
+        item = queue.find(run_id, "old", "turn", 1) or queue.enqueue(run_id, "old", "turn", 1, "alice")
+        claimed = queue.claim("alice", item_id=item.id)
+        assert claimed is not None
+        queue.submit(claimed.id, "alice", claimed.version, {"emotion": ["Anxiety"]})
+    with FakeOpenAIServer() as srv:
+        Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, critique=False, few_shot=1,
+                  redact=True).annotate(new)
+        sent = [json.dumps(b, ensure_ascii=False) for b in srv.requests]
+    assert any("<example>" in body and "anxious about my exams" in body for body in sent)  # the example was shown
+    assert not [s for s in ("Sarah", "Connor", "555-0100") for body in sent if s in body]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -88,7 +88,7 @@ def test_ten_sigkills_at_random_points_then_resume_label_every_turn_exactly_once
         assert final.returncode == 0 and "Traceback" not in err, err
         rows = summary_rows(out)
         repaid += [k for k in _keys(srv.requests[calls_before:]) if k in paid]
-        keys = _keys(srv.requests)
+        sent_keys = _keys(srv.requests)
     assert done_after_kill == sorted(done_after_kill)  # a kill never undoes a finished dialogue
     assert _assert_nothing_half_written(db, dialogues) == len(dialogues)
     n_turns = sum(len(d.turns) for d in read_dialogues(input))
@@ -97,7 +97,8 @@ def test_ten_sigkills_at_random_points_then_resume_label_every_turn_exactly_once
     # sent twice were in flight (or not yet cached) at a SIGKILL
     assert repaid == []
     assert rows["cache hits"] > 0 and rows["calls"] == len(srv.requests) - calls_before
-    assert len(keys) - len(set(keys)) <= KILLS * CONCURRENCY * 2
+    sent_twice = len(sent_keys) - len(set(sent_keys))
+    assert sent_twice <= KILLS * CONCURRENCY * 2
     with sqlite3.connect(db) as conn:
         per_turn = conn.execute("SELECT COUNT(*) FROM annotations WHERE is_final=1 AND kind='turn'"
                                 " GROUP BY dialogue_id, turn_index").fetchall()
@@ -110,6 +111,5 @@ def test_ten_sigkills_at_random_points_then_resume_label_every_turn_exactly_once
     export(db, "jsonl", out_file)
     keys = [(r["dialogue_id"], r.get("turn_index")) for r in map(json.loads, out_file.read_text().splitlines())]
     assert len(keys) == len(set(keys)) == n_turns + len(dialogues)
-    print(f"\n{KILLS} kills: dialogues done after each {done_after_kill}; {len(keys)} requests, "
-          f"{len(keys) - len(set(keys))} sent twice (in flight at a kill); last resume: {rows['calls']} calls, "
-          f"{rows['cache hits']} cache hits")
+    print(f"\n{KILLS} kills: dialogues done after each {done_after_kill}; {len(sent_keys)} requests, {sent_twice} "
+          f"sent twice (in flight at a kill); last resume: {rows['calls']} calls, {rows['cache hits']} cache hits")

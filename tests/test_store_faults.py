@@ -92,12 +92,12 @@ def test_read_only_database_one_line_exit_4_and_nothing_lost(tmp_path: Path) -> 
 def test_disk_full_mid_run_one_line_exit_4_and_nothing_committed_lost(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     first = write_jsonl(tmp_path / "first.jsonl", [dialogue(f"a{i}", 4) for i in range(3)])
-    big = write_jsonl(tmp_path / "big.jsonl", [dialogue(f"b{i:02d}", 5) for i in range(20)])
+    big = write_jsonl(tmp_path / "big.jsonl", [dialogue(f"b{i:02d}", 5) for i in range(12)])
     with FakeOpenAIServer() as srv:
         annotator = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db)
         annotator.run(first)
         before = _finished(db)
-        limit = db.stat().st_size + 2_500_000  # room for a few dialogues, not for twenty
+        limit = db.stat().st_size + 2_500_000  # room for a few dialogues, not for twelve
 
         def no_room() -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -112,5 +112,5 @@ def test_disk_full_mid_run_one_line_exit_4_and_nothing_committed_lost(tmp_path: 
         assert all(n == 5 for k, n in after.items() if k.startswith("b"))  # a dialogue is done whole or not at all
         resumed = annotator.run(big)  # room again: the run goes on from where the disk filled up
     done_in_failed_run = sum(k.startswith("b") for k in after)
-    assert resumed.skipped_dialogues == done_in_failed_run and resumed.dialogues == 20 and resumed.turns == 100
-    assert len(_finished(db)) == 23
+    assert resumed.skipped_dialogues == done_in_failed_run and resumed.dialogues == 12 and resumed.turns == 60
+    assert len(_finished(db)) == 15

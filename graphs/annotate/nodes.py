@@ -91,8 +91,9 @@ def _redacted_example(ex: dict[str, Any]) -> dict[str, Any]:
 
 def _restore(ctx: Context, d: Dialogue, obj: Any) -> Any:
     """Model output to be stored, with the originals back in place of ``--redact``'s placeholders."""
-    redactor = _sent(ctx, d)[1]
-    return obj if redactor is None else redactor.restore_obj(obj)
+    if not ctx.settings.redact:
+        return obj
+    return _redact_turns(d.id, tuple((t.speaker, t.text) for t in d.turns))[1].restore_obj(obj)
 
 
 def _trace(state: TurnState, purpose: str) -> CallTrace:
