@@ -310,9 +310,9 @@ def _frozen_heap() -> Iterator[None]:
     """Python's cyclic garbage collector, tuned for a run (measured: about a quarter of the client's CPU per call
     went to it). The objects alive when the run starts (modules, classes, the compiled graph: ~300k) are frozen out
     of its reach, and it runs less often (RUN_GC_THRESHOLDS): the turns in flight keep many objects alive, and
-    each collection walked all of them again. Both are undone afterwards."""
+    each collection walked all of them again. Both are undone afterwards (so garbage frozen with them is collected
+    then: no collection is needed before freezing)."""
     thresholds = gc.get_threshold()
-    gc.collect()
     gc.freeze()
     gc.set_threshold(*RUN_GC_THRESHOLDS)
     try:
