@@ -337,10 +337,12 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
 
         url = db.replace("+psycopg", "", 1)
         async with AsyncPostgresSaver.from_conn_string(url, serde=_serde()) as saver:
-            # one process at a time creates LangGraph's tables (workers start together; its setup is not atomic):
-            # a session lock, released when this connection closes
+            # one process at a time creates LangGraph's tables (workers start together; its setup is not atomic).
+            # A session lock, released when this connection closes, taken with try-lock: a session blocked in
+            # pg_advisory_lock would hold a snapshot that the setup's CREATE INDEX CONCURRENTLY waits for forever
             async with await AsyncConnection.connect(url, autocommit=True) as lock:
-                await lock.execute("SELECT pg_advisory_lock(724514)")
+                while not await _try_lock(lock, 724514):
+                    await asyncio.sleep(0.1)
                 await saver.setup()
             yield saver
         return
@@ -355,6 +357,11 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
         raise StoreError(f"cannot write to {db}: {e}") from None
     finally:
         await conn.close()
+
+
+async def _try_lock(conn: Any, key: int) -> bool:
+    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+    return bool(row and row[0])
 
 
 async def _aiter(dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue]) -> AsyncIterator[Dialogue]:
