@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact",
                  "few_shot")
 Progress = Callable[[DialogueResult, "RunState"], None]
+CHECKPOINT_SETUP_LOCK = 724514  # PostgreSQL advisory lock key: one process at a time sets up LangGraph's tables
 
 
 @dataclass
@@ -341,7 +342,7 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
             # A session lock, released when this connection closes, taken with try-lock: a session blocked in
             # pg_advisory_lock would hold a snapshot that the setup's CREATE INDEX CONCURRENTLY waits for forever
             async with await AsyncConnection.connect(url, autocommit=True) as lock:
-                while not await _try_lock(lock, 724514):
+                while not await _try_lock(lock, CHECKPOINT_SETUP_LOCK):
                     await asyncio.sleep(0.1)
                 await saver.setup()
             yield saver

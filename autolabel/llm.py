@@ -35,9 +35,11 @@ import instructor
 import openai
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+from tenacity.stop import stop_base
 
 from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
+from .limits import AdaptiveLimit
 from .settings import Settings
 from .structured import response_model, schema_digest
 
@@ -196,6 +198,21 @@ class _Wait:
         return self._rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
 
 
+class _Stop(stop_base):
+    """Stop after ``max_retries`` failed retries of one call. A 429 does not count: it asks the client to wait
+    (Retry-After) and to send fewer requests (``AdaptiveLimit``); the retry deadline bounds those waits."""
+
+    def __init__(self, max_retries: int) -> None:
+        self.max_retries = max_retries
+        self.failures = 0  # one instance per call (``_call_with_retries``); called once per failed attempt
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, openai.RateLimitError):
+            self.failures += 1
+        return self.failures > self.max_retries
+
+
 # -- results ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -246,8 +263,9 @@ class LLMClient:
         self.calls = calls
         self.run_id = run_id
         self.pricer = pricer or (lambda p, c: 0.0)
-        # a backend that only queues requests (the batch API) may allow more in flight than ``concurrency``
-        self.limit = asyncio.Semaphore(getattr(backend, "max_in_flight", None) or settings.concurrency)
+        # a backend that only queues requests (the batch API) may allow more in flight than ``concurrency``;
+        # fewer are let through while the endpoint answers 429 (see ``limits.py``)
+        self.limit = AdaptiveLimit(getattr(backend, "max_in_flight", None) or settings.concurrency)
         self.logprobs = settings.logprobs and backend.supports_logprobs
         self.totals = CallTrace(purpose="total")
         self.cost_usd = 0.0
@@ -319,7 +337,7 @@ class LLMClient:
         s = self.settings
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(s.max_retries + 1) | stop_after_delay(s.retry_deadline),
+            stop=_Stop(s.max_retries) | stop_after_delay(s.retry_deadline),
             wait=_Wait(rng_seed=int(key[:8], 16)),
             reraise=True,
         )
@@ -349,30 +367,31 @@ class LLMClient:
     async def _one_call(self, kwargs: dict[str, Any], key: str, trace: CallTrace, attempt: int) -> ChatCompletion:
         if self._log_error is not None:  # the call log could not be written: stop, as on any store failure
             raise self._log_error
-        async with self.limit:
-            started = time.perf_counter()
-            outcome = "ok"
-            completion: ChatCompletion | None = None
-            try:
-                current_trace.set(trace)  # what the request is for (the batch backend names its lines by it)
-                completion = await self.backend.complete(kwargs)
-                return completion
-            finally:
-                if completion is None:
-                    failed = sys.exc_info()[0]
-                    outcome = f"error:{failed.__name__ if failed else 'cancelled'}"
-                usage = completion.usage if completion is not None else None
-                p = usage.prompt_tokens if usage else 0
-                c = usage.completion_tokens if usage else 0
-                trace.calls += 1
-                self.totals.calls += 1
-                self._log(dict(
-                    run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
-                    purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
-                    cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
-                    cost_usd=self.pricer(p, c),
-                ))
+        started_round = await self.limit.acquire()
+        started = time.perf_counter()
+        outcome = "ok"
+        completion: ChatCompletion | None = None
+        try:
+            current_trace.set(trace)  # what the request is for (the batch backend names its lines by it)
+            completion = await self.backend.complete(kwargs)
+            return completion
+        finally:
+            failed = sys.exc_info()[0] if completion is None else None
+            self.limit.release(started_round, rate_limited=failed is openai.RateLimitError)
+            if completion is None:
+                outcome = f"error:{failed.__name__ if failed else 'cancelled'}"
+            usage = completion.usage if completion is not None else None
+            p = usage.prompt_tokens if usage else 0
+            c = usage.completion_tokens if usage else 0
+            trace.calls += 1
+            self.totals.calls += 1
+            self._log(dict(
+                run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
+                purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
+                cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
+                cost_usd=self.pricer(p, c),
+            ))
 
     def _log(self, row: dict[str, Any]) -> None:
         """Queue a call-log row. One writer task writes whatever has queued up, in one transaction in a thread:

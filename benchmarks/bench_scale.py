@@ -56,9 +56,15 @@ RESULTS = REPO / "benchmarks" / "results" / "scale.json"
 # -- 1. workers -----------------------------------------------------------------------------------------------------
 
 def _worker(db: str, base_url: str, concurrency: int, go: Any, out: Any) -> None:
-    """One worker process: everything imported, then wait for the start signal, then work until the run is done."""
+    """One worker process: everything imported, then wait for the start signal, then work until the run is done.
+    Over the endpoint's limit it gets 429s and backs off as told, for as long as it takes (``max_retries``)."""
     go.wait()
-    result = work(db, base_url=base_url, concurrency=concurrency, lease_seconds=30)
+    try:
+        result = work(db, base_url=base_url, concurrency=concurrency, lease_seconds=30, max_retries=10_000,
+                      retry_deadline=600)
+    except BaseException as e:  # reported by the parent
+        out.put({"error": f"{type(e).__name__}: {e}"})
+        raise
     out.put({"worker": result.worker, "dialogues": result.dialogues, "turns": result.turns,
              "calls": sum(r.calls for r in result.runs)})
 
@@ -84,10 +90,13 @@ def bench_workers(counts: list[int], n_dialogues: int, latency: float, limit: in
             started = time.perf_counter()
             go.set()
             done = [out.get(timeout=1800) for _ in procs]
+            seconds = time.perf_counter() - started
             for p in procs:
                 p.join()
-            seconds = time.perf_counter() - started
             stats = dict(srv.stats)
+        failed = [d["error"] for d in done if "error" in d]
+        if failed:
+            raise SystemExit(f"a worker failed: {failed[0]}")
         assert sum(d["turns"] for d in done) == n_turns, done
         rows.append({"workers": n, "worker_concurrency": concurrency, "dialogues": n_dialogues, "turns": n_turns,
                      "calls": stats.get("ok", 0), "rate_limited": stats.get("rate_limited", 0),
@@ -146,18 +155,22 @@ def _reviewer(db: str, name: str, per: int, think_ms: float, go: Any, out: Any) 
     claim_ms, total_ms = [], []
     rng = random.Random(name)
     go.wait()
-    for _ in range(per):
-        if think_ms:
-            time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
-        t0 = time.perf_counter()
-        item = queue.claim(name)
-        t1 = time.perf_counter()
-        if item is None:
-            break
-        queue.submit(item.id, name, item.version, {"emotion": ["Sadness"]})
-        t2 = time.perf_counter()
-        claim_ms.append((t1 - t0) * 1000)
-        total_ms.append((t2 - t0) * 1000)
+    try:
+        for _ in range(per):
+            if think_ms:
+                time.sleep(rng.uniform(0.5, 1.5) * think_ms / 1000)
+            t0 = time.perf_counter()
+            item = queue.claim(name)
+            t1 = time.perf_counter()
+            if item is None:
+                break
+            queue.submit(item.id, name, item.version, {"emotion": ["Sadness"]})
+            t2 = time.perf_counter()
+            claim_ms.append((t1 - t0) * 1000)
+            total_ms.append((t2 - t0) * 1000)
+    except BaseException as e:  # reported by the parent
+        out.put({"error": f"{type(e).__name__}: {e}"})
+        raise
     queue.close()
     out.put({"claim": claim_ms, "total": total_ms})
 
@@ -182,6 +195,8 @@ def bench_review(n_items: int, reviewers: int, per: int, think_ms: float) -> dic
     go.set()
     parts = [out.get(timeout=1800) for _ in procs]
     seconds = time.perf_counter() - started
+    if any("error" in p for p in parts):
+        raise SystemExit(f"a reviewer failed: {next(p['error'] for p in parts if 'error' in p)}")
     for p in procs:
         p.join()
     claim = [x for p in parts for x in p["claim"]]

@@ -41,7 +41,7 @@ def bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,7 +54,7 @@ class Cluster:
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="autolabel-pg-"))
         self.data, self.log = self.root / "data", self.root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._user = "postgres" if os.geteuid() == 0 else None
         self._names = itertools.count(1)
         self._lock = threading.Lock()

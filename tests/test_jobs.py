@@ -4,6 +4,7 @@ the scripted server with one of them SIGKILLed mid-way."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -11,17 +12,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from autolabel import Annotator, read_dialogues
+from autolabel.annotator import CHECKPOINT_SETUP_LOCK
 from autolabel.cli import app
 from autolabel.jobs import JobQueue, enqueue, work
 from autolabel.store import Store, engine_url
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
-from tests.pg import Cluster, engine_fixture, new_db_fixture, pg_fixture  # noqa: F401  (fixtures)
+from tests.pg import Cluster, engine_fixture, free_port, new_db_fixture, pg_fixture  # noqa: F401  (fixtures)
 
 
 class Clock:
@@ -141,3 +145,33 @@ def test_three_workers_one_killed_every_turn_exactly_once(pg: Cluster, tmp_path:
     assert all(finishers[d] != victim_id for (d,) in held), "the killed worker's dialogues were finished by others"
     assert len(set(finishers.values())) == 3, "all three workers labeled dialogues"
     assert rows(db, "SELECT status FROM runs") == [("finished",)]
+
+
+def _work_when_told(db: str, base_url: str, go: Any, out: Any) -> None:
+    go.wait()
+    out.put(work(db, base_url=base_url, concurrency=2).dialogues)
+
+
+def test_workers_starting_at_the_same_moment_on_a_fresh_database(pg: Cluster, tmp_path: Path) -> None:
+    """Workers that wait for each other to set up LangGraph's tables (whose setup builds an index CONCURRENTLY,
+    which waits for every older snapshot) do not wait forever: here all three are made to wait at once."""
+    input = write_jsonl(tmp_path / "in.jsonl", [dialogue(f"d{i}", 2) for i in range(8)])
+    db = pg.database()
+    enqueue(input, db=db, task="psy-insight", model="openai:test")
+    port = free_port()
+    ctx = mp.get_context("fork")  # forked before the server's thread starts
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_work_when_told, args=(db, f"http://127.0.0.1:{port}/v1", go, out))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    with FakeOpenAIServer(port=port, latency=0.05), psycopg.connect(db, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (CHECKPOINT_SETUP_LOCK,))
+        go.set()
+        time.sleep(3)  # every worker is now waiting for the setup lock
+        holder.execute("SELECT pg_advisory_unlock(%s)", (CHECKPOINT_SETUP_LOCK,))
+        done = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert sum(done) == 8
+    assert_every_turn_once(db, input)

@@ -1,0 +1,55 @@
+"""Each benchmark in ``benchmarks/`` runs end to end at a tiny size (seconds) and writes its JSON.
+
+No timing is asserted (CI machines vary); what is asserted holds at any speed: the runs finish, nothing fails, the
+two sides of a comparison did the same work.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, out: Path, *args: str) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"bench_{name}.py"), *args, "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "|---|" in r.stdout  # a markdown table was printed
+    return json.loads(out.read_text())
+
+
+def test_overhead_sends_the_same_requests_both_ways(tmp_path: Path) -> None:
+    data = bench("overhead", tmp_path / "overhead.json", "--turns", "12", "--turns-c1", "4", "--per-dialogue", "4",
+                 "--concurrency", "1,4", "--latency-ms", "5")
+    assert [r["concurrency"] for r in data["results"]] == [1, 4]
+    for r in data["results"]:
+        # 2 calls per turn (label, critique) and one session call per dialogue, the same count on both sides
+        assert r["autolabel"]["calls"] == r["baseline"]["calls"] == 2 * r["turns"] + r["turns"] // 4
+        assert r["throughput_ratio"] > 0 and r["autolabel_cpu_ms_per_call"] > 0
+
+
+def test_tokens_windowed_prompts_stay_flat_while_the_full_history_grows(tmp_path: Path) -> None:
+    data = bench("tokens", tmp_path / "tokens.json", "--lengths", "6,24", "--dialogues", "1")
+    short, long = data["results"]
+    assert long["naive"]["prompt_per_turn"] > short["naive"]["prompt_per_turn"]
+    assert long["prompt_ratio"] < short["prompt_ratio"] <= 1.0
+    assert 0 < long["autolabel"]["stable_prefix_share"] < 1
+
+
+def test_memory_streams_a_run_and_an_export(tmp_path: Path) -> None:
+    data = bench("memory", tmp_path / "memory.json", "--turns", "120", "--per-dialogue", "10", "--concurrency", "8")
+    assert sum(data["turn_states"].values()) == 120 and data["turn_states"].get("failed", 0) == 0
+    assert data["export"]["records"] == 120 + 12  # one record per turn and per dialogue (session)
+    assert data["run"]["peak_rss_mb"] > 0 and data["store_mb"] > 0 and data["samples"]
+
+
+def test_rate_limited_run_completes_without_failed_turns(tmp_path: Path) -> None:
+    data = bench("ratelimit", tmp_path / "ratelimit.json", "--rate", "600", "--seconds", "4", "--per-dialogue", "4",
+                 "--concurrency", "8", "--latency-ms", "20")
+    assert data["error"] is None and data["failed_turns"] == 0 and data["turns"] == data["input_turns"]
+    assert data["server"]["rate_limited"] > 0  # the limit was hit, and the run still finished
