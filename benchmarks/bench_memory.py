@@ -22,6 +22,7 @@ Results go to ``benchmarks/results/memory.json`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import subprocess
@@ -62,6 +63,7 @@ def watch(args: list[str], *, db: Path | None = None, interval: float = 1.0, cou
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     samples: list[dict[str, Any]] = []
     state = {"cpu": 0.0}
+    trail = log.with_suffix(".samples.jsonl").open("w")  # the samples as they come, for a run cut short
     stop = threading.Event()
 
     def sample() -> None:
@@ -78,6 +80,8 @@ def watch(args: list[str], *, db: Path | None = None, interval: float = 1.0, cou
                 if counted >= 0:
                     done, last_count = counted, now
             samples.append({"t": round(now, 1), "rss_mb": round(rss, 1), "turns_done": done})
+            trail.write(json.dumps(samples[-1]) + "\n")
+            trail.flush()
             stop.wait(interval)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -86,6 +90,7 @@ def watch(args: list[str], *, db: Path | None = None, interval: float = 1.0, cou
     wall = time.monotonic() - started
     stop.set()
     thread.join()
+    trail.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args[:4])} failed ({proc.returncode}); see {log}:\n{log.read_text()[-2000:]}")
