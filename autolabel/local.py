@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import ctypes
 import hashlib
@@ -180,9 +181,18 @@ def load(path: Path, threads: int) -> Loaded:
                 raise ConfigError('local models need llama-cpp-python: pip install "llama-cpp-python==0.3.36"'
                                   " (or install autolabel's [local] extra)") from None
             log.info("loading %s (%d threads)", path.name, threads)
+            if not _LOADED:  # freed before the interpreter tears llama_cpp's module down (its __del__ fails then)
+                atexit.register(_unload_all)
             _LOADED[(str(path), threads)] = Loaded(llama_cpp.Llama(
                 model_path=str(path), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False))
         return _LOADED[(str(path), threads)]
+
+
+def _unload_all() -> None:
+    with _LOADING:
+        for loaded in _LOADED.values():
+            loaded.llama.close()
+        _LOADED.clear()
 
 
 def load_model(name: str, settings: Settings) -> Loaded:
