@@ -3,9 +3,8 @@ against JSON Schemas, scored for confidence, and routed to human review when it 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .annotator import Annotator
 from .errors import (
     AutolabelError,
     BudgetExceeded,
@@ -27,9 +26,16 @@ from .tasks import TaskSpec, list_tasks, load_task, validate_task_file
 
 __version__ = "0.1.0"
 
-# Heavier parts (scikit-learn, the web stack) load on first use, so `import autolabel` and the CLI start fast.
-_LAZY = {"calibrate": "evaluate", "evaluate": "evaluate", "load_gold": "evaluate", "Plan": "plan", "plan": "plan",
-         "ReviewQueue": "review"}
+if TYPE_CHECKING:
+    from .annotator import Annotator
+    from .evaluate import calibrate, evaluate, load_gold
+    from .plan import Plan, plan
+    from .review import ReviewQueue
+
+# Heavier parts load on first use, so that `import autolabel` (and with it every submodule, the CLI's included) stays
+# light: the Annotator brings LangGraph and the openai client, evaluate numpy, plan the tokenizers.
+_LAZY = {"Annotator": "annotator", "calibrate": "evaluate", "evaluate": "evaluate", "load_gold": "evaluate",
+         "Plan": "plan", "plan": "plan", "ReviewQueue": "review"}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,6 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
 __all__ = [
     "Distance",
@@ -41,9 +40,12 @@ _MASI_OVERLAP = 0.33
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
     """Cohen's kappa between two raters who labelled the same items (``a[i]`` and ``b[i]`` for item ``i``).
 
-    Backed by scikit-learn. NaN when chance agreement is 1 (both raters used one and the same label
-    throughout), where kappa is 0/0.
+    Backed by scikit-learn (imported here: the review queue imports this module, and a command that never
+    computes kappa should not pay for loading scikit-learn). NaN when chance agreement is 1 (both raters used one
+    and the same label throughout), where kappa is 0/0.
     """
+    from sklearn.metrics import cohen_kappa_score
+
     if len(a) != len(b):
         raise ValueError(f"cohen_kappa: {len(a)} labels against {len(b)}")
     if len(a) == 0:

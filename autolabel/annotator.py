@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +80,10 @@ class Annotator:
 
     # -- identity ------------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self.settings, k) for k in OUTPUT_PARAMS}
+        params = {k: getattr(self.settings, k) for k in OUTPUT_PARAMS}
+        if self.settings.few_shot and self.settings.embeddings != Settings.model_fields["embeddings"].default:
+            params["embeddings"] = self.settings.embeddings  # another embedder picks other examples: another run
+        return params
 
     def params_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
@@ -109,33 +112,26 @@ class Annotator:
             results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
             source = _aiter(dialogues)
             lock = asyncio.Lock()
-            budget_hit = asyncio.Event()  # no new dialogue starts; the running ones finish and are stored
-            finished = 0  # dialogues the workers have finished, stored ones included
 
             async def worker() -> None:
-                nonlocal finished
                 while True:
-                    async with lock:
-                        d = None if budget_hit.is_set() else await anext(source, None)
-                        if d is not None and self._over_budget(run, finished):
-                            budget_hit.set()
-                            d = None  # not started: a re-run reads it again
+                    async with lock:  # once a call was refused no new dialogue starts: a re-run reads it again
+                        d = None if self._over_budget(run) else await anext(source, None)
                     if d is None:
                         return
                     try:
                         res = await self._one(run, d)
                     except BudgetExceeded:  # a call was refused: this dialogue stays resumable from its checkpoint
-                        budget_hit.set()
-                        return
-                    finished += 1
+                        return  # (the others go on until their own next call is refused)
                     if res is not None:
                         await results.put(res)
 
             async def drive() -> None:
                 try:
                     await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
-                    if budget_hit.is_set():  # raised to the consumer after every finished result
-                        await results.put(BudgetExceeded(run.llm.cost_usd, self.settings.max_cost or 0.0))
+                    if self._over_budget(run):  # raised to the consumer after every finished result
+                        budget = run.llm.budget
+                        await results.put(BudgetExceeded(budget.spent, budget.limit or 0.0))
                 except BaseException as e:  # handed to the consumer below, which re-raises it
                     await results.put(e)
                 await results.put(None)
@@ -146,6 +142,7 @@ class Annotator:
                     if isinstance(item, BaseException):
                         if isinstance(item, BudgetExceeded):
                             run.summary.stopped_reason = "budget"
+                            self._totals(run)  # the calls of the dialogues left unfinished cost too
                         raise item
                     self._count(run, item)
                     if progress:
@@ -227,7 +224,7 @@ class Annotator:
                 from .evaluate import load_routing  # here: scikit-learn loads only when a run starts
 
                 thresholds, calibrate = load_routing(store, self.task, s.model)
-                picker = few_shot_picker(store, self.task, s.few_shot)  # None without gold: no embedding model
+                picker = few_shot_picker(store, self.task, s)  # None without gold: no embedding model
                 self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
                                     thresholds=thresholds, calibrate=calibrate, examples=picker,
                                     knn_agreement=picker.knn_agreement if picker else None,
@@ -281,20 +278,20 @@ class Annotator:
         s.turns += len(r.turns)
         for k, v in r.counts().items():
             setattr(s, k, getattr(s, k) + v)
+        self._totals(run)
+
+    def _totals(self, run: RunState) -> None:
+        s = run.summary
         t = run.llm.totals
         s.calls, s.cache_hits = t.calls, t.cache_hits
         s.prompt_tokens, s.completion_tokens = t.prompt_tokens, t.completion_tokens
-        s.cost_usd = run.llm.cost_usd
+        s.cost_usd = run.llm.budget.spent  # every request answered, whether or not its turn finished
         s.seconds = round(time.monotonic() - run.started, 3)
 
-    def _over_budget(self, run: RunState, finished: int) -> bool:
-        """Would one more dialogue pass ``max_cost``? Spent so far plus the mean cost of the ``finished``
-        dialogues less the stored ones (they cost nothing). Dialogues already running may pass it a little."""
-        limit = self.settings.max_cost
-        if limit is None:
-            return False
-        spent, done = run.llm.cost_usd, finished - run.summary.skipped_dialogues
-        return spent >= limit or (done > 0 and spent + spent / done > limit)
+    def _over_budget(self, run: RunState) -> bool:
+        """Has ``max_cost`` refused a call? Each call is admitted only if its worst-case cost fits in what is
+        left (``budget.py``); after a refusal no new dialogue starts."""
+        return run.llm.budget.closed
 
     def _finish(self, run: RunState) -> None:
         if self._ctx.lease_owner is not None:
@@ -329,6 +326,49 @@ def _serde() -> JsonPlusSerializer:
         Dialogue, Turn, TurnAnnotation, SessionAnnotation, FieldConfidence, Status])
 
 
+class _SqliteSaver(AsyncSqliteSaver):
+    """LangGraph's SQLite checkpointer, closed only after every write it was handed has ended (``writes_done``).
+
+    LangGraph runs checkpoint writes as background tasks and awaits them before ``ainvoke`` returns, except
+    the writes of the branches it cancels on the way out when another branch of the step raised (e.g.
+    BudgetExceeded): the cancelled tasks' done-callbacks submit those after the executor took the list of
+    tasks it awaits (langgraph 1.2, ``AsyncBackgroundExecutor.__aexit__``), so they may still run after the
+    run has ended. Closing the connection under one, between its INSERT and its COMMIT, makes sqlite3 close a
+    "zombie": the write's cursor is still alive, so SQLite keeps the open transaction, and with it the
+    database's write lock, until that cursor is collected, and every other write to the file fails with
+    "database is locked". Counted from the moment LangGraph asks for a write (its task may wait on a semaphore
+    before it starts)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writes = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def aput(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:  # type: ignore[override]
+        return self._counted(super().aput(*args, **kwargs))
+
+    def aput_writes(self, config: Any, writes: Any, task_id: str,  # type: ignore[override]
+                    task_path: str = "") -> Coroutine[Any, Any, Any]:  # its parameters: LangGraph inspects them
+        return self._counted(super().aput_writes(config, writes, task_id, task_path))
+
+    def _counted(self, write: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
+        self._writes += 1
+        self._idle.clear()
+        return self._awaited(write)
+
+    async def _awaited(self, write: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await write
+        finally:
+            self._writes -= 1
+            if not self._writes:
+                self._idle.set()
+
+    async def writes_done(self) -> None:
+        await self._idle.wait()
+
+
 @asynccontextmanager
 async def _checkpointer(db: str) -> AsyncIterator[Any]:
     """LangGraph's checkpointer for the same database: SQLite (WAL) or PostgreSQL."""
@@ -348,16 +388,19 @@ async def _checkpointer(db: str) -> AsyncIterator[Any]:
             yield saver
         return
     conn = await aiosqlite.connect(db if db.startswith("file:") else str(Path(db).expanduser()), timeout=30, uri=True)
+    checkpoints = _SqliteSaver(conn, serde=_serde())
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA busy_timeout=30000")
-        saver = AsyncSqliteSaver(conn, serde=_serde())
-        await saver.setup()
-        yield saver
+        await checkpoints.setup()
+        yield checkpoints
     except sqlite3.DatabaseError as e:  # from the checkpointer's own connection: a read-only file, a full disk
         raise StoreError(f"cannot write to {db}: {e}") from None
     finally:
-        await conn.close()
+        try:  # no write may be cut between its INSERT and its COMMIT (see _SqliteSaver)
+            await checkpoints.writes_done()
+        finally:
+            await conn.close()
 
 
 async def _try_lock(conn: Any, key: int) -> bool:

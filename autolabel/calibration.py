@@ -18,9 +18,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import beta
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 __all__ = [
     "CalibrationMethod",
@@ -64,6 +61,8 @@ class _Isotonic:
         seen = ~np.isnan(col)
         if not seen.any():
             raise ValueError("isotonic calibration: the signal is missing on every item")
+        from sklearn.isotonic import IsotonicRegression  # scikit-learn loads when a calibrator is fitted, not on import
+
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
         iso.fit(col[seen], correct[seen].astype(float))
         return cls(tuple(map(float, iso.X_thresholds_)), tuple(map(float, iso.y_thresholds_)),
@@ -113,6 +112,8 @@ class _Logistic:
         var = np.divide(np.where(seen, (x - mean) ** 2, 0.0).sum(axis=0), count,
                         out=np.zeros(x.shape[1]), where=count > 0)
         scale = np.where(var > 0, np.sqrt(var), 1.0)
+        from sklearn.linear_model import LogisticRegression
+
         model = LogisticRegression(C=1.0, max_iter=1000)
         model.fit(cls._design(x, mean, scale), correct.astype(int))
         k = x.shape[1]
@@ -252,6 +253,8 @@ class ThresholdResult:
 
 def _clopper_pearson_upper(k: np.ndarray, n: np.ndarray, delta: float) -> np.ndarray:
     """One-sided (1 − delta) upper bound on an error rate from k errors in n: BetaInv(1 − delta; k+1, n−k)."""
+    from scipy.stats import beta  # SciPy loads when a threshold is certified, not on import
+
     upper = np.ones(k.shape)
     some_right = k < n
     upper[some_right] = beta.ppf(1.0 - delta, k[some_right] + 1, n[some_right] - k[some_right])

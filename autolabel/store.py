@@ -8,6 +8,7 @@ written by LangGraph's checkpointer).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -243,13 +244,19 @@ class Store:
 
     # -- LLM calls and cache (the CallLog protocol) ----------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT response_json FROM llm_cache WHERE key=:k", k=key)
-        return json.loads(rows[0][0]) if rows else None
+        """The cached completion (a ``ChatCompletion`` dict) of the request with this cache key, or None."""
+        rows = self._rows("SELECT response, response_json FROM llm_cache WHERE key=:k", k=key)
+        if not rows:
+            return None
+        packed, plain = rows[0]
+        return json.loads(zlib.decompress(packed) if packed is not None else plain)  # plain: rows of before 007
 
     def cache_put(self, key: str, model: str, response: dict[str, Any]) -> None:
-        sql = ("INSERT INTO llm_cache (key, model, response_json, created_at) VALUES (:k, :m, :j, :t)"
+        """Cache a completion (a ``ChatCompletion`` dict, as ``llm.cached_reply`` trims it), zlib-compressed."""
+        packed = zlib.compress(json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode())
+        sql = ("INSERT INTO llm_cache (key, model, response, created_at) VALUES (:k, :m, :z, :t)"
                " ON CONFLICT (key) DO NOTHING")
-        self._write(sql, {"k": key, "m": model, "j": json.dumps(response, ensure_ascii=False), "t": now()})
+        self._write(sql, {"k": key, "m": model, "z": packed, "t": now()})
 
     def log_call(self, **f: Any) -> None:
         self.log_calls([f])

@@ -1,21 +1,33 @@
-"""Response models for instructor, built from the JSON Schemas a task spec generates.
+"""Response models for instructor, built from the JSON Schemas a task spec generates, and validation against them.
 
 instructor wants a pydantic model. We give it one whose JSON Schema *is* the task's generated schema (so the model
 and the validator see the same schema) and whose validation *is* jsonschema Draft 2020-12 against that schema.
 A failure becomes a pydantic ``ValidationError`` carrying every jsonschema message with its path, which instructor
 sends back to the model as the re-ask.
+
+Validation runs several times per turn (the answer in instructor, the final labels, the annotation record when it
+is probed and when it is stored), and jsonschema walks a schema at some 5 µs per keyword: ~230 µs for an annotation
+record. So each schema is also compiled once into a yes/no check (:func:`fast_check`) of the keywords our schemas
+use, with jsonschema's semantics; only when it says no does jsonschema run, for the messages. A schema with any
+other keyword gets no compiled check: jsonschema alone decides, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, cast
 
 import instructor
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, model_validator
+
+Check = Callable[[Any], bool]
 
 
 class SchemaAnswer(BaseModel):
@@ -24,10 +36,13 @@ class SchemaAnswer(BaseModel):
     model_config = ConfigDict(extra="allow")
     json_schema_: ClassVar[dict[str, Any]] = {}
     validator_: ClassVar[Draft202012Validator]
+    check_: ClassVar[Check | None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _check(cls, data: Any) -> Any:
+        if cls.check_ is not None and cls.check_(data):
+            return data
         errors = sorted(cls.validator_.iter_errors(data), key=lambda e: e.json_path)
         if errors:
             raise ValueError("; ".join(f"{e.json_path}: {e.message}" for e in errors[:8]))
@@ -41,14 +56,58 @@ class SchemaAnswer(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+@dataclass(frozen=True, eq=False)
+class Compiled:
+    """A schema, ready to validate: its canonical JSON (sorted keys), digest, jsonschema validator, compiled check."""
+
+    schema: dict[str, Any]
+    json: str
+    digest: str
+    validator: Draft202012Validator
+    check: Check | None
+
+    def iter_errors(self, value: Any) -> Iterator[ValidationError]:
+        """jsonschema's errors of ``value``, in its order; none, without running it, when the compiled check passes."""
+        if self.check is not None and self.check(value):
+            return iter(())
+        return self.validator.iter_errors(value)
+
+
+@lru_cache(maxsize=256)
+def _compile_json(schema_json: str) -> Compiled:
+    schema = json.loads(schema_json)
+    return Compiled(schema, schema_json, hashlib.sha256(schema_json.encode()).hexdigest()[:16],
+                    Draft202012Validator(schema), fast_check(schema))
+
+
+_SEEN: dict[int, tuple[Any, Compiled]] = {}
+"""Schemas already compiled, by identity: the graph passes the same dict object for every turn of a role, and this
+spares serialising it again per call. Each entry keeps its schema alive, so an id is not reused while it is here.
+Schemas are never changed in place once built (``TaskSpec`` builds a new dict on every call)."""
+_SEEN_MAX = 256
+
+
+def compile_schema(schema: dict[str, Any]) -> Compiled:
+    """The compiled form of ``schema`` (cached by content, and by identity for a schema passed again)."""
+    seen = _SEEN.get(id(schema))
+    if seen is not None and seen[0] is schema:
+        return seen[1]
+    compiled = _compile_json(json.dumps(schema, sort_keys=True))
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN[id(schema)] = (schema, compiled)
+    return compiled
+
+
 def schema_digest(schema: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+    return compile_schema(schema).digest
 
 
 @lru_cache(maxsize=256)
 def _model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
-    schema = json.loads(schema_json)
-    attrs = {"json_schema_": schema, "validator_": Draft202012Validator(schema), "__module__": __name__}
+    c = _compile_json(schema_json)
+    attrs = {"json_schema_": json.loads(schema_json), "validator_": c.validator, "check_": c.check,
+             "__module__": __name__}
     return type(name, (SchemaAnswer,), attrs)
 
 
@@ -61,10 +120,140 @@ def _response_model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
 
 def response_model(name: str, schema: dict[str, Any]) -> type[SchemaAnswer]:
     """The (cached) response model class for a JSON Schema, ready for instructor."""
-    return _response_model_for(name, json.dumps(schema, sort_keys=True))
+    return _response_model_for(name, compile_schema(schema).json)
 
 
 def validation_errors(schema: dict[str, Any], value: Any) -> list[str]:
     """Every jsonschema error of ``value`` against ``schema``, each with its JSON path."""
-    v = _model_for("Check", json.dumps(schema, sort_keys=True)).validator_
-    return [f"{e.json_path}: {e.message}" for e in sorted(v.iter_errors(value), key=lambda e: e.json_path)]
+    errors = sorted(compile_schema(schema).iter_errors(value), key=lambda e: e.json_path)
+    return [f"{e.json_path}: {e.message}" for e in errors]
+
+
+# -- compiled checks ------------------------------------------------------------------------------------------
+
+class _Unsupported(Exception):
+    """The schema uses a keyword (or a value of one) that ``fast_check`` does not compile."""
+
+
+_TYPES: dict[str, Check] = {  # Draft 2020-12's type checker in jsonschema: a bool is not a number
+    "array": lambda v: isinstance(v, list),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "string": lambda v: isinstance(v, str),
+}
+_NUMBER = _TYPES["number"]
+_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "default", "examples", "deprecated",
+                          "readOnly", "writeOnly"})
+
+
+def fast_check(schema: Any) -> Check | None:
+    """A yes/no check of ``schema`` that says yes exactly when jsonschema (Draft 2020-12) finds no error, or None
+    when the schema uses anything but these keywords: type, enum and const (of strings), properties, required,
+    additionalProperties, items, min/maxItems, uniqueItems, min/maxLength, pattern, minimum, maximum,
+    exclusiveMinimum/Maximum, allOf, anyOf, oneOf, not, if/then/else; and annotations (title, description...)."""
+    try:
+        return _compile(schema)
+    except _Unsupported:
+        return None
+
+
+def _compile(schema: Any) -> Check:
+    if schema is True:
+        return lambda v: True
+    if schema is False:
+        return lambda v: False
+    if not isinstance(schema, dict):
+        raise _Unsupported
+    compiled = (_keyword(key, value, schema) for key, value in schema.items()
+                if key not in _ANNOTATIONS and key not in ("then", "else"))  # then/else belong to "if"
+    checks = [c for c in compiled if c is not None]
+    if not checks:
+        return lambda v: True
+    if len(checks) == 1:
+        return checks[0]
+    return lambda v: all(c(v) for c in checks)
+
+
+def _keyword(key: str, value: Any, schema: dict[str, Any]) -> Check | None:
+    if key == "type":
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or any(n not in _TYPES for n in names):
+            raise _Unsupported
+        preds = [_TYPES[n] for n in names]
+        return preds[0] if len(preds) == 1 else (lambda v: any(p(v) for p in preds))
+    if key == "enum" or key == "const":  # strings only: a string equals only an equal string (jsonschema's equal)
+        options = value if key == "enum" else [value]
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            raise _Unsupported
+        allowed = frozenset(options)
+        return lambda v: isinstance(v, str) and v in allowed
+    if key == "properties":
+        if not isinstance(value, dict):
+            raise _Unsupported
+        props = [(name, _compile(sub)) for name, sub in value.items()]
+        return lambda v: not isinstance(v, dict) or all(c(v[n]) for n, c in props if n in v)
+    if key == "required":
+        if not isinstance(value, list):
+            raise _Unsupported
+        names = list(value)
+        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+    if key == "additionalProperties":
+        if "patternProperties" in schema:
+            raise _Unsupported
+        known = frozenset(schema.get("properties", {}))
+        if value is True:
+            return None
+        if value is False:
+            return lambda v: not isinstance(v, dict) or all(k in known for k in v)
+        extra = _compile(value)
+        return lambda v: not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
+    if key == "items":
+        if "prefixItems" in schema:
+            raise _Unsupported
+        item = _compile(value)
+        return lambda v: not isinstance(v, list) or all(item(x) for x in v)
+    if key in ("minItems", "maxItems", "minLength", "maxLength"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Unsupported
+        kind = list if key.endswith("Items") else str
+        if key.startswith("min"):
+            return lambda v: not isinstance(v, kind) or len(v) >= value
+        return lambda v: not isinstance(v, kind) or len(v) <= value
+    if key == "uniqueItems":  # items that are all strings are unique as a set; anything else: ask jsonschema
+        if value is False:
+            return None
+        return lambda v: not isinstance(v, list) or (all(isinstance(x, str) for x in v) and len(set(v)) == len(v))
+    if key == "pattern":
+        if not isinstance(value, str):
+            raise _Unsupported
+        rx = re.compile(value)
+        return lambda v: not isinstance(v, str) or rx.search(v) is not None
+    if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if not _NUMBER(value):
+            raise _Unsupported
+        bound = value
+        compare: Callable[[Any], bool] = {
+            "minimum": lambda v: v >= bound, "maximum": lambda v: v <= bound,
+            "exclusiveMinimum": lambda v: v > bound, "exclusiveMaximum": lambda v: v < bound}[key]
+        return lambda v: not _NUMBER(v) or compare(v)
+    if key in ("allOf", "anyOf", "oneOf"):
+        if not isinstance(value, list) or not value:
+            raise _Unsupported
+        subs = [_compile(s) for s in value]
+        if key == "allOf":
+            return lambda v: all(c(v) for c in subs)
+        if key == "anyOf":
+            return lambda v: any(c(v) for c in subs)
+        return lambda v: sum(1 for c in subs if c(v)) == 1
+    if key == "not":
+        inner = _compile(value)
+        return lambda v: not inner(v)
+    if key == "if":
+        test = _compile(value)
+        then = _compile(schema["then"]) if "then" in schema else None
+        else_ = _compile(schema["else"]) if "else" in schema else None
+        return lambda v: (then is None or then(v)) if test(v) else (else_ is None or else_(v))
+    raise _Unsupported

@@ -49,6 +49,18 @@ def _turns_done(db: Path) -> int:
         return -1  # busy or not yet created: this sample has no count
 
 
+def _table_mb(conn: sqlite3.Connection) -> dict[str, float]:
+    """MB per table and index (SQLite's dbstat), and ``(free pages)``: pages the file holds for reuse (the
+    checkpoints of finished dialogues are deleted; their pages serve the next ones)."""
+    try:
+        rows = conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+    except sqlite3.OperationalError:  # an SQLite built without dbstat
+        return {}
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return {name: round(size / 2**20, 2) for name, size in rows} | {"(free pages)": round(free * page / 2**20, 2)}
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -138,6 +150,7 @@ def main() -> None:
         with sqlite3.connect(db) as conn:
             turns = dict(conn.execute("SELECT status, COUNT(*) FROM turns GROUP BY status").fetchall())
             calls = conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
+            tables = _table_mb(conn)
         store_mb = sum(Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists()) / 2**20
         out_file = work / "labels.jsonl"
         export = watch([sys.executable, "-m", "autolabel", "export", "--db", str(db), "--format", "jsonl",
@@ -155,6 +168,7 @@ def main() -> None:
         "turns": a.turns, "per_dialogue": a.per_dialogue, "concurrency": a.concurrency, "critique": a.critique,
         "input_mb": input_mb, "generate_seconds": generated,
         "turn_states": turns, "calls": calls, "store_mb": store_mb,
+        "store_kb_per_turn": 1024 * store_mb / max(1, sum(turns.values())), "store_tables_mb": tables,
         "run": {k: v for k, v in run.items() if k != "samples"} | {
             "turns_per_second": done / run["seconds"], "client_cpu_ms_per_turn": 1000 * run["cpu_seconds"] / done,
             "server_cpu_seconds": server_cpu, "rss_at_marks": marks,
@@ -173,6 +187,9 @@ def main() -> None:
          export["peak_rss_mb"], f"output {export['output_mb']:.0f}"],
     ]))
     print(f"turn states: {turns}")
+    largest = ", ".join(f"{name} {mb:.1f}" for name, mb in list(tables.items())[:4])
+    print(f"store: {store_mb:.1f} MB, {result['store_kb_per_turn']:.2f} KB per turn (MB: {largest}; "
+          f"free pages {tables.get('(free pages)', 0.0):.1f})")
     path = write_result("memory", result, a.out)
     print(f"\nwritten {path}")
 

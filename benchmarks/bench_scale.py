@@ -16,11 +16,12 @@ requests in flight (more get HTTP 429 with Retry-After, as a real provider's rat
    ``paced`` (each reviewer pauses ``--think-ms`` between items — still far faster than a person). Reported:
    p50, p90, p99, max, and the throughput. Goal: p99 of claim + submit ≤ 50 ms.
 
-Prints the tables and writes ``benchmarks/results/scale.json``. Usage::
+Prints markdown tables and writes ``benchmarks/results/scale.json`` (``--out``; with ``--skip-workers`` or
+``--skip-review`` that part of the file is kept as it was). Usage::
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--workers 1,2,4] [--dialogues 30] [--latency 1.0]
         [--endpoint-limit 12] [--worker-concurrency 4] [--items 100000] [--reviewers 10] [--per-reviewer 300]
-        [--think-ms 500]
+        [--think-ms 500] [--skip-workers] [--skip-review] [--out FILE]
 """
 
 from __future__ import annotations
@@ -215,6 +216,25 @@ def bench_review(n_items: int, reviewers: int, per: int, think_ms: float) -> dic
 
 # -- main -----------------------------------------------------------------------------------------------------------
 
+def worker_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| workers | calls in flight | seconds | turns/s | calls/s | speed-up | efficiency | 429s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['workers'] * r['worker_concurrency']} | {r['seconds']:.1f} |"
+              f" {r['turns_per_s']:.2f} | {r['calls_per_s']:.2f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |"
+              f" {r['rate_limited']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def review_table(review: dict[str, Any]) -> str:
+    lines = ["| pass | think time | reviews/s | claim p50 / p99 ms | claim+submit p50 / p99 ms | p99 ≤ 50 ms |",
+             "|---|---|---|---|---|---|"]
+    for mode, r in review.items():
+        c, t = r["claim_ms"], r["claim_submit_ms"]
+        lines.append(f"| {mode} | {r['think_ms']:g} ms | {r['reviews_per_s']} | {c['p50']} / {c['p99']} |"
+                     f" {t['p50']} / {t['p99']} | {'yes' if t['p99'] <= 50 else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2,4")
@@ -226,24 +246,25 @@ def main() -> None:
     ap.add_argument("--reviewers", type=int, default=10)
     ap.add_argument("--per-reviewer", type=int, default=300)
     ap.add_argument("--think-ms", type=float, default=500, help="mean pause between items in the paced pass")
-    ap.add_argument("--skip-workers", action="store_true")
-    ap.add_argument("--skip-review", action="store_true")
+    ap.add_argument("--skip-workers", action="store_true", help="keep the workers part of --out as it is")
+    ap.add_argument("--skip-review", action="store_true", help="keep the review part of --out as it is")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = ap.parse_args()
     tmp = Path(cluster().root)  # the cluster's folder (removed at exit) also holds the input files
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                            "platform": platform.platform()}}
+    if args.skip_workers and "workers" in earlier:
+        results["workers"] = earlier["workers"]
+    if args.skip_review and "review" in earlier:
+        results["review"] = earlier["review"]
     if not args.skip_workers:
         print(f"workers: {args.dialogues} dialogues, {args.latency:g} s per call, endpoint limit "
               f"{args.endpoint_limit} in flight, {args.worker_concurrency} calls in flight per worker", flush=True)
         rows = bench_workers([int(x) for x in args.workers.split(",")], args.dialogues, args.latency,
                              args.endpoint_limit, args.worker_concurrency, tmp)
         results["workers"] = {"latency_s": args.latency, "endpoint_limit": args.endpoint_limit, "runs": rows}
-        print(f"\n{'workers':>7} {'in flight':>9} {'seconds':>8} {'turns/s':>8} {'calls/s':>8} {'speed-up':>8}"
-              f" {'efficiency':>10} {'429s':>6}")
-        for r in rows:
-            print(f"{r['workers']:>7} {r['workers'] * r['worker_concurrency']:>9} {r['seconds']:>8.1f}"
-                  f" {r['turns_per_s']:>8.2f} {r['calls_per_s']:>8.2f} {r['speedup']:>8.2f} {r['efficiency']:>10.2f}"
-                  f" {r['rate_limited']:>6}")
+        print("\n" + worker_table(rows))
     if not args.skip_review:
         results["review"] = {}
         for mode, think in (("closed", 0.0), ("paced", args.think_ms)):
@@ -252,14 +273,10 @@ def main() -> None:
             r = results["review"][mode] = bench_review(args.items, args.reviewers, args.per_reviewer, think)
             print(f"loaded in {r['load_seconds']} s; {r['reviewed']} reviews in {r['seconds']} s "
                   f"({r['reviews_per_s']}/s); load average {r['load_average']}")
-            print(f"{'ms':>14} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-            for k in ("claim_ms", "claim_submit_ms"):
-                v = r[k]
-                print(f"{k[:-3]:>14} {v['p50']:>7} {v['p90']:>7} {v['p99']:>7} {v['max']:>7}")
-            print(f"goal p99 claim+submit <= 50 ms: {'met' if r['claim_submit_ms']['p99'] <= 50 else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+        print("\n" + review_table(results["review"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

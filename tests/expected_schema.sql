@@ -15,7 +15,7 @@ CREATE INDEX ix_review_claim ON review_items (priority, id) WHERE status IN ('pe
 CREATE INDEX ix_review_queue ON review_items (status, priority)
 CREATE INDEX ix_reviews_item ON reviews (item_id)
 CREATE TABLE job_dialogues ( run_id TEXT NOT NULL, dialogue_id TEXT NOT NULL, dialogue_json TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (run_id, dialogue_id) )
-CREATE TABLE llm_cache ( "key" TEXT NOT NULL, model TEXT NOT NULL, response_json TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY ("key") )
+CREATE TABLE "llm_cache" ( "key" TEXT NOT NULL, model TEXT NOT NULL, response_json TEXT, created_at TEXT NOT NULL, response BLOB, PRIMARY KEY ("key") )
 CREATE TABLE llm_calls ( id INTEGER NOT NULL, run_id TEXT, dialogue_id TEXT, turn_index INTEGER, purpose TEXT NOT NULL, model TEXT NOT NULL, params_hash TEXT NOT NULL, cache_key TEXT NOT NULL, attempt INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, latency_ms FLOAT NOT NULL, outcome TEXT NOT NULL, cost_usd FLOAT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (id) )
 CREATE TABLE migrations ( name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (name) )
 CREATE TABLE provider_batches ( id TEXT NOT NULL, run_id TEXT NOT NULL, status TEXT NOT NULL, requests INTEGER NOT NULL, input_file_id TEXT NOT NULL, output_file_id TEXT, error_file_id TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (id) )

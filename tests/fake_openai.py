@@ -21,6 +21,11 @@ How one chat request is answered, in order:
 
 ``replies`` runs on the server's event-loop thread. Token counts use tiktoken's ``o200k_base``, built offline
 by ``autolabel.tokens`` (no download).
+
+``POST /v1/embeddings`` answers with ``embed_text`` vectors: a hashed bag of words and character trigrams (CJK:
+character bigrams), so texts sharing words are near; deterministic, not normalised (some servers do not normalise
+either), base64 or float lists as ``encoding_format`` asks. Bodies are recorded in ``embedding_requests``; the first
+``embedding_faults`` requests are answered with those faults, in order (content faults: an unreadable reply).
 Run ``python -m tests.fake_openai --help`` for a standalone server.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import functools
 import hashlib
 import itertools
@@ -35,6 +41,7 @@ import json
 import logging
 import math
 import random
+import re
 import socket
 import threading
 import time
@@ -45,6 +52,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
+import numpy as np
 import tiktoken
 import uvicorn
 from starlette.applications import Starlette
@@ -165,6 +173,35 @@ def _logprobs(content: str, logprob: float | Callable[[str], float], top_n: int)
 
 _ALTERNATIVE_TOKENS = (" the", " a", " and", ",", ".", " to", " of", " is", " in", " that", " it", " not",
                        " for", " with", " as", " on", " be", " at", " by", " this", " an", " or")
+
+
+# --- embeddings ------------------------------------------------------------------------------------
+
+EMBEDDING_DIM = 256
+_WORDS = re.compile(r"[\u3400-\u9fff]+|[^\W\d_]+|\d+")
+_STOP = frozenset("a an and are at be but do for i i'm in is it me my of on or so that the to was with you".split())
+
+
+def _features(text: str) -> list[str]:
+    out = []
+    for word in _WORDS.findall(text.lower()):
+        if word in _STOP:
+            continue
+        if "\u3400" <= word[0] <= "\u9fff":
+            out += [word[i:i + 2] for i in range(max(1, len(word) - 1))]
+            continue
+        padded = f"<{word}>"
+        out += [word, *(padded[i:i + 3] for i in range(len(padded) - 2))]
+    return out
+
+
+def embed_text(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """The fake endpoint's vector for ``text`` (see the module docstring): signed feature hashing, raw counts."""
+    vec = [0.0] * dim
+    for feature in _features(text):
+        h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "big")
+        vec[h % dim] += 1.0 if (h >> 63) else -1.0
+    return vec
 
 
 # --- JSON Schema synthesis -------------------------------------------------------------------------
@@ -377,9 +414,12 @@ class FakeOpenAIServer:
                  max_concurrency: int | None = None, rate_limit_per_min: float | None = None,
                  fault_rate: float = 0.0, fault_kinds: Sequence[str] = ALL_FAULTS,
                  logprob: float | Callable[[str], float] = -0.01, timeout_sleep: float = 30.0,
-                 supports_logprobs: bool = True, batch_delay: float | None = None, port: int = 0) -> None:
-        for kind in fault_kinds:
+                 supports_logprobs: bool = True, batch_delay: float | None = None, port: int = 0,
+                 embedding_faults: Sequence[str] = ()) -> None:
+        for kind in (*fault_kinds, *embedding_faults):
             Fault(kind)
+        self.embedding_faults = list(embedding_faults)
+        self.embedding_requests: list[dict] = []
         self.replies, self.seed, self.latency = replies, seed, latency
         self.max_concurrency, self.rate_limit_per_min = max_concurrency, rate_limit_per_min
         self.fault_rate, self.fault_kinds = fault_rate, tuple(fault_kinds)
@@ -454,6 +494,7 @@ class FakeOpenAIServer:
         return Starlette(routes=[
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/files", self._create_file, methods=["POST"]),
             Route("/v1/files/{file_id}", self._get_file, methods=["GET"]),
             Route("/v1/files/{file_id}/content", self._file_content, methods=["GET"]),
@@ -537,6 +578,47 @@ class FakeOpenAIServer:
                 await asyncio.sleep(0.05)
             return JSONResponse(self.completion(body))
         return JSONResponse(self.completion(body, fault=fault.kind))
+
+    # --- embeddings ---
+
+    async def _embeddings(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        with self._lock:
+            self.embedding_requests.append(body)
+            self.stats["embedding_requests"] += 1
+            fault = self.embedding_faults.pop(0) if self.embedding_faults else None
+        if fault is not None:
+            self._count(f"fault_{fault}")
+            if fault in (FAULT_429, FAULT_429_RETRY_AFTER):
+                return _error(429, headers=_retry_headers(DEFAULT_RETRY_AFTER) if fault == FAULT_429_RETRY_AFTER
+                              else None)
+            if fault in _ERROR_STATUS:
+                return _error(_ERROR_STATUS[fault])
+            if fault == FAULT_RESET:
+                return _ResetResponse()
+            if fault == FAULT_TIMEOUT:
+                deadline = time.monotonic() + self.timeout_sleep
+                while time.monotonic() < deadline and not self._closing and not await request.is_disconnected():
+                    await asyncio.sleep(0.05)
+            return Response('{"object": "list", "data": [ <html>502', media_type="application/json")
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
+            return _error(400, "'input' must be a non-empty string or a list of non-empty strings", param="input")
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vec: Any = embed_text(text)
+            if as_base64:
+                vec = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vec})
+        used = sum(len(_tokens(t)) for t in inputs)
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
+                             "usage": {"prompt_tokens": used, "total_tokens": used}})
 
     # --- chat completions ---
 

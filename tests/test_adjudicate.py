@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +21,8 @@ def db(tmp_path: Path) -> Path:
     """Three items that need two reviews each; alice and bob disagree on the first two, agree on the third."""
     db = tmp_path / "adj.db"
     synthetic_queue(db, 3, text=SCRIPT_TEXT)
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE review_items SET required_reviews=2")
     with ReviewQueue.open(db) as q:
+        assert q.require_reviews(2) == 3
         for alice, bob in ((["Anxiety"], ["Fear", "Sadness"]), (["Shame"], ["Guilty"]), (["Anger"], ["Anger"])):
             for reviewer, labels in (("alice", alice), ("bob", bob)):
                 item = q.claim(reviewer)

@@ -134,6 +134,28 @@ def test_cache_answers_identical_calls_without_the_endpoint(server: FakeOpenAISe
     assert len(server.requests) == sent and s.cache_hits > 0 and s.calls == 0
 
 
+def test_the_cache_keeps_a_small_reply_that_gives_the_same_records(server: FakeOpenAIServer, small_input: Path,
+                                                                  tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    annotator(server, db).run(small_input)
+    assert server.requests[0]["top_logprobs"] == 5  # each token came with five alternatives
+    sizes = db_rows(db, "SELECT MAX(LENGTH(response)), COUNT(response_json) FROM llm_cache")[0]
+    assert sizes[0] < 1500 and sizes[1] == 0  # compressed, alternatives left out (the whole reply took ~11 KB)
+    first = {(r["dialogue_id"], r.get("turn_index")): r for r in export_records(db)}
+    sent = len(server.requests)
+    copy = write_jsonl(tmp_path / "copy.jsonl", list(read_dialogues(small_input)))  # same dialogues, new run id
+    s = annotator(server, db).run(copy)
+    assert len(server.requests) == sent and s.calls == 0 and s.cache_hits > 0
+    again = [r for r in export_records(db) if r["run_id"] == s.run_id]
+    assert len(again) == len(first)
+    for r in again:  # labels, texts, confidence (from the cached logprobs), flags: as the paid calls gave them
+        assert {**r, "run_id": None} == {**first[(r["dialogue_id"], r.get("turn_index"))], "run_id": None}
+
+
+def export_records(db: Path) -> list[dict[str, Any]]:
+    return [json.loads(rec) for (rec,) in db_rows(db, "SELECT record_json FROM annotations WHERE is_final=1")]
+
+
 def test_export_records_validate_against_the_schemas(server: FakeOpenAIServer, small_input: Path,
                                                      tmp_path: Path) -> None:
     db = tmp_path / "runs.db"

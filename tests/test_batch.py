@@ -1,6 +1,6 @@
 """``run --batch-api``: the calls go out as provider batches (the scripted server's Files and Batches endpoints),
-come back through the same validation, re-asks and routing as direct calls, and a killed run resumes the batch it
-had submitted instead of paying for it again."""
+come back through the same validation, re-asks and routing as direct calls, and a run killed while its first or
+its second batch is running resumes that batch instead of paying for it again."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
@@ -101,35 +102,46 @@ def _run(input: Path, db: Path, base_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def test_a_killed_batch_run_resumes_its_submitted_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("killed_in_round", [1, 2])
+def test_a_killed_batch_run_resumes_its_submitted_batch(tmp_path: Path, killed_in_round: int) -> None:
+    """The run is SIGKILLed while its first batch (labels), or its second (critiques and re-asks, after the first
+    was collected), is running at the provider. Started again, it collects the batch it had submitted and finishes:
+    no request is submitted twice, none goes out as a direct call, every turn is labeled once."""
     input = write_jsonl(tmp_path / "in.jsonl", [dialogue(f"d{i}", 5) for i in range(6)])
     db = tmp_path / "runs.db"
-    with FakeOpenAIServer(seed=5, batch_delay=3.0) as srv:
+    with FakeOpenAIServer(seed=5, batch_delay=3.0 if killed_in_round == 1 else 0.2) as srv:
         proc = _run(input, db, srv.base_url)
-        deadline = time.monotonic() + 60
-        while not srv.batches and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        deadline = time.monotonic() + 90
+        while len(srv.batches) < killed_in_round and time.monotonic() < deadline and proc.poll() is None:
+            if srv.batches and next(iter(srv.batches.values()))["status"] == "completed":
+                srv.batch_delay = 3.0  # the first batch is done at the provider: the next one takes long
+            time.sleep(0.02)
         time.sleep(0.3)  # recorded in the store before it is first polled
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert len(srv.batches) == 1
-        first = next(iter(srv.batches))
-        assert rows(db, "SELECT id, status FROM provider_batches") == [(first, "submitted")]
-        srv.batch_delay = 0.2  # the first batch is done by now; the follow-up ones finish quickly
+        assert len(srv.batches) == killed_in_round
+        submitted = list(srv.batches)
+        running = submitted[-1]
+        expected = [(b, "collected") for b in submitted[:-1]] + [(running, "submitted")]
+        assert sorted(rows(db, "SELECT id, status FROM provider_batches")) == sorted(expected)
+        srv.batch_delay = 0.2  # the killed batch is done by now; the follow-up ones finish quickly
         again = _run(input, db, srv.base_url)
         out, err = again.communicate(timeout=120)
         assert again.returncode == 0, err.decode()[-2000:]
         sent = lines(srv)
-        assert srv.requests == []
-    assert rows(db, f"SELECT status FROM provider_batches WHERE id='{first}'") == [("collected",)]
+        assert srv.requests == [], "no direct call"
+    assert rows(db, f"SELECT status FROM provider_batches WHERE id='{running}'") == [("collected",)]
     keys = [line["custom_id"] for batch in sent for line in batch]
-    assert len(keys) == len(set(keys)), "nothing was submitted twice: the restarted run waited for the first batch"
+    assert len(keys) == len(set(keys)), "nothing was submitted twice: the restarted run waited for its batch"
     assert {k.split("/")[3] for k in keys[: len(sent[0])]} == {"label"}
+    if killed_in_round == 2:
+        assert {k.split("/")[3] for k in keys[len(sent[0]): len(sent[0]) + len(sent[1])]} == {"critique"}
     n_turns = sum(len(d.turns) for d in read_dialogues(input))
     per_turn = rows(db, "SELECT COUNT(*) FROM annotations WHERE is_final=1 AND kind='turn' GROUP BY dialogue_id,"
                         " turn_index")
     assert len(per_turn) == n_turns and {c for (c,) in per_turn} == {1}
+    assert rows(db, "SELECT COUNT(*) FROM annotations WHERE is_final=1 AND kind='session'") == [(6,)]
 
 
 def test_batch_api_needs_an_openai_model(tmp_path: Path) -> None:

@@ -53,3 +53,11 @@ def test_rate_limited_run_completes_without_failed_turns(tmp_path: Path) -> None
                  "--concurrency", "8", "--latency-ms", "20")
     assert data["error"] is None and data["failed_turns"] == 0 and data["turns"] == data["input_turns"]
     assert data["server"]["rate_limited"] > 0  # the limit was hit, and the run still finished
+
+
+def test_scale_workers_and_review_queue_on_postgresql(tmp_path: Path) -> None:
+    data = bench("scale", tmp_path / "scale.json", "--workers", "1,2", "--dialogues", "4", "--latency", "0.05",
+                 "--items", "2000", "--reviewers", "3", "--per-reviewer", "20", "--think-ms", "10")
+    runs = data["workers"]["runs"]
+    assert [r["workers"] for r in runs] == [1, 2] and len({r["turns"] for r in runs}) == 1
+    assert {m: r["reviewed"] for m, r in data["review"].items()} == {"closed": 60, "paced": 60}

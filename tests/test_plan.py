@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -17,16 +18,20 @@ from autolabel import (
     BudgetExceeded,
     ConfigError,
     Dialogue,
+    RunSummary,
     Settings,
     Turn,
     load_task,
     local,
     read_dialogues,
 )
+from autolabel.budget import Budget, prompt_counter
 from autolabel.cli import app
 from autolabel.plan import Purpose, plan, representative_answer, representative_critique
 from autolabel.pricing import price, pricer
+from autolabel.records import record_problems
 from autolabel.tasks import TaskSpec
+from autolabel.tokens import encoding
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer, count_prompt_tokens
 
@@ -195,58 +200,167 @@ def dialogue_states(db: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT dialogue_id, status FROM dialogues").fetchall())
 
 
-def assert_complete(db: Path, input: Path) -> set[str]:
-    """Every dialogue the store has is done and has exactly one final record per turn plus its session."""
+def stored_cost(db: Path) -> float:
+    """What the run's calls cost, as the call log has it."""
+    with sqlite3.connect(db) as conn:
+        return float(conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
+
+
+def assert_clean(db: Path, input: Path) -> set[str]:
+    """Nothing half-written. A dialogue is either done (all its turns stored, exactly one final record per turn
+    plus its session, every valid record valid for the schema and the task), or it was stopped by the budget: still
+    'running', nothing of it stored, and a checkpoint to resume from. Returns the done ones."""
     states = dialogue_states(db)
-    assert set(states.values()) <= {"done"}, states  # nothing left half-way
-    records = final_records(db)
-    assert len(records) == len(set(records))
+    assert set(states.values()) <= {"done", "running"}, states
+    done = {d for d, s in states.items() if s == "done"}
     turns = {d.id: len(d.turns) for d in read_dialogues(input)}
-    for did in states:
-        assert sorted(i for d, k, i in records if d == did and k == "turn") == list(range(turns[did]))
-        assert [k for d, k, _ in records if d == did].count("session") == 1
-    assert {d for d, _, _ in records} == set(states)
-    return set(states)
+    with sqlite3.connect(db) as conn:
+        (run_id,) = conn.execute("SELECT id FROM runs").fetchone()
+        records = conn.execute("SELECT dialogue_id, kind, turn_index, valid, record_json FROM annotations"
+                               " WHERE is_final=1").fetchall()
+        stored_turns = conn.execute("SELECT dialogue_id FROM turns").fetchall()
+        threads = {t for (t,) in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+        written = {d for table in ("annotations", "review_items")
+                   for (d,) in conn.execute(f"SELECT DISTINCT dialogue_id FROM {table}")}
+    assert written <= done
+    keys = [(d, k, i) for d, k, i, _, _ in records]
+    assert len(keys) == len(set(keys))
+    assert {d for d, *_ in records} == {d for (d,) in stored_turns} == done
+    for did in done:
+        assert sorted(i for d, k, i in keys if d == did and k == "turn") == list(range(turns[did]))
+        assert [k for d, k, _ in keys if d == did].count("session") == 1
+        assert stored_turns.count((did,)) == turns[did]
+    for d, k, i, valid, record in records:
+        assert not valid or record_problems(json.loads(record), TASK) == [], (d, k, i)
+    assert {f"{run_id}:{d}" for d in set(states) - done} <= threads  # resumable
+    return done
 
 
-@pytest.mark.parametrize("concurrency", [1, 3])
-def test_max_cost_stops_cleanly_and_a_higher_budget_resumes(tmp_path: Path, concurrency: int) -> None:
-    input = uniform_input(tmp_path / "in.jsonl", n=8)
+def assert_turns_add_up(db: Path, summary: RunSummary, done: set[str], input: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM turns GROUP BY status").fetchall())
+    counted = {"accepted": summary.accepted, "flagged": summary.flagged, "failed": summary.failed}
+    assert by_status == {k: v for k, v in counted.items() if v}
+    assert summary.turns == sum(counted.values()) == sum(len(d.turns) for d in read_dialogues(input)
+                                                         if d.id in done)
+
+
+def test_a_call_is_admitted_only_if_its_worst_case_fits() -> None:
+    """$1 a prompt token, $10 a completion token; every request here has 10 prompt tokens and max_tokens=5: a
+    worst case of $60 against a limit of $100."""
+    request = {"messages": [{"role": "user", "content": "x" * 10}], "max_tokens": 5}
+
+    async def scenario() -> None:
+        budget = Budget(100.0, lambda p, c: p + 10.0 * c, lambda kw: len(kw["messages"][0]["content"]), 512)
+        assert budget.worst_case(request) == 60.0
+        a = await budget.admit(request)
+        b = asyncio.create_task(budget.admit(request))  # 60 + 60 would pass 100: waits for the call in flight
+        await asyncio.sleep(0.01)
+        assert not b.done() and budget.reserved == 60.0
+        budget.settle(a, 20.0)  # a cost less than its worst case: b fits now (20 + 60)
+        assert await b == 60.0 and budget.spent == 20.0 and budget.reserved == 60.0
+        c = asyncio.create_task(budget.admit(request))
+        await asyncio.sleep(0.01)
+        assert not c.done()
+        budget.settle(60.0, 30.0)  # spent 50: c's 60 would not fit even with nothing in flight
+        with pytest.raises(BudgetExceeded) as e:
+            await c
+        assert (e.value.spent, e.value.limit, budget.closed) == (50.0, 100.0, True)
+        cheap = {**request, "max_tokens": 1}  # $20 would fit, but the budget is closed: the run is stopping
+        with pytest.raises(BudgetExceeded):
+            await budget.admit(cheap)
+        assert budget.spent == 50.0 and budget.reserved == 0.0 and budget.in_flight == 0
+
+    async def refusal_waits_for_the_calls_in_flight() -> None:
+        budget = Budget(100.0, lambda p, c: p + 10.0 * c, lambda kw: len(kw["messages"][0]["content"]), 512)
+        a = await budget.admit(request)
+        refused = asyncio.create_task(budget.admit({**request, "max_tokens": 10}))  # $110: never fits
+        await asyncio.sleep(0.01)
+        assert budget.closed and not refused.done()  # raised only once nothing is in flight
+        budget.settle(a, 25.0)
+        with pytest.raises(BudgetExceeded) as e:
+            await refused
+        assert e.value.spent == 25.0
+
+    asyncio.run(scenario())
+    asyncio.run(refusal_waits_for_the_calls_in_flight())
+
+
+def test_without_max_cost_every_call_is_admitted() -> None:
+    budget = Budget.of(Settings(model="openai:gpt-4o-mini"), lambda p, c: 1e9)
+    assert asyncio.run(budget.admit({"messages": [{"role": "user", "content": "hi"}]})) == 0.0
+    budget.settle(0.0, 0.5)
+    assert budget.spent == 0.5 and not budget.closed
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_max_cost_is_never_passed_and_a_higher_budget_resumes(tmp_path: Path, concurrency: int) -> None:
+    input = mixed_input(tmp_path / "in.jsonl", n=8)  # English and Chinese
     db = tmp_path / "runs.db"
-    with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
+    every = {d.id for d in read_dialogues(input)}
+    # a little latency: at concurrency 8 calls overlap, and a refusal meets calls in flight
+    with FakeOpenAIServer(replies=representative_replies(TASK), latency=0.02) as srv:
         settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(db), price_in=1000.0,
                             price_out=1000.0, concurrency=concurrency)
         estimate = plan(input, TASK, settings).cost_usd
         assert estimate is not None
-        per_dialogue = estimate / 8  # exact here: the server answers with the plan's representative answers
-        limit = 2.5 * per_dialogue
+        limit = 2.5 * estimate / 8  # two and a half dialogues' worth
         first = Annotator(TASK, settings=settings.model_copy(update={"max_cost": limit})).run(input)
         assert first.stopped_reason == "budget"
-        done = assert_complete(db, input)
-        if concurrency == 1:  # after two dialogues a third would pass the budget
-            assert len(done) == first.dialogues == 2 and first.cost_usd <= limit
-        else:  # three started at once before anything was spent: all finished and were stored
-            assert 3 <= len(done) == first.dialogues < 8
-        assert first.turns == 3 * len(done) and first.cost_usd == pytest.approx(per_dialogue * len(done))
+        spent = stored_cost(db)
+        assert spent <= limit and first.cost_usd == pytest.approx(spent)
+        done = assert_clean(db, input)
+        assert len(done) == first.dialogues < 8 and first.skipped_dialogues == 0
+        assert 0 < len(dialogue_states(db)) - len(done) <= concurrency  # stopped mid-way; no new one started
+        assert_turns_add_up(db, first, done, input)
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
+        sent_first = len(srv.requests)
 
         second = Annotator(TASK, settings=settings.model_copy(update={"max_cost": 100 * limit})).run(input)
     assert second.stopped_reason is None and second.skipped_dialogues == len(done)
-    assert assert_complete(db, input) == {f"u{i}" for i in range(8)}
-    assert len([r for r in final_records(db) if r[1] == "turn"]) == 24  # every turn exactly once
+    assert assert_clean(db, input) == every
+    assert_turns_add_up(db, second, every, input)  # the stored dialogues are counted too
+    assert len([r for r in final_records(db) if r[1] == "turn"]) == sum(len(d.turns) for d in read_dialogues(input))
+    bodies = [json.dumps(b, sort_keys=True) for b in srv.requests]
+    assert len(bodies) == len(set(bodies))  # no call answered before was sent again: the cache answered it
+    # the budget was used: what was left is less than the worst case of one call (the refused one)
+    budget = Budget.of(settings, pricer(settings)[0])
+    assert sent_first > 0 and limit - spent < max(budget.worst_case(b) for b in srv.requests)
+    assert stored_cost(db) == pytest.approx(spent + second.cost_usd)
+    for body in srv.requests:  # the estimate is never below what the endpoint counts
+        assert budget.count(body) >= count_prompt_tokens(body["messages"])
+
+
+def test_the_prompt_estimate_of_an_openai_model_is_its_token_count() -> None:
+    fields = TASK.fields_for("seeker")
+    assert fields is not None
+    messages = [{"role": "system", "content": prompts.label_system(TASK, fields, "zh")},
+                {"role": "user", "content": "我最近很焦虑，晚上睡不着觉。"}]
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": TASK.output_schema(fields)}}
+    count = prompt_counter("openai", "gpt-4o-mini")
+    assert count({"messages": messages}) == count_prompt_tokens(messages)  # o200k_base, the cookbook formula
+    with_schema = count({"messages": messages, "response_format": schema})
+    assert with_schema == count_prompt_tokens(messages) + len(encoding().encode(json.dumps(schema, ensure_ascii=False)))
+    approx = prompt_counter("openai", "my-llama")({"messages": messages})  # unknown tokenizer: UTF-8 bytes
+    assert approx >= 2 * count_prompt_tokens(messages)
 
 
 def test_the_streaming_api_raises_budget_exceeded_after_the_finished_results(tmp_path: Path) -> None:
     input = uniform_input(tmp_path / "in.jsonl", n=4)
     with FakeOpenAIServer(replies=representative_replies(TASK)) as srv:
         settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(tmp_path / "r.db"),
-                            price_in=1000.0, price_out=1000.0, concurrency=1, max_cost=1e-9)
+                            price_in=1000.0, price_out=1000.0, concurrency=1)
+        estimate = plan(input, TASK, settings).cost_usd
+        assert estimate is not None
+        limit = 2 * estimate / 4
         results = []
         with pytest.raises(BudgetExceeded) as e:
-            for r in Annotator(TASK, settings=settings).annotate_many(read_dialogues(input)):
+            for r in Annotator(TASK, settings=settings.model_copy(update={"max_cost": limit})).annotate_many(
+                    read_dialogues(input)):
                 results.append(r)
-    assert len(results) == 1 and e.value.limit == 1e-9 and e.value.spent > 0
+    assert 1 <= len(results) < 4 and all(len(r.turns) == 3 and r.session is not None for r in results)
+    assert e.value.limit == limit and 0 < e.value.spent <= limit
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------
@@ -280,11 +394,12 @@ def test_cli_run_stops_at_max_cost_with_its_exit_code_and_resumes(tmp_path: Path
         assert r.exit_code == BudgetExceeded.exit_code == 6, r.output
         assert "stopped: budget" in r.output and "--max-cost" in r.output
         assert "prices from --price-in" in r.output
-        assert len(assert_complete(db, input)) == 1
+        assert srv.requests == []  # not even the first call fits: nothing is sent, nothing spent
+        assert assert_clean(db, input) == set() and dialogue_states(db) == {"u0": "running"}
         r = runner.invoke(app, [*args, "--max-cost", "1000"], env={"COLUMNS": "200"})
         assert r.exit_code == 0, r.output
-        assert "stopped" not in r.output and "1 dialogue(s) were already done" in r.output
-    assert len(assert_complete(db, input)) == 4
+        assert "stopped" not in r.output
+    assert len(assert_clean(db, input)) == 4
 
 
 # -- local models -------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from autolabel import readers
 from autolabel.errors import InputError
 from autolabel.models import Dialogue
 from autolabel.readers import InputFormat, count_input, detect_format, read_dialogues
+from tests.conftest import shared_file
 
-PSY_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "psy-insight"
 MB = 1024 * 1024
 CSV_COLUMNS = ("dialogue_id", "turn_index", "speaker", "text")
 
@@ -425,11 +425,10 @@ def test_one_megabyte_turn_comes_through_whole_in_every_format(tmp_path: Path) -
 # -------------------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not PSY_DATA.is_dir(), reason=f"Psy-Insight data folder not found at {PSY_DATA}")
 @pytest.mark.parametrize(("name", "sessions", "turns"),
                          [("en_dev.json", 406, 4686), ("cn_dev.json", 333, 4452)])
 def test_real_psy_insight_files(name: str, sessions: int, turns: int) -> None:
-    path = PSY_DATA / name
+    path = shared_file(name)
     assert detect_format(path) is InputFormat.PSY_INSIGHT
     assert count_input(path) == (sessions, turns)
     dialogues, errors = collect(path)

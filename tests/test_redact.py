@@ -1,12 +1,22 @@
-"""Reversible pseudonymisation: what is replaced, what is kept, and that restore gives the text back."""
+"""Reversible pseudonymisation: what is replaced, what is kept, and that restore gives the text back; and
+``autolabel enqueue --redact``, whose workers send placeholders (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from autolabel import Annotator, Store
+from autolabel.cli import app
 from autolabel.redact import Redactor
+from tests.conftest import write_jsonl
+from tests.fake_openai import FakeOpenAIServer
+from tests.pg import engine_fixture, new_db_fixture  # noqa: F401  (fixtures ``engine`` and ``new_db``)
+from tests.test_privacy import EN, EN_SECRETS, PLACEHOLDER, ZH, ZH_SECRETS, echo_placeholders
 
 # (turn, the personal details in it that must not survive redaction)
 EN_TURNS = [
@@ -202,3 +212,31 @@ def test_mapping_is_a_copy():
     r.redact("Emily")
     r.mapping.clear()
     assert r.restore("[NAME_1]") == "Emily"
+
+
+# -- autolabel enqueue --redact ---------------------------------------------------------------------------------------
+
+def test_enqueue_redact_flag_makes_the_workers_send_placeholders(new_db: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTOLABEL_REDACT", raising=False)
+    input = write_jsonl(tmp_path / "in.jsonl", [EN, ZH])
+    runner = CliRunner()
+    queued = runner.invoke(app, ["enqueue", str(input), "--db", new_db, "--model", "openai:test", "--redact"])
+    assert queued.exit_code == 0, queued.output
+    # the run autolabel run --redact would make: redact is one of its parameters, so the workers follow it
+    run_id = Annotator("psy-insight", model="openai:test", redact=True).run_id(str(input.resolve()))
+    assert run_id != Annotator("psy-insight", model="openai:test").run_id(str(input.resolve()))
+    assert f"run {run_id}: 2 dialogue(s) queued" in queued.output
+    with FakeOpenAIServer(replies=echo_placeholders) as srv:
+        worked = runner.invoke(app, ["worker", "--db", new_db, "--base-url", srv.base_url])
+        sent = [json.dumps(b, ensure_ascii=False) for b in srv.requests]
+    assert worked.exit_code == 0, worked.output
+    assert len(sent) == 2 * (2 * 4 + 1)  # label and critique per turn, a session call per dialogue
+    assert not [s for s in EN_SECRETS + ZH_SECRETS for body in sent if s in body]
+    assert all(PLACEHOLDER.search(body) for body in sent)
+    with closing(Store.open(new_db)) as store:  # the model's texts quoted placeholders; the store has the originals
+        assert store.run(run_id)["status"] == "finished"
+        records = list(store.final_records(run_id))
+    stored = json.dumps([(r["texts"], (r.get("critique") or {}).get("reason")) for r in records], ensure_ascii=False)
+    assert len(records) == 2 * 4 + 2 and not PLACEHOLDER.search(stored)
+    assert "sarah.connor@example.com" in stored and "13812345678" in stored

@@ -1,6 +1,6 @@
 """The review queue on both engines (a SQLite file; a PostgreSQL database of the test run's own cluster): items
 made by a real annotation run against the scripted server, plus synthetic queues written through the store's own
-API for the concurrency races (8 reviewers × 200 items on both engines, 20 × 300 on PostgreSQL)."""
+API for the concurrency races (8 reviewers × 200 items on both engines, 20 × 1,000 on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -208,10 +208,10 @@ def test_concurrent_claims_and_submits_from_eight_threads(new_db: str) -> None:
 
 
 def test_twenty_reviewers_on_postgresql_review_every_item_exactly_once(pg: Cluster) -> None:
-    """20 threads, each with its own engine (like 20 processes), race for 300 items; one claim in five is released
-    and claimed again. Every item reviewed once, and no update lost: each item's version counts every claim,
-    release and submit in its audit log."""
-    db, n, threads_n = pg.database(), 300, 20
+    """20 threads, each with its own engine and connections (like 20 processes), race for 1,000 items; one claim in
+    five is released and claimed again. Every item reviewed once, and no update lost: each item's version counts
+    every claim, release and submit in its audit log."""
+    db, n, threads_n = pg.database(), 1000, 20
     synthetic_queue(db, n)
     got: dict[str, list[int]] = {}
     errors: list[BaseException] = []
@@ -239,7 +239,8 @@ def test_twenty_reviewers_on_postgresql_review_every_item_exactly_once(pg: Clust
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a reviewer hung"
     assert not errors, errors[:3]
     reviewed = [i for ids in got.values() for i in ids]
     assert len(reviewed) == n and len(set(reviewed)) == n, "every item reviewed exactly once"
@@ -250,6 +251,9 @@ def test_twenty_reviewers_on_postgresql_review_every_item_exactly_once(pg: Clust
                     " AND a.action IN ('claim', 'release', 'submit') GROUP BY i.id, i.version"
                     " HAVING i.version <> 1 + COUNT(a.id)")
     assert lost == [], "a version bump was lost"
+    claims, releases = (rows(db, f"SELECT COUNT(*) FROM review_audit WHERE action='{a}'")[0][0]
+                        for a in ("claim", "release"))
+    assert releases > 0 and claims == n + releases, "every claim was either released or submitted"
     assert rows(db, "SELECT COUNT(*) FROM gold") == [(n,)]
 
 
@@ -282,6 +286,67 @@ def test_renew_keeps_the_lease_and_a_lapsed_lease_nobody_took_still_counts(queue
     assert done.status == "done"
     with pytest.raises(ReviewError, match="does not hold"):
         queue.renew(a.id, "alice")
+
+
+def test_the_default_lease_is_ten_minutes(queue: ReviewQueue, clock: Clock) -> None:
+    a = queue.claim("alice")
+    assert a.lease_expires == clock.t + 600
+    clock.t += 599
+    assert queue.claim("bob").id != a.id, "still alice's after 9:59"
+    clock.t += 2
+    again = queue.claim("carol")
+    assert again.id == a.id and again.lease_owner == "carol", "back in the queue after 10 minutes"
+
+
+def test_racing_writes_to_one_item_never_both_land(db: str, clock: Clock) -> None:
+    """Two real races, each on its own item, each thread with its own engine and connections: alice submits the
+    same item from two tabs at once (one review lands, the other is refused); alice submits just as her lapsed
+    lease is taken over by bob (either her review lands and bob gets nothing, or bob holds it and she is refused)."""
+    setup = ReviewQueue(Store.open(db), clock=clock)
+    tabs, lapsed = setup.claim("alice", 60), setup.claim("alice", 60)
+    clock.t += 61
+
+    def race(*actions: Any) -> list[Any]:
+        start, out = threading.Barrier(len(actions)), [None] * len(actions)
+
+        def go(i: int) -> None:
+            q = ReviewQueue(Store.open(db), clock=clock)
+            try:
+                start.wait()
+                out[i] = actions[i](q)
+            except ReviewError as e:
+                out[i] = e
+            finally:
+                q.close()
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(actions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+        return out
+
+    first, second = race(
+        lambda q: q.submit(tabs.id, "alice", tabs.version, labels_for(q, tabs, 0)),
+        lambda q: q.submit(tabs.id, "alice", tabs.version, labels_for(q, tabs, 1)))
+    landed = [r for r in (first, second) if isinstance(r, Item)]
+    refused = [r for r in (first, second) if isinstance(r, ReviewError)]
+    assert len(landed) == 1 and len(refused) == 1, (first, second)
+    assert refused[0].fields["reason"] in ("not_held", "stale")
+    reviews = setup.reviews(tabs.id)
+    assert len(reviews) == 1 and setup.gold_items()[0]["labels"] == reviews[0]["labels"]
+
+    submitted, claimed = race(
+        lambda q: q.submit(lapsed.id, "alice", lapsed.version, labels_for(q, lapsed)),
+        lambda q: q.claim("bob", item_id=lapsed.id))
+    if isinstance(submitted, Item):
+        assert claimed is None and submitted.status == "done" and setup.get(lapsed.id).status == "done"
+    else:
+        assert isinstance(submitted, ReviewError) and submitted.fields["reason"] == "not_held"
+        assert isinstance(claimed, Item) and setup.get(lapsed.id).lease_owner == "bob"
+    assert len(setup.reviews(lapsed.id)) == int(isinstance(submitted, Item))
+    setup.close()
 
 
 def test_a_stale_submit_is_refused_and_writes_nothing(queue: ReviewQueue, db: str) -> None:
@@ -359,7 +424,7 @@ def test_a_reviewed_item_becomes_gold_and_a_final_reviewed_record(queue: ReviewQ
 
 
 def test_two_agreeing_reviews_make_gold(queue: ReviewQueue, db: str) -> None:
-    rows(db, "UPDATE review_items SET required_reviews=2")
+    assert queue.require_reviews(2) == len(queue.items())
     a = queue.claim("alice")
     labels = labels_for(queue, a, choice=1)
     after_one = queue.submit(a.id, "alice", a.version, labels)
@@ -374,7 +439,7 @@ def test_two_agreeing_reviews_make_gold(queue: ReviewQueue, db: str) -> None:
 
 
 def test_disagreeing_reviews_go_to_adjudication(queue: ReviewQueue, db: str) -> None:
-    rows(db, "UPDATE review_items SET required_reviews=2")
+    queue.require_reviews(2)
     a = queue.claim("alice")
     queue.submit(a.id, "alice", a.version, labels_for(queue, a, choice=0))
     b = queue.claim("bob")
@@ -395,6 +460,27 @@ def test_disagreeing_reviews_go_to_adjudication(queue: ReviewQueue, db: str) -> 
         [("adjudication", "carol", labels_for(queue, a, choice=1))]
     with pytest.raises(ReviewError, match="not awaiting adjudication"):
         queue.adjudicate(a.id, "carol", labels_for(queue, a))
+
+
+def test_require_reviews_raises_the_count_of_open_items_only(queue: ReviewQueue, db: str) -> None:
+    done = queue.claim("alice")
+    queue.submit(done.id, "alice", done.version, labels_for(queue, done))
+    open_items = len(queue.items("pending"))
+    assert queue.require_reviews(2, by="lead") == open_items, "a settled item keeps its one review"
+    assert queue.get(done.id).required_reviews == 1 and queue.get(done.id).status == "done"
+    a = queue.claim("alice")
+    after_one = queue.submit(a.id, "alice", a.version, labels_for(queue, a))
+    assert after_one.status == "pending" and after_one.required_reviews == 2
+    assert queue.require_reviews(1) == open_items - 1, "not below the reviews an item already has"
+    assert queue.get(a.id).required_reviews == 2 and queue.get(a.id).status == "pending"
+    assert queue.require_reviews(3, run_id="no-such-run") == 0
+    assert queue.require_reviews(3, run_id=a.run_id) == open_items
+    log = [e for e in queue.audit() if e["action"] == "require_reviews"]
+    assert [(e["reviewer"], e["after"]["required_reviews"], e["after"]["items"]) for e in log] == [
+        ("lead", 2, open_items), ("admin", 1, open_items - 1), ("admin", 3, 0), ("admin", 3, open_items)]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ReviewError, match="at least 1"):
+            queue.require_reviews(bad)  # type: ignore[arg-type]
 
 
 # -- audit, blind mode, reviewers, export --------------------------------------------------------------------

@@ -1,17 +1,27 @@
-"""The review web app through FastAPI's TestClient: access, CSRF, size limits, escaping, API, blind mode."""
+"""The review web app through FastAPI's TestClient (access, CSRF, size limits, escaping, API, blind mode), and
+``autolabel review serve`` started as a user starts it (loopback by default, the token, the refusals)."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from autolabel import ReviewError
 from autolabel.review import ReviewQueue
 from autolabel.web import COOKIE, create_app, is_loopback, serve
+from tests.pg import engine_fixture, free_port, new_db_fixture  # noqa: F401  (fixtures)
 from tests.test_review import RISK_TEXT, SCRIPT_TEXT, annotate_into, copy_db, synthetic_queue
 
 TOKEN = "s3cret-token-for-tests"
@@ -186,3 +196,107 @@ def test_non_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
     for host in ("0.0.0.0", "192.168.1.5", "::"):
         with pytest.raises(ReviewError, match="without a token"):
             serve(tmp_path / "q.db", host=host, port=1, token=None)
+
+
+# -- `autolabel review serve` as a user starts it --------------------------------------------------------------
+
+class Served:
+    """``autolabel review serve`` in a subprocess; the URL it announces, and its output when it ends."""
+
+    def __init__(self, *args: str, token_env: str | None = None) -> None:
+        env = {**os.environ, "CI": "1", "COLUMNS": "1000"}
+        env.pop("AUTOLABEL_REVIEW_TOKEN", None)
+        if token_env is not None:
+            env["AUTOLABEL_REVIEW_TOKEN"] = token_env
+        self.proc = subprocess.Popen([sys.executable, "-m", "autolabel", "review", "serve", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def url(self) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)  # announced, or the process ended
+        assert ready, "the review server announced nothing within 60 s"
+        line = self.proc.stdout.readline()
+        match = re.search(r"reviewing at (\S+)", line)
+        assert match, line + self.proc.stderr.read()
+        return match.group(1)
+
+    def wait_listening(self, port: int) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            time.sleep(0.05)
+        raise AssertionError("the review server did not start listening")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if is_loopback(address) else address
+
+
+def test_review_serve_binds_loopback_and_wants_the_token_on_both_engines(new_db: str) -> None:
+    """The real command on a SQLite file and on a PostgreSQL URL: 127.0.0.1 by default, the token from
+    AUTOLABEL_REVIEW_TOKEN (then from --token, which wins), 401 without it, the queue with it."""
+    synthetic_queue(new_db, 4)
+    for option, env_token in (([], TOKEN), (["--token", TOKEN], "another-token")):
+        port = free_port()
+        served = Served("--db", new_db, "--port", str(port), *option, token_env=env_token)
+        try:
+            assert served.url() == f"http://127.0.0.1:{port}/", "loopback by default, no token in the URL"
+            served.wait_listening(port)
+            base = f"http://127.0.0.1:{port}"
+            refused = httpx.get(f"{base}/api/status")
+            assert refused.status_code == 401 and "pending" not in refused.text
+            assert httpx.get(f"{base}/api/status", headers={"Authorization": "Bearer another"}).status_code == 401
+            ok = httpx.get(f"{base}/api/status", headers={"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "ann"})
+            assert ok.status_code == 200 and ok.json()["pending"] == 4 and ok.json()["me"] == "ann"
+            address = non_loopback_address()
+            if address is not None:  # the machine has another address: nothing listens there
+                with socket.socket() as s:
+                    s.settimeout(2)
+                    assert s.connect_ex((address, port)) != 0, f"reachable on {address}"
+        finally:
+            served.stop()
+
+
+def test_review_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    synthetic_queue(db, 1)
+    served = Served("--db", str(db), "--host", "0.0.0.0", "--port", str(free_port()))
+    _, err = served.proc.communicate(timeout=60)
+    assert served.proc.returncode == ReviewError.exit_code and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "error: refusing to serve on 0.0.0.0 without a token: pass --token (or set AUTOLABEL_REVIEW_TOKEN), or "
+        "add reviewers with `autolabel review add-reviewer`"]
+
+
+def test_review_serve_on_loopback_without_any_token_makes_up_a_one_time_one(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    synthetic_queue(db, 1)
+    port = free_port()
+    served = Served("--db", str(db), "--port", str(port))
+    try:
+        url = served.url()
+        match = re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=([\w-]{{20,}})", url)
+        assert match, url
+        served.wait_listening(port)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/status").status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/api/status",
+                         headers={"Authorization": f"Bearer {match.group(1)}"}).status_code == 200
+    finally:
+        served.stop()

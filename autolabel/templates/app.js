@@ -33,7 +33,9 @@
 
   async function next() {
     const claimed = await post("/api/claim");
-    window.location.assign(claimed.item === null ? "/" : "/item/" + claimed.item);
+    if (claimed.item !== null) window.location.assign("/item/" + claimed.item);
+    else if (item) window.location.assign("/");
+    else say("Nothing for you right now: the items left are held by other reviewers, or you skipped them.");
   }
 
   async function act(work) {

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from autolabel.llm import LLMClient
 from autolabel.settings import Settings
 from autolabel.store import Store
 from autolabel.tasks import TaskSpec
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,3 +35,14 @@ class Context:
     knn_agreement: Callable[[str, str, str, str, Any], float | None] | None = None
     """(role, language, text, field, proposed value) -> agreement with the majority label of the nearest reviewed
     turns: the ``knn_agreement`` confidence signal (None when no neighbour has the field)."""
+    _once: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def once(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, made once per run for ``key``: what depends only on the task, a role and a language (a
+        system prompt, an output schema) is the same for every turn. A schema kept here is the same dict on every
+        call, which ``autolabel.structured`` recognises without serialising it again."""
+        try:
+            return self._once[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._once[key] = build()
+            return value

@@ -35,7 +35,13 @@ async def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _fields(runtime: Runtime[Context], role: str | None) -> RoleFields | None:
-    return runtime.context.task.fields_for(role)
+    ctx = runtime.context
+    return ctx.once(("fields", role), lambda: ctx.task.fields_for(role))
+
+
+def _schema(ctx: Context, fields: RoleFields, kind: str = "turn") -> dict[str, Any]:
+    """The output schema of a role's turns (``kind`` "turn") or of the session, built once per run."""
+    return ctx.once(("output_schema", kind, fields.role), lambda: ctx.task.output_schema(fields))
 
 
 def _messages(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
@@ -48,8 +54,8 @@ def _messages(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[
         similar = [_redacted_example(ex) for ex in similar]
     user = prompts.turn_user(dialogue, state["index"], fields.role, window, task.context.max_turn_chars,
                              lang, similar, task, fields)
-    return [{"role": "system", "content": prompts.label_system(task, fields, lang)},
-            {"role": "user", "content": user}], user
+    system = ctx.once(("label_system", fields.role, lang), lambda: prompts.label_system(task, fields, lang))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}], user
 
 
 async def _prompt(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
@@ -113,7 +119,7 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     if fields is None:
         return {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
     messages, _ = await _prompt(state, ctx, fields)
-    schema = ctx.task.output_schema(fields)
+    schema = _schema(ctx, fields)
     trace = _trace(state, "label")
     try:
         result = await ctx.llm.structured(messages, schema, name=f"label_{role}", trace=trace)
@@ -160,13 +166,15 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     if fields is None or not ctx.settings.critique:
         return {"critique": None}
     messages, user = await _prompt(state, ctx, fields)
-    msgs = [{"role": "system", "content": prompts.critique_system(ctx.task, fields, state["language"])},
-            {"role": "user", "content": prompts.critique_user(user, state["answer"], state["language"])}]
+    lang = state["language"]
+    system = ctx.once(("critique_system", fields.role, lang), lambda: prompts.critique_system(ctx.task, fields, lang))
+    msgs = [{"role": "system", "content": system},
+            {"role": "user", "content": prompts.critique_user(user, state["answer"], lang)}]
+    schema = ctx.once(("critique_schema", fields.role), lambda: ctx.task.critique_schema(fields))
     trace = _trace(state, "critique")
     history = list(state.get("history", []))
     try:
-        result = await ctx.llm.structured(msgs, ctx.task.critique_schema(fields), name=f"critique_{fields.role}",
-                                          trace=trace)
+        result = await ctx.llm.structured(msgs, schema, name=f"critique_{fields.role}", trace=trace)
     except (RetryExhausted, RequestRefused) as e:
         history += _restore(ctx, state["dialogue"], _history("critique", trace, e))
         return {"critique": {"verdict": "unsure", "revised": None,
@@ -191,7 +199,7 @@ async def validate(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     if fields is None:
         return {}
     answer = {**state["answer"], **ctx.task.encode(fields, state["labels"])}
-    problems = validation_errors(ctx.task.output_schema(fields), answer)
+    problems = validation_errors(_schema(ctx, fields), answer)
     if not problems:
         probe = _turn_annotation(state, Status.ACCEPTED)
         problems = _record_problems(ctx, probe)
@@ -314,17 +322,18 @@ def _history(stage: str, trace: CallTrace, error: Exception | None) -> list[dict
 async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Session-level labels and texts (e.g. psychotherapy, topic, summary) from the whole dialogue."""
     ctx = runtime.context
-    fields = ctx.task.session_fields()
+    fields = ctx.once("session_fields", ctx.task.session_fields)
     d = state["dialogue"]
     if fields is None:
         return {"session": None}
     lang = state["language"]
     user, truncated = prompts.session_user(_sent(ctx, d)[0], ctx.task.context.max_turn_chars, lang)
-    msgs = [{"role": "system", "content": prompts.session_system(ctx.task, fields, lang)},
+    system = ctx.once(("session_system", lang), lambda: prompts.session_system(ctx.task, fields, lang))
+    msgs = [{"role": "system", "content": system},
             {"role": "user", "content": user}]
     trace = CallTrace(purpose="session", dialogue_id=d.id)
     try:
-        r = await ctx.llm.structured(msgs, ctx.task.output_schema(fields), name="session", trace=trace)
+        r = await ctx.llm.structured(msgs, _schema(ctx, fields, "session"), name="session", trace=trace)
     except RetryExhausted as e:
         return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED,
                                              error=_restore(ctx, d, f"invalid_output: {e}"),
@@ -350,7 +359,11 @@ async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Persist the dialogue in one transaction: turns, every attempt, final records, review items."""
+    """Persist the dialogue in one transaction: turns, every attempt, final records, review items.
+
+    Every turn keeps exactly one state (accepted, flagged or failed; a review later makes it reviewed). A flagged
+    turn gets a review item; so does a failed turn with risk content — it stays failed, with its reason, and its
+    item (its failed record as the proposal, no labels) names the failure among the reasons."""
     ctx = runtime.context
     d, lang = state["dialogue"], state["language"]
     by_index = {t.turn_index: t for t in state.get("turns", [])}
@@ -358,7 +371,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     for t in d.turns:
         ann = by_index.get(t.index) or TurnAnnotation(
             dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
-            status=Status.FAILED, error="lost: the turn produced no result")
+            status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text))
         turns.append({"turn_index": t.index, "speaker": t.speaker, "role": ann.role, "text": t.text,
                       "meta": t.meta, "status": ann.status.value})
         for i, h in enumerate(ann.history):
@@ -368,9 +381,10 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         rec = turn_record(ann, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang, text=None)
         annotations.append({"kind": "turn", "turn_index": t.index, "attempt": 0, "is_final": True,
                             "valid": ann.status != Status.FAILED, "status": ann.status.value, "record": rec})
-        if ann.status == Status.FLAGGED:
-            review.append({"kind": "turn", "turn_index": t.index, "reasons": ann.flags,
-                           "priority": _priority(ann.flags, ann.confidence), "proposal": rec})
+        reasons = _review_reasons(ann)
+        if reasons:
+            review.append({"kind": "turn", "turn_index": t.index, "reasons": reasons,
+                           "priority": _priority(reasons, ann.confidence), "proposal": rec})
     s = state.get("session")
     if s is not None:
         rec = session_record(s, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang)
@@ -383,6 +397,21 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                             review_items=review,
                             task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
     return {}
+
+
+def _review_reasons(ann: TurnAnnotation) -> list[str]:
+    """Why a turn goes to a human (empty: it does not): a flagged turn's flags; for a failed turn with risk content
+    its flags and ``failed:<kind>`` (``invalid_output``, ``llm_error``...; the full reason is the record's error)."""
+    if ann.status == Status.FLAGGED:
+        return ann.flags
+    if ann.status == Status.FAILED and "risk_content" in ann.flags:
+        return [*ann.flags, f"failed:{(ann.error or 'unknown').split(':', 1)[0]}"]
+    return []
+
+
+def _risk_flag(text: str) -> list[str]:
+    """The risk flag of a turn that produced no result (its flags were never computed)."""
+    return ["risk_content"] if detect_risk(text, None) else []
 
 
 def _priority(flags: list[str], confidence: dict[str, FieldConfidence]) -> float:
