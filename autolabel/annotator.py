@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
@@ -33,6 +34,7 @@ from .errors import BudgetExceeded, InputError, LeaseLost, StoreError
 from .examples import few_shot_picker
 from .graphs.annotate.context import Context
 from .graphs.annotate.graph import build_graph
+from .graphs.annotate.state import InputState
 from .llm import LLMClient, make_backend
 from .models import (
     Dialogue,
@@ -260,10 +262,10 @@ class Annotator:
             await asyncio.to_thread(store.mark_running, run.run_id, d.id, language="", n_turns=len(d.turns),
                                     meta=d.meta, source=d.source)
         thread = f"{run.run_id}:{d.id}"
-        config: dict[str, Any] = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
+        config: RunnableConfig = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
                                   "recursion_limit": 50}
         snapshot = await self._graph.aget_state(config)
-        inp = None if snapshot.next else {"dialogue": d}
+        inp: InputState | None = None if snapshot.next else {"dialogue": d}
         try:
             await self._graph.ainvoke(inp, config, context=self._ctx)
         except LeaseLost as e:  # another worker took the dialogue over and stores its own result
@@ -345,10 +347,10 @@ class _SqliteSaver(AsyncSqliteSaver):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def aput(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:  # type: ignore[override]
+    def aput(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         return self._counted(super().aput(*args, **kwargs))
 
-    def aput_writes(self, config: Any, writes: Any, task_id: str,  # type: ignore[override]
+    def aput_writes(self, config: Any, writes: Any, task_id: str,
                     task_path: str = "") -> Coroutine[Any, Any, Any]:  # its parameters: LangGraph inspects them
         return self._counted(super().aput_writes(config, writes, task_id, task_path))
 

@@ -133,10 +133,12 @@ class OpenAIEmbedder:
                      f"{'/redacted' if settings.redact else ''}")
         self.batch = settings.embeddings_batch
         self._settings = settings
+        # field names, not their aliases (base_url, api_key, timeout): the model accepts both, and pydantic's mypy
+        # plugin types only the names for a model with populate_by_name
         self._client = OpenAIEmbeddings(
-            model=ep.model_name, base_url=ep.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False,
-            chunk_size=self.batch, max_retries=0,
-            timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)))
+            model=ep.model_name, openai_api_base=ep.base_url, openai_api_key=SecretStr(key),
+            check_embedding_ctx_length=False, chunk_size=self.batch, max_retries=0,
+            request_timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -66,7 +66,8 @@ def export_jsonl(store: Store, run_id: str, task: TaskSpec, out: IO[str], includ
 def export_psy_insight(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
     """The Psy-Insight native shape: a JSON list of sessions, labels under the spec's ``gold`` keys."""
     meta = {d: m for d, m, _ in store.dialogue_meta(run_id)}
-    keys = {f.name: f.gold or f.name for f in [*task.labels, *task.texts]}
+    fields: list[LabelField | TextField] = [*task.labels, *task.texts]
+    keys = {f.name: f.gold or f.name for f in fields}
     out.write("[")
     n = 0
     for dialogue_id, recs in groupby(checked_records(store, run_id, task, True), key=lambda r: r["dialogue_id"]):

@@ -17,6 +17,7 @@ outcome). Dialogue text is never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,12 +26,12 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import instructor
@@ -44,7 +45,7 @@ from .budget import Budget
 from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
 from .limits import AdaptiveLimit
 from .settings import Settings
-from .structured import response_model, schema_digest
+from .structured import SchemaAnswer, response_model, schema_digest
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,9 @@ class OpenAIBackend:
         tls = httpx.create_ssl_context()  # one for every pool: each costs ~1.4 MB and ~20 ms to load the CA bundle
         self._clients = [openai.AsyncOpenAI(
             api_key=key, base_url=settings.base_url, max_retries=0,
-            timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)),
-            http_client=httpx.AsyncClient(verify=tls, limits=httpx.Limits(max_connections=per_pool,
+            # openai>=3 annotates httpx2's Timeout and AsyncClient only, but takes (and converts) httpx's too
+            timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)),  # type: ignore[arg-type, unused-ignore]
+            http_client=httpx.AsyncClient(verify=tls, limits=httpx.Limits(max_connections=per_pool,  # type: ignore[arg-type, unused-ignore]
                                                                           max_keepalive_connections=per_pool)),
         ) for _ in range(pools)]
         self._in_flight = [0] * pools
@@ -310,7 +312,10 @@ class LLMClient:
         self._log_rows: list[dict[str, Any]] = []
         self._log_writer: asyncio.Task[None] | None = None
         self._log_error: StoreError | None = None
-        self._create = instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA)
+        self._log_now = asyncio.Event()  # set by flush(): write what has gathered without waiting
+        # instructor.patch's overloads type the patch of an async ``create`` as a sync call; it returns a coroutine
+        self._create = cast(Callable[..., Awaitable[SchemaAnswer]],
+                            instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA))
 
     async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
                          trace: CallTrace, temperature: float | None = None, seed: int | None = None) -> Structured:
@@ -446,7 +451,9 @@ class LLMClient:
 
     async def _write_log(self) -> None:
         while self._log_rows and self._log_error is None:
-            await asyncio.sleep(LOG_BATCH_SECONDS)  # let rows gather: one thread hop and one commit for all of them
+            if not self._log_now.is_set():  # let rows gather: one thread hop and one commit for all of them
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._log_now.wait(), LOG_BATCH_SECONDS)
             rows, self._log_rows = self._log_rows, []
             try:
                 await asyncio.to_thread(self.calls.log_calls, rows)
@@ -456,7 +463,11 @@ class LLMClient:
     async def flush(self) -> None:
         """Wait until every call so far is in the call log; raises StoreError when it could not be written."""
         if self._log_writer is not None:
-            await asyncio.shield(self._log_writer)
+            self._log_now.set()
+            try:
+                await asyncio.shield(self._log_writer)
+            finally:
+                self._log_now.clear()
         if self._log_error is not None:
             raise self._log_error
 

@@ -241,7 +241,7 @@ def _schema_to_gbnf(schema: dict[str, Any]) -> str:
     1200`` as 1200 nested optional groups, which llama.cpp refuses (and its sampler then crashes)."""
     from llama_cpp import llama_grammar as g
 
-    class Converter(g.SchemaConverter):  # type: ignore[misc]
+    class Converter(g.SchemaConverter):
         def visit(self, schema: dict[str, Any], name: str) -> str:
             plain = not ({"$ref", "oneOf", "anyOf", "const", "enum", "pattern", "format"} & schema.keys())
             if plain and schema.get("type") == "string" and ("minLength" in schema or "maxLength" in schema):

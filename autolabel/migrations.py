@@ -30,7 +30,7 @@ from sqlalchemy import (
 Migration = Callable[[Connection], None]
 
 
-def _id() -> Column:
+def _id() -> Column[int]:
     return Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
 
 

@@ -49,7 +49,7 @@ class SchemaAnswer(BaseModel):
         return data
 
     @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return cls.json_schema_
 
     def answer(self) -> dict[str, Any]:

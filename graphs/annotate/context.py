@@ -42,7 +42,7 @@ class Context:
         system prompt, an output schema) is the same for every turn. A schema kept here is the same dict on every
         call, which ``autolabel.structured`` recognises without serialising it again."""
         try:
-            return self._once[key]  # type: ignore[no-any-return]
+            return self._once[key]
         except KeyError:
             value = self._once[key] = build()
             return value

@@ -64,7 +64,7 @@ def _merge(state: TurnState, update: dict[str, Any]) -> TurnState:
     return state
 
 
-def build_graph() -> StateGraph:
+def build_graph() -> StateGraph[State, Context, InputState, State]:
     b = StateGraph(State, context_schema=Context, input_schema=InputState)
     b.add_node("prepare", nodes.prepare)
     b.add_node("annotate_turn", annotate_turn, input_schema=TurnInput)

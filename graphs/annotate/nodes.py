@@ -248,7 +248,7 @@ def _agreement(value: Any, ctx: Context, fields: RoleFields, name: str, samples:
     mine = set(value if isinstance(value, list) else [value])
     same = 0
     for s in samples:
-        v = s.get(name)
+        v: Any = s.get(name)  # a sample is a schema-valid answer: it has every field
         theirs = {field.name_of(c) for c in (v if isinstance(v, list) else [v])}
         same += theirs == mine
     return same / len(samples)
