@@ -3,6 +3,8 @@ against JSON Schemas, scored for confidence, and routed to human review when it 
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -44,6 +46,20 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``autolabel.evaluate`` and ``autolabel.plan`` the functions once their modules are imported: Python's
+    import sets a package attribute for each submodule it loads, which would shadow the lazily loaded function of
+    the same name (an eager ``from .evaluate import evaluate`` rebinds it the same way)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable through sys.modules and ``import autolabel.evaluate``
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Annotator",

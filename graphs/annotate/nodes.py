@@ -254,10 +254,18 @@ def _agreement(value: Any, ctx: Context, fields: RoleFields, name: str, samples:
     return same / len(samples)
 
 
+INLINE_SCAN_CHARS = 20_000
+
+
 async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Accept, or flag with reasons; failures keep their reason and last raw output."""
     ctx = runtime.context
-    flags = _content_flags(state, ctx)  # a failed turn keeps them too (risk content, injection, truncation)
+    # a failed turn keeps them too (risk content, injection, truncation); a long turn is scanned in a thread so that
+    # the other turns' calls go on meanwhile (~0.5 s per MB), a short one inline (a thread hop costs more than that)
+    if len(state["dialogue"].turns[state["index"]].text) > INLINE_SCAN_CHARS:
+        flags = await asyncio.to_thread(_content_flags, state, ctx)
+    else:
+        flags = _content_flags(state, ctx)
     if state.get("failed"):
         return {"turns": [_turn_annotation({**state, "flags": flags}, Status.FAILED)]}
     crit = state.get("critique")
