@@ -42,12 +42,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .errors import BudgetExceeded
 from .settings import Settings
-from .tokens import encoding, encoding_for_model, message_text
+from .tokens import count_chat_tokens, encoding, encoding_for_model
 
 Pricer = Callable[[int, int], float]
 """(prompt tokens, completion tokens) -> USD, as ``pricing.pricer`` makes it."""
@@ -144,21 +144,12 @@ def prompt_counter(family: str, name: str) -> Callable[[dict[str, Any]], int]:
 
 
 def _count(kwargs: dict[str, Any], *, tokens: Callable[[str], int]) -> int:
-    """OpenAI's cookbook formula (as ``tokens.count_chat_tokens``) with ``tokens`` counting each text, plus the
+    """OpenAI's cookbook formula (``tokens.count_chat_tokens``) with ``tokens`` counting each text, plus the
     request's priced parameters as JSON text."""
-    total = 3 + _messages(kwargs.get("messages") or (), tokens)
+    total = count_chat_tokens(kwargs.get("messages") or (), tokens)
     for param in PRICED_PARAMS:
         if kwargs.get(param):
             total += tokens(json.dumps(kwargs[param], ensure_ascii=False, default=str))
-    return total
-
-
-def _messages(messages: Sequence[dict[str, Any]], tokens: Callable[[str], int]) -> int:
-    total = 0
-    for message in messages:
-        total += 3 + tokens(message.get("role", "")) + tokens(message_text(message.get("content")))
-        if message.get("name"):
-            total += tokens(message["name"]) + 1
     return total
 
 

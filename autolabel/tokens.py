@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -152,14 +152,18 @@ def message_text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def count_chat_tokens(messages: Sequence[dict[str, Any]], enc: tiktoken.Encoding) -> int:
+def count_chat_tokens(messages: Sequence[dict[str, Any]], enc: tiktoken.Encoding | Callable[[str], int]) -> int:
     """Prompt tokens of a chat request by OpenAI's cookbook formula.
 
     3 per message + tokens(role) + tokens(content), plus tokens(name) + 1 for a message with a name; plus 3
-    for the primed assistant reply. Special-token text in a message counts as ordinary text.
+    for the primed assistant reply. Special-token text in a message counts as ordinary text. ``enc`` is the
+    encoding, or any function counting the tokens of a text (the budget's upper bound for unknown tokenizers).
     """
-    def n(text: str) -> int:
-        return len(enc.encode(text, disallowed_special=()))
+    if callable(enc):
+        n = enc
+    else:
+        def n(text: str) -> int:
+            return len(enc.encode(text, disallowed_special=()))
 
     total = 3
     for message in messages:
