@@ -36,7 +36,7 @@ from openai.types.chat import ChatCompletion
 from sqlalchemy import text
 
 from .errors import AutolabelError, ConfigError, LLMError, RequestRefused
-from .llm import Backend, BackendKind, cache_key, current_trace
+from .llm import Backend, BackendKind, cache_key, cached_reply, current_trace
 from .settings import Settings
 from .store import Store, now
 
@@ -272,15 +272,9 @@ def _set_status(store: Store, batch_id: str, status: str, output_file_id: str | 
 
 
 def _save_results(store: Store, model: str, results: dict[str, dict[str, Any]]) -> None:
-    """Every result into the LLM cache, in one transaction (the graph's calls then find them there)."""
-    if not results:
-        return
-    t = now()
-    with store.engine.begin() as conn:
-        conn.execute(text("INSERT INTO llm_cache (key, model, response_json, created_at) VALUES (:k, :m, :j, :t)"
-                          " ON CONFLICT (key) DO NOTHING"),
-                     [{"k": k, "m": model, "j": json.dumps(body, ensure_ascii=False), "t": t}
-                      for k, body in results.items()])
+    """Every result into the LLM cache (trimmed as any cached reply), in one transaction (the graph's calls then
+    find them there)."""
+    store.cache_put_many(model, {k: cached_reply(ChatCompletion.model_validate(body)) for k, body in results.items()})
 
 
 def batches(store: Store, run_id: str) -> list[dict[str, Any]]:

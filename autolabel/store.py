@@ -253,10 +253,18 @@ class Store:
 
     def cache_put(self, key: str, model: str, response: dict[str, Any]) -> None:
         """Cache a completion (a ``ChatCompletion`` dict, as ``llm.cached_reply`` trims it), zlib-compressed."""
-        packed = zlib.compress(json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode())
+        self.cache_put_many(model, {key: response})
+
+    def cache_put_many(self, model: str, responses: dict[str, dict[str, Any]]) -> None:
+        """``cache_put`` for many completions (cache key → completion), in one transaction."""
+        if not responses:
+            return
+        t = now()
         sql = ("INSERT INTO llm_cache (key, model, response, created_at) VALUES (:k, :m, :z, :t)"
                " ON CONFLICT (key) DO NOTHING")
-        self._write(sql, {"k": key, "m": model, "z": packed, "t": now()})
+        self._write(sql, [{"k": k, "m": model, "t": t,
+                           "z": zlib.compress(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())}
+                          for k, r in responses.items()])
 
     def log_call(self, **f: Any) -> None:
         self.log_calls([f])

@@ -93,6 +93,9 @@ def test_batch_results_take_the_same_path_as_direct_calls(tmp_path: Path) -> Non
     # the same answers give the same labels, confidence and routing as direct calls (the re-asked turn aside)
     direct, batched = finals(tmp_path / "direct.db"), finals(tmp_path / "batch.db")
     assert [x for x in batched if x[:2] != ("d2", 1)] == [x for x in direct if x[:2] != ("d2", 1)]
+    # batch results are cached like direct answers: trimmed and compressed, never as whole responses
+    cache = rows(tmp_path / "batch.db", "SELECT response IS NOT NULL, response_json IS NULL FROM llm_cache")
+    assert len(cache) == len(ids) and set(cache) == {(1, 1)}
 
 
 def _run(input: Path, db: Path, base_url: str) -> subprocess.Popen[bytes]:
