@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from autolabel import Annotator, Dialogue, Status, Turn, load_task
+from autolabel import Annotator, Dialogue, DialogueResult, Status, Turn, load_task
 from autolabel.records import record_problems
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_annotate import purpose
@@ -25,15 +25,22 @@ def _content(body: dict[str, Any]) -> int:
     return sum(len(m["content"]) for m in body["messages"])
 
 
-def test_a_1mb_turn_is_truncated_for_the_prompt_flagged_and_kept(tmp_path: Path) -> None:
-    sentence = "I keep going over the same worries at night and cannot stop. "
-    huge = (sentence * (MB // len(sentence) + 1))[:MB]
-    d = _dialogue("long", "Hello, what brings you here today?", huge, "That sounds exhausting. Since when?",
+SENTENCE = "I keep going over the same worries at night and cannot stop. "
+
+
+def _annotate_long_turn(db: Path, dialogue_id: str, huge: str) -> tuple[DialogueResult, list[dict[str, Any]]]:
+    """Annotate a 4-turn dialogue whose second turn is ``huge``; the result and every request sent."""
+    d = _dialogue(dialogue_id, "Hello, what brings you here today?", huge, "That sounds exhausting. Since when?",
                   "Since the spring, I think.")
-    db = tmp_path / "runs.db"
     with FakeOpenAIServer() as srv:
         result = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db).annotate(d)
-        requests = list(srv.requests)
+        return result, list(srv.requests)
+
+
+def test_a_1mb_turn_is_truncated_for_the_prompt_flagged_and_kept(tmp_path: Path) -> None:
+    huge = (SENTENCE * (MB // len(SENTENCE) + 1))[:MB]
+    db = tmp_path / "runs.db"
+    result, requests = _annotate_long_turn(db, "long", huge)
     long_turn = result.turns[1]
     assert [t.turn_index for t in result.turns] == [0, 1, 2, 3]  # not dropped
     assert long_turn.status == Status.FLAGGED and "truncated_input" in long_turn.flags
@@ -55,15 +62,10 @@ def test_a_1mb_turn_is_truncated_for_the_prompt_flagged_and_kept(tmp_path: Path)
 
 def test_a_risk_phrase_deep_inside_a_1mb_turn_still_routes_it_to_a_human_first(tmp_path: Path) -> None:
     # the phrase sits in the part the prompt leaves out: the detector reads the whole turn, not the prompt
-    sentence = "I keep going over the same worries at night and cannot stop. "
-    filler = sentence * (MB // len(sentence) // 2)
+    filler = SENTENCE * (MB // len(SENTENCE) // 2)
     huge = filler + "Lately I want to kill myself. " + filler
-    d = _dialogue("long-risk", "Hello, what brings you here today?", huge, "That sounds exhausting. Since when?",
-                  "Since the spring, I think.")
     db = tmp_path / "runs.db"
-    with FakeOpenAIServer() as srv:
-        result = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db).annotate(d)
-        requests = list(srv.requests)
+    result, requests = _annotate_long_turn(db, "long-risk", huge)
     assert not any("kill myself" in m["content"] for b in requests for m in b["messages"])
     long_turn = result.turns[1]
     assert long_turn.status == Status.FLAGGED and {"risk_content", "truncated_input"} <= set(long_turn.flags)
