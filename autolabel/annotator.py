@@ -85,6 +85,8 @@ class Annotator:
         params = {k: getattr(self.settings, k) for k in OUTPUT_PARAMS}
         if self.settings.few_shot and self.settings.embeddings != Settings.model_fields["embeddings"].default:
             params["embeddings"] = self.settings.embeddings  # another embedder picks other examples: another run
+        if self.settings.turns_per_call != 1:
+            params["turns_per_call"] = self.settings.turns_per_call  # other prompts and answers: another run
         return params
 
     def params_hash(self) -> str:

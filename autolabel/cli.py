@@ -103,6 +103,8 @@ def _settings(**kw: Any) -> Settings:
 
 
 BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share one batch round
+TurnsPerCall = Annotated[int | None, typer.Option(
+    help="Consecutive turns labeled (and critiqued) by one call: fewer tokens per turn (default 1).")]
 PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
 PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
 Embeddings = Annotated[str | None, typer.Option(help="Embedding model that picks the reviewed examples and scores "
@@ -124,6 +126,7 @@ def run(
     db: Annotated[str | None, typer.Option(help="SQLite file or postgresql:// URL.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Concurrent LLM calls (global).")] = None,
     window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
     samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
     max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
@@ -150,8 +153,9 @@ def run(
     if batch_api and concurrency is None:
         concurrency = BATCH_CONCURRENCY
     s = _settings(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
-                  window=window, samples=samples, critique=critique, max_reasks=max_reasks, temperature=temperature,
-                  max_cost=max_cost, price_in=price_in, price_out=price_out, redact=redact or None,
+                  window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
+                  max_reasks=max_reasks, temperature=temperature, max_cost=max_cost, price_in=price_in,
+                  price_out=price_out, redact=redact or None,
                   batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
                   embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env)
     from .annotator import Annotator
@@ -221,6 +225,7 @@ def enqueue_cmd(
     model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded model).")]
     = None,
     window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
     samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
     max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
@@ -235,8 +240,8 @@ def enqueue_cmd(
     """Queue every dialogue of INPUT as a job for `autolabel worker` processes (same run id as `autolabel run`)."""
     from .jobs import enqueue
 
-    s = _settings(model=model, window=window, samples=samples, critique=critique, max_reasks=max_reasks,
-                  temperature=temperature, redact=redact or None)
+    s = _settings(model=model, window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
+                  max_reasks=max_reasks, temperature=temperature, redact=redact or None)
     r = enqueue(input, db=db, task=task, settings=s, on_invalid=on_invalid.value)
     out.print(f"run {r.run_id}: {r.added} dialogue(s) queued, {r.existing} already in the run", markup=False)
     for e in r.input_errors[:20]:
@@ -491,6 +496,7 @@ def plan_cmd(
     sample_dialogues: Annotated[int, typer.Option(help="Dialogues whose prompts are built and counted.")]
     = 20,
     window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")]
     = True,
     db: Annotated[str | None, typer.Option(help="Store whose past calls give observed completion lengths.")]
@@ -499,8 +505,8 @@ def plan_cmd(
     price_out: PriceOut = None,
 ) -> None:
     """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
-    s = _settings(model=model, base_url=base_url, db=db, window=window, critique=critique, price_in=price_in,
-                  price_out=price_out)
+    s = _settings(model=model, base_url=base_url, db=db, window=window, turns_per_call=turns_per_call,
+                  critique=critique, price_in=price_in, price_out=price_out)
     from .plan import plan
 
     p = plan(input, task, s, samples=samples, sample_dialogues=sample_dialogues)

@@ -278,7 +278,7 @@ def _check_run(run: dict[str, Any], task: TaskSpec | None, model: str | None) ->
 
 def _annotator_for(run: dict[str, Any], db: str, settings: Settings | None, overrides: dict[str, Any]) -> Annotator:
     """The run's own configuration (task, model, output parameters) with this worker's way to reach the model."""
-    params = {**json.loads(run["params_json"]), **overrides}
+    params = {"turns_per_call": 1, **json.loads(run["params_json"]), **overrides}  # not stored when 1
     annotator = Annotator(TaskSpec.model_validate_json(run["task_json"]), run["model"], db=db, settings=settings,
                           **params)
     if annotator.run_id(run["input"]) != run["id"]:

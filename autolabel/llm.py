@@ -38,7 +38,7 @@ import instructor
 import openai
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 
 from .budget import Budget
@@ -225,6 +225,17 @@ class _Stop(stop_base):
         return self.failures > self.max_retries
 
 
+class _Deadline(stop_base):
+    """Stop once ``seconds`` have passed since the call's first attempt started (tenacity's ``stop_after_delay``,
+    timed from before attempt 1, which runs before tenacity starts)."""
+
+    def __init__(self, started: float, seconds: float) -> None:
+        self.started, self.seconds = started, seconds
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return time.monotonic() - self.started >= self.seconds
+
+
 # -- results ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -318,11 +329,13 @@ class LLMClient:
                             instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA))
 
     async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
-                         trace: CallTrace, temperature: float | None = None, seed: int | None = None) -> Structured:
-        """Ask for a JSON answer valid for ``schema``; raises RetryExhausted or LLMError."""
+                         trace: CallTrace, temperature: float | None = None, seed: int | None = None,
+                         max_tokens: int | None = None) -> Structured:
+        """Ask for a JSON answer valid for ``schema``; raises RetryExhausted or LLMError. ``max_tokens`` overrides
+        the setting (an answer for several turns gets the setting's allowance per turn)."""
         params: dict[str, Any] = {
             "temperature": self.settings.temperature if temperature is None else temperature,
-            "max_tokens": self.settings.max_tokens,
+            "max_tokens": max_tokens or self.settings.max_tokens,
         }
         if seed is not None:
             params["seed"] = seed
@@ -334,7 +347,7 @@ class LLMClient:
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
                                         "completion_tokens": trace.completion_tokens},
-                                 detail=f"output cut at max_tokens={self.settings.max_tokens}") from None
+                                 detail=f"output cut at max_tokens={params['max_tokens']}") from None
         except InstructorRetryException as e:
             if isinstance(e.__cause__, LLMError | BudgetExceeded | StoreError):  # not the output's fault: no re-ask
                 raise e.__cause__ from None
@@ -377,15 +390,23 @@ class LLMClient:
 
     async def _call_with_retries(self, kwargs: dict[str, Any], key: str, trace: CallTrace) -> ChatCompletion:
         s = self.settings
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            stop=_Stop(s.max_retries) | stop_after_delay(s.retry_deadline),
-            wait=_Wait(rng_seed=int(key[:8], 16)),
-            reraise=True,
-        )
+        started = time.monotonic()
         try:
+            try:  # the first attempt without tenacity: most calls succeed at once, and need no retry state
+                return await self._one_call(kwargs, key, trace, 1)
+            except Exception as e:
+                failed: Exception | None = e
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                stop=_Stop(s.max_retries) | _Deadline(started, s.retry_deadline),
+                wait=_Wait(rng_seed=int(key[:8], 16)),
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
+                    if failed is not None:  # attempt 1's outcome: tenacity decides whether and when to retry it
+                        first, failed = failed, None
+                        raise first
                     return await self._one_call(kwargs, key, trace, attempt.retry_state.attempt_number)
         except openai.BadRequestError as e:
             if "logprobs" in kwargs and "logprob" in str(e).lower():
@@ -419,8 +440,13 @@ class LLMClient:
         outcome = "ok"
         completion: ChatCompletion | None = None
         try:
-            current_trace.set(trace)  # what the request is for (the batch backend names its lines by it)
-            completion = await self.backend.complete(kwargs)
+            # what the request is for (the batch backend names its lines by it); reset after, so that the caller's
+            # context does not keep the trace, and with it the answer, alive
+            token = current_trace.set(trace)
+            try:
+                completion = await self.backend.complete(kwargs)
+            finally:
+                current_trace.reset(token)
             return completion
         finally:
             failed = sys.exc_info()[0] if completion is None else None
@@ -502,16 +528,23 @@ def _token_logprobs(completion: ChatCompletion | None) -> list[tuple[str, float]
 
 
 def option_probabilities(raw: str, tokens: list[tuple[str, float]] | None, field_name: str,
-                         multi: bool) -> dict[str, float] | None:
+                         multi: bool, scope: str | None = None) -> dict[str, float] | None:
     """Probability of each chosen option code of ``field_name``, read from the tokens that spell it.
 
-    The answer's text is rebuilt from the tokens; the code's characters are located after the field's key; the
-    probability is exp(sum of the logprobs of every token overlapping the code). None when tokens are missing or
-    do not spell the raw text.
+    The answer's text is rebuilt from the tokens; the code's characters are located after the field's key (inside
+    the object under key ``scope`` when given: one turn's answer in a multi-turn answer); the probability is
+    exp(sum of the logprobs of every token overlapping the code). None when tokens are missing or do not spell the
+    raw text.
     """
     if not tokens or "".join(t for t, _ in tokens) != raw:
         return None
-    key = re.search(r'"' + re.escape(field_name) + r'"\s*:\s*', raw)
+    after = 0
+    if scope is not None:
+        outer = re.search(r'"' + re.escape(scope) + r'"\s*:\s*\{', raw)
+        if outer is None:
+            return None
+        after = outer.end()
+    key = re.compile(r'"' + re.escape(field_name) + r'"\s*:\s*').search(raw, after)
     if key is None:
         return None
     start = key.end()

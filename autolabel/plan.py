@@ -43,6 +43,7 @@ from sqlalchemy import text as sql
 
 from .errors import ConfigError
 from .graphs.annotate import prompts
+from .graphs.annotate.multi import labeled_roles, shuffled_roles
 from .llm import BackendKind
 from .models import Dialogue
 from .pricing import Price, price
@@ -54,6 +55,7 @@ from .text import detect_language
 from .tokens import count_chat_tokens, encoding, encoding_for_model
 
 Messages = list[dict[str, str]]
+WINDOW = "window:"  # completion-estimate key of a multi-turn call: "window:" and its targets' roles, in order
 DENSE_LANGUAGES = ("zh", "ja")
 FALLBACK_FILLER = {"en": "The speaker describes what they feel and why it matters to them.",
                    "zh": "来访者描述了自己的感受以及这件事对自己的意义。"}
@@ -153,7 +155,7 @@ def plan(input: str | Path, task: TaskSpec | str | Path, settings: Settings, sam
             one = cost.cost(prompt, estimates[estimate_key])
             previous = sample_costs[purpose]
             sample_costs[purpose] = None if one is None or previous is None else previous + one
-    observed = observed_completions(settings.db, spec.name, settings.model)
+    observed = observed_completions(settings.db, spec.name, settings.model, settings.turns_per_call)
     sample_turns = sum(len(d.turns) for d in sampled)
     for purpose, row in rows.items():
         scale = _scale(turns, sample_turns) if purpose in PER_TURN else _scale(dialogues, len(sampled))
@@ -201,7 +203,11 @@ def _calls(task: TaskSpec, settings: Settings, d: Dialogue) -> list[Call]:
     window = settings.window if settings.window is not None else task.context.window
     limit = task.context.max_turn_chars
     out: list[Call] = []
-    for turn in d.turns:
+    k = settings.turns_per_call
+    turns = d.turns if k == 1 else ()
+    for start in range(0, len(d.turns) if k > 1 else 0, k):
+        out += _window_calls(task, settings, d, [t.index for t in d.turns[start:start + k]], lang, window)
+    for turn in turns:
         fields = task.fields_for(task.role_of(turn.speaker))
         if fields is None:
             continue  # unknown speaker, or nothing to label for the role: no call
@@ -223,6 +229,29 @@ def _calls(task: TaskSpec, settings: Settings, d: Dialogue) -> list[Call]:
         user, _ = prompts.session_user(d, limit, lang)
         system = prompts.session_system(task, session, lang)
         out.append((Purpose.SESSION, _pair(system, user), (Purpose.SESSION, "session", lang)))
+    return out
+
+
+def _window_calls(task: TaskSpec, settings: Settings, d: Dialogue, indices: list[int], lang: str,
+                  window: int) -> list[Call]:
+    """The calls of one window of ``turns_per_call`` turns (mirrors graphs/annotate/multi.py)."""
+    targets = {i: f for i in indices if (f := task.fields_for(task.role_of(d.turns[i].speaker))) is not None}
+    if not targets:
+        return []
+    roles = labeled_roles(task)
+    user = prompts.group_user(d, targets, indices, window, task.context.max_turn_chars, lang, None, task)
+    key = WINDOW + ",".join(f.role for f in targets.values())
+    out: list[Call] = [(Purpose.LABEL, _pair(prompts.group_system(task, roles, lang), user),
+                        (Purpose.LABEL, key, lang))]
+    for k in range(1, settings.samples):
+        system = prompts.group_system(task, shuffled_roles(roles, d.id, indices[0], k), lang)
+        out.append((Purpose.SAMPLE, _pair(system, user), (Purpose.LABEL, key, lang)))
+    labeled = {i: f for i, f in targets.items() if f.labels}
+    if settings.critique and labeled:
+        proposals = {str(i): representative_answer(task, f, lang) for i, f in labeled.items()}
+        out.append((Purpose.CRITIQUE, _pair(prompts.group_critique_system(task, roles, lang),
+                                            prompts.critique_user(user, proposals, lang)),
+                    (Purpose.CRITIQUE, WINDOW + ",".join(f.role for f in labeled.values()), lang)))
     return out
 
 
@@ -273,6 +302,10 @@ def representative_critique(task: TaskSpec, fields: RoleFields, language: str) -
 
 
 def _answer_json(task: TaskSpec, purpose: Purpose, role: str, language: str) -> str:
+    if role.startswith(WINDOW):  # a window's roles, in order: one answer each, keyed by turn index
+        parts = [json.loads(_answer_json(task, purpose, r, language) or "null")
+                 for r in role.removeprefix(WINDOW).split(",")]
+        return json.dumps({str(10 + j): a for j, a in enumerate(parts)}, ensure_ascii=False)
     fields = task.session_fields() if purpose == Purpose.SESSION else task.fields_for(role)
     if fields is None:
         return ""
@@ -308,18 +341,23 @@ def _tokenizer(settings: Settings) -> tuple[Callable[[Messages], int], Callable[
     return counter, lambda answer: len(enc.encode(answer, disallowed_special=())), description, notes
 
 
-def observed_completions(db: str, task_name: str, model: str) -> dict[str, tuple[float, int]]:
-    """purpose -> (mean completion tokens, calls) of the store's successful calls for this task and model."""
+def observed_completions(db: str, task_name: str, model: str, turns_per_call: int = 1
+                         ) -> dict[str, tuple[float, int]]:
+    """purpose -> (mean completion tokens, calls) of the store's successful calls for this task and model, in runs
+    that labeled ``turns_per_call`` turns per call (an answer for K turns is K answers long)."""
     if not is_postgres(db) and not Path(db).expanduser().is_file():
         return {}
+    # the run's params as stored (json.dumps, sorted keys): turns_per_call is there when it is not 1
+    same = "r.params_json NOT LIKE :k" if turns_per_call == 1 else "r.params_json LIKE :k"
+    k = '%"turns_per_call": %' if turns_per_call == 1 else f'%"turns_per_call": {turns_per_call},%'  # "window" follows
     store = Store.open(db)
     try:
         with store.engine.connect() as conn:
             rows = conn.execute(sql(
                 "SELECT c.purpose, AVG(c.completion_tokens), COUNT(*) FROM llm_calls c"
                 " JOIN runs r ON r.id = c.run_id WHERE r.task_name = :task AND r.model = :model"
-                " AND c.outcome = 'ok' AND c.completion_tokens > 0 GROUP BY c.purpose"),
-                {"task": task_name, "model": model}).all()
+                f" AND {same} AND c.outcome = 'ok' AND c.completion_tokens > 0 GROUP BY c.purpose"),
+                {"task": task_name, "model": model, "k": k}).all()
     finally:
         store.close()
     return {purpose: (float(avg), int(n)) for purpose, avg, n in rows}

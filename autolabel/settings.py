@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     db: str = "autolabel.db"
     concurrency: int = Field(8, ge=1, le=1024)
     window: int | None = Field(None, ge=0, description="preceding turns in context; default: the task spec's")
+    turns_per_call: int = Field(1, ge=1, le=32, description="consecutive turns labeled by one call (and critiqued "
+                                "by one): the prompt's fixed part is paid once per window; 1: one call per turn")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=16)
     max_reasks: int = Field(2, ge=0, le=10, description="re-asks after output that fails validation")

@@ -58,7 +58,8 @@ class SchemaAnswer(BaseModel):
 
 @dataclass(frozen=True, eq=False)
 class Compiled:
-    """A schema, ready to validate: its canonical JSON (sorted keys), digest, jsonschema validator, compiled check."""
+    """A schema, ready to validate: its JSON (keys in the schema's order), digest, jsonschema validator, compiled
+    check."""
 
     schema: dict[str, Any]
     json: str
@@ -92,7 +93,8 @@ def compile_schema(schema: dict[str, Any]) -> Compiled:
     seen = _SEEN.get(id(schema))
     if seen is not None and seen[0] is schema:
         return seen[1]
-    compiled = _compile_json(json.dumps(schema, sort_keys=True))
+    # key order kept: it is the order the model is asked to write the fields in (texts first, then labels)
+    compiled = _compile_json(json.dumps(schema))
     if len(_SEEN) >= _SEEN_MAX:
         _SEEN.clear()
     _SEEN[id(schema)] = (schema, compiled)

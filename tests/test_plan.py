@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from autolabel.graphs.annotate import prompts
+from autolabel.graphs.annotate.multi import labeled_roles
 from typer.testing import CliRunner
 
 from autolabel import (
@@ -82,6 +83,31 @@ def representative_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | N
     return lambda body: by_system.get(body["messages"][0]["content"])
 
 
+def representative_window_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
+    """The plan's representative answer for every turn of a window's label and critique calls (sample calls get
+    the server's own valid answer); session calls as ``representative_replies``."""
+    roles = labeled_roles(task)
+    lang_of = {s: lang for lang in ("en", "zh") for s in (prompts.group_system(task, roles, lang),
+                                                           prompts.group_critique_system(task, roles, lang))}
+    role_of = {frozenset(task.output_schema(f)["properties"]): f for f in roles}
+    session = representative_replies(task)
+
+    def reply(body: dict[str, Any]) -> str | None:
+        system = body["messages"][0]["content"]
+        if system not in lang_of:
+            return session(body)
+        lang, critique = lang_of[system], "review" in system or "复核" in system
+        answer = {}
+        for key, sub in body["response_format"]["json_schema"]["schema"]["properties"].items():
+            if critique:
+                fields = next(f for f in roles if task.critique_schema(f) == sub)
+                answer[key] = representative_critique(task, fields, lang)
+            else:
+                answer[key] = representative_answer(task, role_of[frozenset(sub["properties"])], lang)
+        return json.dumps(answer, ensure_ascii=False)
+    return reply
+
+
 def logged(db: Path) -> dict[str, tuple[int, int, int]]:
     """purpose -> (calls, prompt tokens, completion tokens) as the run logged them."""
     with sqlite3.connect(db) as conn:
@@ -125,6 +151,33 @@ def test_plan_counts_exactly_the_prompt_tokens_a_run_sends(tmp_path: Path) -> No
         calls, _, completion_tokens = run[row.purpose.value]
         assert row.completion_source == f"observed mean of {calls} calls"
         assert row.completion_tokens == completion_tokens
+
+
+def test_plan_counts_exactly_the_prompt_tokens_of_a_multi_turn_run(tmp_path: Path) -> None:
+    input = mixed_input(tmp_path / "in.jsonl")
+    db = tmp_path / "runs.db"
+    with FakeOpenAIServer(replies=representative_window_replies(TASK)) as srv:
+        settings = Settings(model="openai:test-model", base_url=srv.base_url, db=str(db), samples=2,
+                            turns_per_call=3)
+        before = plan(input, TASK, settings)
+        Annotator(TASK, settings=settings).run(input)
+        assert not [b for b in srv.requests if len(b["messages"]) > 2]
+    run = logged(db)
+    rows = {c.purpose: c for c in before.calls}
+    assert set(rows) == set(Purpose)
+    for purpose, row in rows.items():
+        assert (row.calls, row.prompt_tokens) == run[purpose.value][:2], purpose
+        if purpose != Purpose.SAMPLE:  # the representative answers, as the plan estimates them
+            assert row.completion_tokens == run[purpose.value][2], purpose
+    labelled = sum(1 for d in read_dialogues(input) for t in d.turns if TASK.role_of(t.speaker))
+    windows = sum(any(TASK.role_of(t.speaker) for t in d.turns[i:i + 3])  # windows with a turn to label
+                  for d in read_dialogues(input) for i in range(0, len(d.turns), 3))
+    assert rows[Purpose.LABEL].calls == rows[Purpose.CRITIQUE].calls == windows < labelled
+    # the observed completions of a multi-turn run are not taken for a one-turn plan, nor the other way round
+    one = plan(input, TASK, settings.model_copy(update={"turns_per_call": 1}))
+    assert all(c.completion_source == "schema estimate" for c in one.calls)
+    again = plan(input, TASK, settings)
+    assert all(c.completion_source.startswith("observed mean") for c in again.calls)
 
 
 def test_plan_extrapolates_from_a_sample(tmp_path: Path) -> None:

@@ -28,10 +28,20 @@ DEFAULT_THRESHOLD = 0.5
 
 # -- dialogue level ---------------------------------------------------------------------------------------
 
+TURNS_PER_TASK = 8
+"""Turns per ``Send`` branch when each turn has its own calls: the branch runs them concurrently. A branch costs
+LangGraph a task and the checkpointer a write; one per turn was a third of autolabel's CPU per call."""
+
+
 async def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Detect the dialogue's language (it picks prompts and descriptions)."""
-    task = runtime.context.task
-    return {"language": detect_language([t.text for t in state["dialogue"].turns], task.languages)}
+    """Detect the dialogue's language (it picks prompts and descriptions); cut the turns into windows, one ``Send``
+    branch each: ``turns_per_call`` turns labeled by one call, or ``TURNS_PER_TASK`` turns with a call each."""
+    ctx = runtime.context
+    turns = state["dialogue"].turns
+    k = ctx.settings.turns_per_call
+    size = k if k > 1 else TURNS_PER_TASK
+    return {"language": detect_language([t.text for t in turns], ctx.task.languages),
+            "windows": [[t.index for t in turns[i:i + size]] for i in range(0, len(turns), size)]}
 
 
 def _fields(runtime: Runtime[Context], role: str | None) -> RoleFields | None:
@@ -129,14 +139,21 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     except RequestRefused as e:  # other LLMErrors (endpoint down, bad key) stop the run; it resumes later
         return _restore(ctx, state["dialogue"], {"role": role, "failed": f"llm_error: {e}", "raw": "",
                                                  "history": _history("label", trace, e)})
-    labels, texts = ctx.task.decode(fields, result.answer)
-    # answer and raw stay as the model saw them (the critique quotes the answer; logprobs spell the raw text)
-    out: dict[str, Any] = {"role": role, "answer": result.answer, "raw": result.raw, "tokens": result.tokens,
-                           "labels": labels, "texts": _restore(ctx, state["dialogue"], texts),
-                           "history": _restore(ctx, state["dialogue"], _history("label", trace, None))}
+    out = labeled(ctx, state["dialogue"], fields, result.answer, result.raw, result.tokens,
+                  _restore(ctx, state["dialogue"], _history("label", trace, None)))
     if ctx.settings.samples > 1:
         out["samples"] = await _samples(state, ctx, fields, messages, schema)
     return out
+
+
+def labeled(ctx: Context, d: Dialogue, fields: RoleFields, answer: dict[str, Any], raw: str,
+            tokens: list[tuple[str, float]] | None, history: list[dict[str, Any]],
+            scope: str | None = None) -> dict[str, Any]:
+    """The state update of a labeled turn. ``answer`` and ``raw`` stay as the model saw them (the critique quotes the
+    answer; logprobs spell the raw text); the texts are restored (``--redact``)."""
+    labels, texts = ctx.task.decode(fields, answer)
+    return {"role": fields.role, "answer": answer, "raw": raw, "tokens": tokens, "scope": scope, "labels": labels,
+            "texts": _restore(ctx, d, texts), "history": history}
 
 
 async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages: list[dict[str, str]],
@@ -177,11 +194,16 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
         result = await ctx.llm.structured(msgs, schema, name=f"critique_{fields.role}", trace=trace)
     except (RetryExhausted, RequestRefused) as e:
         history += _restore(ctx, state["dialogue"], _history("critique", trace, e))
-        return {"critique": {"verdict": "unsure", "revised": None,
-                             "reason": _restore(ctx, state["dialogue"], f"critique failed: {e}")},
-                "history": history}
-    crit = _restore(ctx, state["dialogue"], dict(result.answer))
+        return critique_failed(ctx, state, e, history)
     history += _restore(ctx, state["dialogue"], _history("critique", trace, None))
+    return critiqued(ctx, state, fields, result.answer, history)
+
+
+def critiqued(ctx: Context, state: TurnState, fields: RoleFields, answer: dict[str, Any],
+              history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state update of a critiqued turn: a "revise" verdict with revised labels replaces the labels (the
+    proposal is kept in the critique)."""
+    crit = _restore(ctx, state["dialogue"], dict(answer))
     update: dict[str, Any] = {"critique": crit, "history": history}
     if crit["verdict"] == "revise" and crit.get("revised"):
         revised = {**state["answer"], **crit["revised"]}
@@ -190,6 +212,14 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
         crit["revised"] = labels
         update["labels"] = labels
     return update
+
+
+def critique_failed(ctx: Context, state: TurnState, error: Exception, history: list[dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """The state update when the critique could not be had: an "unsure" verdict that says why."""
+    return {"critique": {"verdict": "unsure", "revised": None,
+                         "reason": _restore(ctx, state["dialogue"], f"critique failed: {error}")},
+            "history": history}
 
 
 async def validate(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -223,7 +253,7 @@ async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields.labels:
         signals: dict[str, float] = {}
-        probs = option_probabilities(state.get("raw", ""), state.get("tokens"), f.name, f.multi)
+        probs = option_probabilities(state.get("raw", ""), state.get("tokens"), f.name, f.multi, state.get("scope"))
         if probs:
             signals["logprob"] = min(probs.values())
         if crit is not None:

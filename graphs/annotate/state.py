@@ -1,4 +1,4 @@
-"""State of the ``annotate`` graph: one thread per dialogue, one ``Send`` per turn."""
+"""State of the ``annotate`` graph: one thread per dialogue, one ``Send`` per window of consecutive turns."""
 
 from __future__ import annotations
 
@@ -21,14 +21,24 @@ class State(InputState, total=False):
 
     language: str
     """``en`` or ``zh``: picks the prompts and the descriptions shown to the model."""
+    windows: list[list[int]]
+    """The turn indices of each ``Send`` branch: consecutive turns, in order."""
     turns: Annotated[list[TurnAnnotation], operator.add]
     """One final annotation per turn; the ``Send`` branches append here in any order."""
     session: SessionAnnotation | None
     """Session-level labels and texts, when the task has any."""
 
 
+class WindowInput(TypedDict):
+    """What one ``Send`` branch gets: the dialogue, which of its turns (consecutive), and the language."""
+
+    dialogue: Dialogue
+    indices: list[int]
+    language: str
+
+
 class TurnInput(TypedDict):
-    """What one ``Send`` branch gets: the dialogue, which turn, and the language."""
+    """One turn of a window: the dialogue, which turn, and the language."""
 
     dialogue: Dialogue
     index: int
@@ -43,6 +53,9 @@ class TurnState(TurnInput, total=False):
     """The model's validated answer (option codes and texts)."""
     raw: str
     tokens: list[tuple[str, float]] | None
+    scope: str | None
+    """In a multi-turn answer (``turns_per_call`` > 1): the key of this turn's object in ``raw``, which holds the
+    whole answer (its tokens spell all of it)."""
     critique: dict[str, Any] | None
     samples: list[dict[str, Any]]
     labels: dict[str, Any]
@@ -56,6 +69,6 @@ class TurnState(TurnInput, total=False):
 
 
 class TurnOutput(TypedDict):
-    """What the per-turn pipeline hands back to the dialogue thread."""
+    """What the per-turn pipeline (and a window of them) hands back to the dialogue thread."""
 
     turns: Annotated[list[TurnAnnotation], operator.add]
