@@ -11,6 +11,11 @@ prompts, schemas, validation and routing as any run), then reports
 Usage::
 
     python benchmarks/bench_local.py [--models smollm2-135m,qwen2.5-0.5b] [--en 4] [--zh 3] [--critique]
+                                     [--turns-per-call 1,4]
+
+``--turns-per-call`` runs each model once per value (windowed multi-turn mode for values > 1); such an entry is
+keyed ``model@K``. Validity is reported as the turns that failed (invalid after re-asks) and the rejected answers
+(each a re-ask, or a window's answer before its turns fell back to one call each).
 
 It prints a markdown table and merges its results into ``benchmarks/results/local.json`` (one entry per model,
 so models can be run separately). The data is read in place from ``--data``; nothing is copied into the repo.
@@ -104,15 +109,20 @@ def _calls(db: str) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
-def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critique: bool, workdir: Path
-                ) -> dict[str, Any]:
+def _rejected(db: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM annotations WHERE is_final = 0").fetchone()[0])
+
+
+def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critique: bool, workdir: Path,
+                turns_per_call: int = 1) -> dict[str, Any]:
     settings = Settings(model=f"local:{name}")
     started = time.perf_counter()
     load_model(name, settings)  # joined and loaded once, outside the timed part
     load_seconds = time.perf_counter() - started
-    db = str(workdir / f"{name}.db")
+    db = str(workdir / f"{name}@{turns_per_call}.db")
     annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False,
-                          concurrency=1)
+                          concurrency=1, turns_per_call=turns_per_call)
     load_avg = os.getloadavg()
     started = time.perf_counter()
     results: dict[str, DialogueResult] = {}
@@ -138,7 +148,8 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
         "seconds_per_call_p90": round(latencies[int(0.9 * (len(latencies) - 1))], 2),
         "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
         "completion_tokens": sum(c["completion_tokens"] for c in calls),
-        "statuses": statuses, "crashed_dialogues": crashed,
+        "statuses": statuses, "crashed_dialogues": crashed, "turns_per_call": turns_per_call,
+        "rejected_answers": _rejected(db),
         "load_average_at_start": [round(x, 2) for x in load_avg],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "agreement": agreement(task, dialogues, results),
@@ -146,10 +157,10 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
 
 
 def table(models: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | sample | turns/min | s/call (median, p90) | emotion EM / macro-F1 "
-             "| strategy EM / macro-F1 | psychotherapy acc / macro-F1 | topic acc / macro-F1 "
-             "| accepted / flagged / failed / crashed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | turns/call | sample | turns/min | s/call (median, p90) | tokens/turn (prompt, completion) "
+             "| emotion EM / macro-F1 | strategy EM / macro-F1 | psychotherapy acc / macro-F1 | topic acc / macro-F1 "
+             "| accepted / flagged / failed / crashed | rejected answers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(a: dict[str, Any], f: str, first: str) -> str:
         return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
@@ -157,12 +168,13 @@ def table(models: dict[str, dict[str, Any]]) -> str:
     for r in models.values():
         a, s, sample = r["agreement"], r["statuses"], r.get("sample") or {}
         where = f"{sample.get('en')} EN + {sample.get('zh')} ZH, {sample.get('turns')} turns"
-        lines.append(f"| {r['model']} | {where} | {r['turns_per_minute']:.1f} | "
+        lines.append(f"| {r['model']} | {r.get('turns_per_call', 1)} | {where} | {r['turns_per_minute']:.1f} | "
                      f"{r['seconds_per_call_median']:.1f}, "
-                     f"{r['seconds_per_call_p90']:.1f} | {pair(a, 'emotion', 'exact_match')} | "
+                     f"{r['seconds_per_call_p90']:.1f} | {r['prompt_tokens'] / r['turns']:.0f}, "
+                     f"{r['completion_tokens'] / r['turns']:.0f} | {pair(a, 'emotion', 'exact_match')} | "
                      f"{pair(a, 'strategy', 'exact_match')} | {pair(a, 'psychotherapy', 'accuracy')} | "
                      f"{pair(a, 'topic', 'accuracy')} | {s.get('accepted', 0)} / {s.get('flagged', 0)} / "
-                     f"{s.get('failed', 0)} / {s.get('crashed_turns', 0)} |")
+                     f"{s.get('failed', 0)} / {s.get('crashed_turns', 0)} | {r.get('rejected_answers', '')} |")
     return "\n".join(lines)
 
 
@@ -172,6 +184,7 @@ def main() -> None:
     parser.add_argument("--en", type=int, default=4, help="English sessions in the sample")
     parser.add_argument("--zh", type=int, default=3, help="Chinese sessions in the sample")
     parser.add_argument("--critique", action="store_true", help="also run the critique call (about 2x time)")
+    parser.add_argument("--turns-per-call", default="1", help="comma-separated: one run per value")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "local.json")
     args = parser.parse_args()
@@ -193,9 +206,10 @@ def main() -> None:
         "models": models,
     }
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
-        for name in args.models.split(","):
-            result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp))
-            report["models"][name] = {"sample": sample_info, "settings": settings_info, **result}
+        for name, k in ((n, int(k)) for n in args.models.split(",") for k in args.turns_per_call.split(",")):
+            result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp), turns_per_call=k)
+            key = name if k == 1 else f"{name}@{k}"
+            report["models"][key] = {"sample": sample_info, "settings": settings_info, **result}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             print(f"{name}: {result['seconds']} s, {result['turns_per_minute']} turns/min", flush=True)

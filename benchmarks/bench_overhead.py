@@ -16,6 +16,7 @@ Reported: calls per second of each, the throughput ratio (autolabel / baseline),
 Usage::
 
     python benchmarks/bench_overhead.py [--turns 2000] [--turns-c1 200] [--concurrency 1,8,64] [--latency-ms 200]
+                                        [--turns-per-call 1]
 
 Concurrency 1 is serial (200 ms per call), so it labels ``--turns-c1`` turns instead of ``--turns``.
 Results go to ``benchmarks/results/overhead.json`` (``--out`` to change).
@@ -43,9 +44,12 @@ TASK = "psy-insight"
 MODEL = "openai:bench-model"
 
 
+TURNS_PER_CALL = 1  # --turns-per-call: the mode both passes run in
+
+
 def annotator(url: str, db: Path, concurrency: int, critique: bool) -> Annotator:
     return Annotator(TASK, model=MODEL, base_url=url, db=db, cache=False, concurrency=concurrency,
-                     critique=critique)
+                     critique=critique, turns_per_call=TURNS_PER_CALL)
 
 
 def record_requests(path: Path, workdir: Path, critique: bool) -> list[dict[str, Any]]:
@@ -110,8 +114,12 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=200.0)
     p.add_argument("--no-critique", action="store_true", help="one call per turn instead of two")
     p.add_argument("--repeat", type=int, default=1, help="runs per configuration; the fastest is kept")
+    p.add_argument("--turns-per-call", type=int, default=1, help="autolabel's windowed mode (the baseline replays "
+                   "the requests of that mode)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
+    global TURNS_PER_CALL
+    TURNS_PER_CALL = a.turns_per_call
     logging.basicConfig(level=logging.ERROR)
     critique = not a.no_critique
     levels = [int(c) for c in a.concurrency.split(",")]
@@ -144,20 +152,24 @@ def main() -> None:
                        "autolabel_calls_per_s": auto["calls"] / auto["seconds"],
                        "throughput_ratio": base["seconds"] / auto["seconds"],
                        "baseline_cpu_ms_per_call": 1000 * base["cpu_seconds"] / base["calls"],
-                       "autolabel_cpu_ms_per_call": 1000 * auto["cpu_seconds"] / auto["calls"]}
+                       "autolabel_cpu_ms_per_call": 1000 * auto["cpu_seconds"] / auto["calls"],
+                       "baseline_cpu_ms_per_turn": 1000 * base["cpu_seconds"] / n,
+                       "autolabel_cpu_ms_per_turn": 1000 * auto["cpu_seconds"] / n}
                 res["cpu_ratio"] = res["autolabel_cpu_ms_per_call"] / res["baseline_cpu_ms_per_call"]
                 results.append(res)
                 rows.append([c, n, res["calls"], res["baseline_calls_per_s"], res["autolabel_calls_per_s"],
                              res["throughput_ratio"], res["baseline_cpu_ms_per_call"],
-                             res["autolabel_cpu_ms_per_call"], res["cpu_ratio"]])
+                             res["autolabel_cpu_ms_per_call"], res["cpu_ratio"], res["autolabel_cpu_ms_per_turn"]])
                 print(table(["concurrency", "turns", "calls", "raw calls/s", "autolabel calls/s", "ratio",
-                             "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio"], rows[-1:]), flush=True)
+                             "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio", "autolabel CPU ms/turn"],
+                            rows[-1:]), flush=True)
     print()
-    print(f"Overhead at {a.latency_ms:g} ms simulated latency, critique {'on' if critique else 'off'}")
+    print(f"Overhead at {a.latency_ms:g} ms simulated latency, critique {'on' if critique else 'off'}, "
+          f"{a.turns_per_call} turn(s) per call")
     print(table(["concurrency", "turns", "calls", "raw calls/s", "autolabel calls/s", "ratio (autolabel/raw)",
-                 "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio"], rows))
-    out = write_result("overhead", {"latency_ms": a.latency_ms, "critique": critique,
-                                    "per_dialogue": a.per_dialogue, "results": results}, a.out)
+                 "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio", "autolabel CPU ms/turn"], rows))
+    out = write_result("overhead", {"latency_ms": a.latency_ms, "critique": critique, "per_dialogue": a.per_dialogue,
+                                    "turns_per_call": a.turns_per_call, "results": results}, a.out)
     print(f"\nwritten {out}")
 
 

@@ -8,6 +8,8 @@ encoding, OpenAI's cookbook formula). No model is called.
 - **autolabel**: the task's context window (``psy-insight``: the 4 preceding turns), critique on.
 - **naive**: the same prompt functions with the window set past the dialogue's length, so every turn's prompt
   holds all the turns before it (window = turn index): the full history with every turn.
+- **windowed K** (``--turns-per-call``, default 4 and 8): autolabel's multi-turn mode, K consecutive turns labeled
+  by one call and critiqued by one (same context window before the first of them).
 
 Per labeled turn (every call of the dialogue, session call included, over its turns): prompt tokens, completion
 tokens (estimated from the output schema's representative answer, the same for both), the ratio autolabel / naive,
@@ -17,6 +19,7 @@ providers' prefix caches can serve). Linear growth shows as a flat per-turn cost
 Usage::
 
     python benchmarks/bench_tokens.py [--lengths 10,50,200] [--dialogues 5] [--model openai:gpt-4o-mini]
+                                      [--turns-per-call 4,8]
 
 Results go to ``benchmarks/results/tokens.json`` (``--out`` to change).
 """
@@ -63,17 +66,22 @@ def per_turn(p: Plan) -> dict[str, Any]:
     return out
 
 
-def measure(lengths: list[int], dialogues: int, model: str, work: Path) -> list[dict[str, Any]]:
+def measure(lengths: list[int], dialogues: int, model: str, work: Path, windows: list[int]) -> list[dict[str, Any]]:
     results = []
     db = str(work / "none.db")  # no store: completions estimated from the schema, not observed
     for length in lengths:
         path = write_dialogues(work / f"len{length}.jsonl", length, dialogues)
         row: dict[str, Any] = {"turns_per_dialogue": length, "dialogues": dialogues}
-        for name, window in (("autolabel", None), ("naive", FULL_HISTORY)):
-            settings = Settings(model=model, db=db, window=window, critique=True)
+        modes = [("autolabel", None, 1), ("naive", FULL_HISTORY, 1), *((f"windowed_{k}", None, k) for k in windows)]
+        for name, window, k in modes:
+            settings = Settings(model=model, db=db, window=window, critique=True, turns_per_call=k)
             row[name] = per_turn(plan(path, TASK, settings, sample_dialogues=dialogues))
-        row["prompt_ratio"] = row["autolabel"]["prompt_per_turn"] / row["naive"]["prompt_per_turn"]
-        row["total_ratio"] = row["autolabel"]["total_per_turn"] / row["naive"]["total_per_turn"]
+        for name, _, _ in modes:
+            if name != "naive":
+                row[name]["prompt_ratio"] = row[name]["prompt_per_turn"] / row["naive"]["prompt_per_turn"]
+                row[name]["total_ratio"] = row[name]["total_per_turn"] / row["naive"]["total_per_turn"]
+        row["prompt_ratio"] = row["autolabel"]["prompt_ratio"]
+        row["total_ratio"] = row["autolabel"]["total_ratio"]
         results.append(row)
     return results
 
@@ -83,11 +91,13 @@ def main() -> None:
     p.add_argument("--lengths", default="10,50,200")
     p.add_argument("--dialogues", type=int, default=5, help="dialogues per length (different texts)")
     p.add_argument("--model", default="openai:gpt-4o-mini")
+    p.add_argument("--turns-per-call", default="4,8", help="windowed modes to measure (comma-separated K)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
+    windows = [int(x) for x in a.turns_per_call.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="bench-tokens-") as tmp:
-        results = measure(lengths, a.dialogues, a.model, Path(tmp))
+        results = measure(lengths, a.dialogues, a.model, Path(tmp), windows)
     rows = []
     for r in results:
         w, n = r["autolabel"], r["naive"]
@@ -99,9 +109,21 @@ def main() -> None:
     print(table(["turns/dialogue", "prompt (autolabel)", "prompt (naive)", "prompt ratio", "completion",
                  "total ratio", "stable prefix (autolabel)", "stable prefix (naive)", "USD/1k turns (autolabel)",
                  "USD/1k turns (naive)"], rows))
+    if windows:
+        rows = []
+        for r in results:
+            for name in ("autolabel", *(f"windowed_{k}" for k in windows)):
+                w = r[name]
+                rows.append([r["turns_per_dialogue"], name, round(w["calls_per_turn"], 2), round(w["prompt_per_turn"]),
+                             round(w["completion_per_turn"]), w["prompt_ratio"], w["total_ratio"],
+                             f"{100 * w['stable_prefix_share']:.0f}%", w["cost_usd_per_1000_turns"]])
+        print()
+        print("Windowed multi-turn mode (--turns-per-call K) against one call per turn; ratios against naive")
+        print(table(["turns/dialogue", "mode", "calls/turn", "prompt/turn", "completion/turn", "prompt ratio",
+                     "total ratio", "stable prefix", "USD/1k turns"], rows))
     purposes = []
     for r in results:
-        for name in ("autolabel", "naive"):
+        for name in ("autolabel", "naive", *(f"windowed_{k}" for k in windows)):
             for purpose, c in r[name]["by_purpose"].items():
                 purposes.append([r["turns_per_dialogue"], name, purpose, c["calls"],
                                  round(c["prompt_tokens"] / max(1, c["calls"])),
@@ -109,7 +131,8 @@ def main() -> None:
     print()
     print(table(["turns/dialogue", "prompts", "call", "calls", "prompt tokens/call", "completion tokens/call"],
                 purposes))
-    out = write_result("tokens", {"task": TASK, "model": a.model, "results": results}, a.out)
+    out = write_result("tokens", {"task": TASK, "model": a.model, "turns_per_call": windows, "results": results},
+                       a.out)
     print(f"\nwritten {out}")
 
 

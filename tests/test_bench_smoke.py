@@ -39,6 +39,10 @@ def test_tokens_windowed_prompts_stay_flat_while_the_full_history_grows(tmp_path
     assert long["naive"]["prompt_per_turn"] > short["naive"]["prompt_per_turn"]
     assert long["prompt_ratio"] < short["prompt_ratio"] <= 1.0
     assert 0 < long["autolabel"]["stable_prefix_share"] < 1
+    # several turns per call: fewer calls and fewer prompt tokens per turn than one call per turn
+    for r in (short, long):
+        assert r["windowed_4"]["calls_per_turn"] < r["autolabel"]["calls_per_turn"]
+        assert r["windowed_4"]["prompt_per_turn"] < r["autolabel"]["prompt_per_turn"]
 
 
 def test_memory_streams_a_run_and_an_export(tmp_path: Path) -> None:
