@@ -8,7 +8,9 @@ Layers, from the wire up:
   jittered exponential backoff under a total deadline;
 - the **cache** (in the store) answers a call seen before — a re-run of a finished job makes no calls;
 - **instructor** asks for structured output against the task's generated schema and re-asks with the validation
-  errors when the answer does not validate (``max_reasks``).
+  errors when the answer does not validate (``max_reasks``). Its re-ask loop (``instructor.core.retry_async``, what
+  ``instructor.patch``'s wrapper calls for every request) is called directly with the request prepared once per
+  schema (``structured.response_format``): the wrapper would prepare the model and the request again on every call.
 
 Every call that reaches a backend is written to the store's call log (model, parameter hash, tokens, latency,
 outcome). Dialogue text is never logged.
@@ -26,7 +28,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,6 +38,7 @@ from typing import Any, Protocol, cast
 import httpx
 import instructor
 import openai
+from instructor.core import retry_async
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -45,7 +48,7 @@ from .budget import Budget
 from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
 from .limits import AdaptiveLimit
 from .settings import Settings
-from .structured import SchemaAnswer, response_model, schema_digest
+from .structured import SchemaAnswer, response_format, response_model, schema_digest
 
 log = logging.getLogger(__name__)
 
@@ -324,30 +327,32 @@ class LLMClient:
         self._log_writer: asyncio.Task[None] | None = None
         self._log_error: StoreError | None = None
         self._log_now = asyncio.Event()  # set by flush(): write what has gathered without waiting
-        # instructor.patch's overloads type the patch of an async ``create`` as a sync call; it returns a coroutine
-        self._create = cast(Callable[..., Awaitable[SchemaAnswer]],
-                            instructor.patch(create=self._complete, mode=instructor.Mode.JSON_SCHEMA))
 
     async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
                          trace: CallTrace, temperature: float | None = None, seed: int | None = None,
                          max_tokens: int | None = None) -> Structured:
         """Ask for a JSON answer valid for ``schema``; raises RetryExhausted or LLMError. ``max_tokens`` overrides
         the setting (an answer for several turns gets the setting's allowance per turn)."""
-        params: dict[str, Any] = {
+        # the request as instructor.patch would prepare it in JSON_SCHEMA mode; a list of our own, which re-asks extend
+        kwargs: dict[str, Any] = {
+            "messages": list(messages),
             "temperature": self.settings.temperature if temperature is None else temperature,
             "max_tokens": max_tokens or self.settings.max_tokens,
         }
         if seed is not None:
-            params["seed"] = seed
+            kwargs["seed"] = seed
         model_cls = response_model(f"{name}_{schema_digest(schema)}", schema)
+        kwargs["response_format"] = response_format(model_cls)
+        kwargs["_trace"] = trace
         try:
-            parsed = await self._create(response_model=model_cls, messages=messages,
-                                        max_retries=self.settings.max_reasks, _trace=trace, **params)
+            parsed = cast(SchemaAnswer, await retry_async(
+                func=self._complete, response_model=model_cls, args=(), kwargs=kwargs,
+                max_retries=self.settings.max_reasks, strict=True, mode=instructor.Mode.JSON_SCHEMA))
         except IncompleteOutputException:  # the answer hit max_tokens: an invalid output for this item, not a crash
             raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
                                  usage={"prompt_tokens": trace.prompt_tokens,
                                         "completion_tokens": trace.completion_tokens},
-                                 detail=f"output cut at max_tokens={params['max_tokens']}") from None
+                                 detail=f"output cut at max_tokens={kwargs['max_tokens']}") from None
         except InstructorRetryException as e:
             if isinstance(e.__cause__, LLMError | BudgetExceeded | StoreError):  # not the output's fault: no re-ask
                 raise e.__cause__ from None

@@ -125,6 +125,13 @@ def response_model(name: str, schema: dict[str, Any]) -> type[SchemaAnswer]:
     return _response_model_for(name, compile_schema(schema).json)
 
 
+@lru_cache(maxsize=256)
+def response_format(model: type[SchemaAnswer]) -> dict[str, Any]:
+    """The ``response_format`` instructor's JSON_SCHEMA mode sends for ``model`` (OpenAI structured outputs), built
+    once per model. Shared by every request for it: nothing may change it."""
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+
+
 def validation_errors(schema: dict[str, Any], value: Any) -> list[str]:
     """Every jsonschema error of ``value`` against ``schema``, each with its JSON path."""
     errors = sorted(compile_schema(schema).iter_errors(value), key=lambda e: e.json_path)
