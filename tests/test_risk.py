@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from autolabel import Annotator, Dialogue, ReviewQueue, Turn, load_task
 from autolabel.records import record_problems
@@ -25,6 +26,7 @@ from autolabel.risk import (
     detect_injection,
     detect_risk,
 )
+from autolabel.web import create_app
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_annotate import purpose
@@ -378,6 +380,16 @@ def test_a_risk_turn_the_model_fails_on_still_goes_to_a_human_first(tmp_path: Pa
             assert "risk_content" in item.proposal["flags"]
         assert [t["text"] for t in queue.store.turn_rows(run_id, d.id) if t["status"] == "failed"] == [RISK_EN,
                                                                                                         RISK_ZH]
+        # the review page shows why the model failed, with its last raw output
+        with TestClient(create_app(db, token="t0ken")) as web:
+            web.get("/?token=t0ken&reviewer=bob")
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', web.get("/").text).group(1)
+            held = web.post("/api/claim", headers={"X-CSRF-Token": csrf}).json()["item"]
+            page = web.get(f"/item/{held}").text
+            assert "labeling failed" in page and "invalid_output" in page and "NotAnOption" in page
+            released = web.post(f"/api/items/{held}/release", headers={"X-CSRF-Token": csrf},
+                                json={"version": queue.get(held).version})
+            assert released.json()["status"] == "pending"  # back in the queue
         # a reviewer gets them before anything else, sees the turn, and labels it: the turn becomes reviewed
         first = queue.claim("alice", run_id=run_id)
         assert first is not None and first.turn_index in (1, 3)
