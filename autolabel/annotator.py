@@ -175,6 +175,8 @@ class Annotator:
                 pass
         except BudgetExceeded:
             pass  # summary.stopped_reason says so; finished dialogues are stored and a re-run resumes
+        finally:
+            dialogues.close()  # a run that stopped early leaves the reader (and its open file) mid-way
         summary.input_errors = len(errs)
         return summary
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from enum import Enum
 from functools import partial
 from itertools import groupby
@@ -346,8 +346,8 @@ def detect_format(path: str | Path) -> InputFormat:
 
 
 def read_dialogues(path: str | Path, *, format: InputFormat | None = None,
-                   on_error: Callable[[InputError], None] | None = None) -> Iterator[Dialogue]:
-    """Stream the dialogues of ``path``.
+                   on_error: Callable[[InputError], None] | None = None) -> Generator[Dialogue, None, None]:
+    """Stream the dialogues of ``path`` (``close()`` the generator to release the file before the end).
 
     With ``on_error=None`` the first bad record raises its InputError; otherwise ``on_error`` gets each one
     and reading goes on. A dialogue id seen before in the same file is an error (the first one is kept).
@@ -358,7 +358,7 @@ def read_dialogues(path: str | Path, *, format: InputFormat | None = None,
 
 
 def _dialogues(path: Path, source: str, reader: _Reader,
-               on_error: Callable[[InputError], None] | None) -> Iterator[Dialogue]:
+               on_error: Callable[[InputError], None] | None) -> Generator[Dialogue, None, None]:
     records, shape, newline = reader
     first_line: dict[str, int] = {}
     with _open(path, source, newline) as fh:

@@ -1,20 +1,22 @@
 """The ``annotate`` graph: one thread per dialogue.
 
-    prepare ──Send per window──► annotate_window ──► session ──► finalize
+    prepare ──Send per chunk──► annotate_turns ──► session ──► finalize
 
-A window is a run of consecutive turns. With ``turns_per_call`` = 1 (the default) each turn of a window goes through
-the per-turn pipeline (label → critique → validate → score → route: the functions of ``nodes.py`` chained by the
-routers below), the window's turns concurrently; with ``turns_per_call`` = K > 1 a window holds K turns, labeled by
-one call and critiqued by one (``multi.py``), then validated, scored and routed turn by turn.
+A chunk is a run of consecutive turns (``nodes.TURNS_PER_TASK``, 32). With ``turns_per_call`` = 1 (the default) each
+turn goes through the per-turn pipeline (label → critique → validate → score → route: the functions of ``nodes.py``
+chained by the routers below); with ``turns_per_call`` = K > 1 the chunk is cut into windows of K turns, each labeled
+by one call and critiqued by one (``multi.py``), then validated, scored and routed turn by turn. A chunk's turns (or
+windows) run concurrently.
 
 The ``Send`` branches run concurrently under the run config's top-level ``max_concurrency`` (the LLM client caps the
 calls in flight). The dialogue thread is checkpointed (a finished branch's result is kept as a pending write), so a
-killed run resumes where it stopped. A branch is not checkpointed step by step: a window interrupted mid-way is
+killed run resumes where it stopped. A branch is not checkpointed step by step: a chunk interrupted mid-way is
 redone, and its LLM calls come from the store's cache.
 
-Why steps chained in a node and not a compiled subgraph, and several turns per branch: as a subgraph every step was
+Why steps chained in a node and not a compiled subgraph, and many turns per branch: as a subgraph every step was
 a Pregel superstep of its own (channels, callbacks, task bookkeeping), about 3 ms of CPU per turn; a branch per turn
-still cost LangGraph a task and the checkpointer a write per turn (``benchmarks/bench_overhead.py``). A step's result
+still cost LangGraph a task, and the checkpointer a copy of the dialogue and a write, per turn — about 1 ms
+(``benchmarks/bench_overhead.py``). A step's result
 only feeds the next step of the same turn, so nothing is lost by running them in sequence inside the node.
 """
 
@@ -25,18 +27,18 @@ from typing import Any, Literal, cast
 
 from autolabel.graphs.annotate import multi, nodes
 from autolabel.graphs.annotate.context import Context
-from autolabel.graphs.annotate.state import InputState, State, TurnInput, TurnOutput, TurnState, WindowInput
+from autolabel.graphs.annotate.state import InputState, State, TurnInput, TurnOutput, TurnsInput, TurnState
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 
 def fan_out(state: State) -> list[Send] | Literal["session"]:
-    """One ``Send`` per window of turns; a dialogue without turns goes straight to the session step."""
+    """One ``Send`` per chunk of turns; a dialogue without turns goes straight to the session step."""
     if not state["dialogue"].turns:
         return "session"
-    return [Send("annotate_window", WindowInput(dialogue=state["dialogue"], indices=w, language=state["language"]))
-            for w in state["windows"]]
+    return [Send("annotate_turns", TurnsInput(dialogue=state["dialogue"], indices=c, language=state["language"]))
+            for c in state["chunks"]]
 
 
 def after_label(state: TurnState) -> Literal["critique", "validate", "route"]:
@@ -63,14 +65,18 @@ async def annotate_turn(state: TurnInput, runtime: Runtime[Context]) -> TurnOutp
     return cast(TurnOutput, await nodes.route(s, runtime))
 
 
-async def annotate_window(state: WindowInput, runtime: Runtime[Context]) -> TurnOutput:
-    """A window's turns: one call for all of them (``turns_per_call`` > 1), or each through ``annotate_turn``,
-    concurrently (when one raises, the others are cancelled and the error goes on: the run stops, and resumes)."""
-    if runtime.context.settings.turns_per_call > 1:
-        return await multi.annotate_together(state, runtime, annotate_turn)
-    d, lang = state["dialogue"], state["language"]
-    tasks = [asyncio.ensure_future(annotate_turn(TurnInput(dialogue=d, index=i, language=lang), runtime))
-             for i in state["indices"]]
+async def annotate_turns(state: TurnsInput, runtime: Runtime[Context]) -> TurnOutput:
+    """A chunk's turns, concurrently: each through ``annotate_turn``, or (``turns_per_call`` = K > 1) K at a time
+    through ``multi.annotate_together``. When one raises, the others are cancelled and the error goes on (the run
+    stops, and resumes)."""
+    d, lang, k = state["dialogue"], state["language"], runtime.context.settings.turns_per_call
+    indices = state["indices"]
+    if k > 1:
+        jobs = [multi.annotate_together(TurnsInput(dialogue=d, indices=indices[i:i + k], language=lang), runtime,
+                                        annotate_turn) for i in range(0, len(indices), k)]
+    else:
+        jobs = [annotate_turn(TurnInput(dialogue=d, index=i, language=lang), runtime) for i in indices]
+    tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
         done = await asyncio.gather(*tasks)
     except BaseException:
@@ -89,12 +95,12 @@ def _merge(state: TurnState, update: dict[str, Any]) -> TurnState:
 def build_graph() -> StateGraph[State, Context, InputState, State]:
     b = StateGraph(State, context_schema=Context, input_schema=InputState)
     b.add_node("prepare", nodes.prepare)
-    b.add_node("annotate_window", annotate_window, input_schema=WindowInput)
+    b.add_node("annotate_turns", annotate_turns, input_schema=TurnsInput)
     b.add_node("session", nodes.session)
     b.add_node("finalize", nodes.finalize)
     b.add_edge(START, "prepare")
-    b.add_conditional_edges("prepare", fan_out, ["annotate_window", "session"])
-    b.add_edge("annotate_window", "session")
+    b.add_conditional_edges("prepare", fan_out, ["annotate_turns", "session"])
+    b.add_edge("annotate_turns", "session")
     b.add_edge("session", "finalize")
     b.add_edge("finalize", END)
     return b

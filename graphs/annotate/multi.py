@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from autolabel.graphs.annotate import nodes, prompts
 from autolabel.graphs.annotate.context import Context
-from autolabel.graphs.annotate.state import TurnInput, TurnOutput, TurnState, WindowInput
+from autolabel.graphs.annotate.state import TurnInput, TurnOutput, TurnsInput, TurnState
 from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
@@ -52,7 +52,7 @@ def shuffled_roles(all_fields: list[RoleFields], dialogue_id: str, index: int, k
         for f in all_fields]
 
 
-async def annotate_together(state: WindowInput, runtime: Runtime[Context], one_turn: OneTurn) -> TurnOutput:
+async def annotate_together(state: TurnsInput, runtime: Runtime[Context], one_turn: OneTurn) -> TurnOutput:
     """Label, critique, validate, score and route the turns of one window (``one_turn``: the per-turn pipeline, for
     turns whose window call failed)."""
     ctx = runtime.context
@@ -141,7 +141,7 @@ async def _label(ctx: Context, d: Dialogue, states: dict[int, TurnState], target
     return None
 
 
-async def _one_by_one(state: WindowInput, runtime: Runtime[Context], one_turn: OneTurn,
+async def _one_by_one(state: TurnsInput, runtime: Runtime[Context], one_turn: OneTurn,
                       fallback: tuple[list[dict[str, Any]], set[int]]) -> list[TurnAnnotation]:
     """The turns of a failed window call, each through the per-turn pipeline; the failed attempt heads each
     turn's history (and counts among its attempts)."""

@@ -1,4 +1,4 @@
-"""State of the ``annotate`` graph: one thread per dialogue, one ``Send`` per window of consecutive turns."""
+"""State of the ``annotate`` graph: one thread per dialogue, one ``Send`` per chunk of consecutive turns."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class State(InputState, total=False):
 
     language: str
     """``en`` or ``zh``: picks the prompts and the descriptions shown to the model."""
-    windows: list[list[int]]
+    chunks: list[list[int]]
     """The turn indices of each ``Send`` branch: consecutive turns, in order."""
     turns: Annotated[list[TurnAnnotation], operator.add]
     """One final annotation per turn; the ``Send`` branches append here in any order."""
@@ -29,8 +29,9 @@ class State(InputState, total=False):
     """Session-level labels and texts, when the task has any."""
 
 
-class WindowInput(TypedDict):
-    """What one ``Send`` branch gets: the dialogue, which of its turns (consecutive), and the language."""
+class TurnsInput(TypedDict):
+    """Consecutive turns of a dialogue (a ``Send`` branch's chunk, or a window labeled by one call): the dialogue,
+    which of its turns, and the language."""
 
     dialogue: Dialogue
     indices: list[int]
