@@ -33,6 +33,22 @@ def test_overhead_sends_the_same_requests_both_ways(tmp_path: Path) -> None:
         assert r["throughput_ratio"] > 0 and r["autolabel_cpu_ms_per_call"] > 0
 
 
+def test_client_arms_make_the_same_calls(tmp_path: Path) -> None:
+    data = bench("client", tmp_path / "client.json", "--calls", "12", "--concurrency", "1,2", "--repeat", "1")
+    assert [r["concurrency"] for r in data["results"]] == [1, 2]
+    for r in data["results"]:  # the raw client and each LLMClient arm made every call
+        assert {r[arm]["calls"] for arm in ("raw", "cache off", "cache miss", "cache hit")} == {12}
+        assert r["cache hit"]["cpu_ms_per_call"] > 0
+
+
+def test_overhead_of_the_windowed_mode(tmp_path: Path) -> None:
+    data = bench("overhead", tmp_path / "overhead.json", "--turns", "16", "--turns-c1", "8", "--per-dialogue", "8",
+                 "--concurrency", "2", "--latency-ms", "5", "--turns-per-call", "4")
+    (r,) = data["results"]
+    # a label and a critique call per window of 4 turns, and one session call per dialogue, the same on both sides
+    assert r["autolabel"]["calls"] == r["baseline"]["calls"] == 2 * (16 // 4) + 16 // 8
+
+
 def test_tokens_windowed_prompts_stay_flat_while_the_full_history_grows(tmp_path: Path) -> None:
     data = bench("tokens", tmp_path / "tokens.json", "--lengths", "6,24", "--dialogues", "1")
     short, long = data["results"]
