@@ -302,8 +302,36 @@ def cached_reply(completion: ChatCompletion) -> dict[str, Any]:
 
 
 def cache_key(model: str, kwargs: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model, **kwargs}, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """sha256 of the request as sorted JSON (``json.dumps(..., sort_keys=True, ensure_ascii=False, default=str)``)."""
+    return hashlib.sha256(_request_json({"model": model, **kwargs}).encode()).hexdigest()
+
+
+def _sorted_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+_FORMAT_JSON: dict[int, tuple[Any, str]] = {}
+"""Sorted JSON of response formats by identity (each kept alive while here, so its id is not reused): the graph
+sends the same format object for every call of a schema (``structured.response_format``), the largest part of a
+request, which is serialised once instead of twice per call (cache key, parameter hash)."""
+
+
+def _request_json(fields: dict[str, Any]) -> str:
+    """Exactly ``_sorted_json(fields)``, with the response format's JSON computed once per format object."""
+    parts = []
+    for k in sorted(fields):
+        v = fields[k]
+        if k == "response_format" and isinstance(v, dict):
+            hit = _FORMAT_JSON.get(id(v))
+            if hit is None or hit[0] is not v:
+                if len(_FORMAT_JSON) >= 512:
+                    _FORMAT_JSON.clear()
+                hit = _FORMAT_JSON[id(v)] = (v, _sorted_json(v))
+            text = hit[1]
+        else:
+            text = _sorted_json(v)
+        parts.append(f"{_sorted_json(k)}: {text}")
+    return "{" + ", ".join(parts) + "}"
 
 
 class LLMClient:
@@ -504,8 +532,8 @@ class LLMClient:
 
 
 def _params_hash(kwargs: dict[str, Any]) -> str:
-    params = {k: v for k, v in kwargs.items() if k != "messages"}
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What the call asked for besides the messages (sampling parameters, response format), for the call log."""
+    return hashlib.sha256(_request_json({k: v for k, v in kwargs.items() if k != "messages"}).encode()).hexdigest()[:16]
 
 
 def _validation_detail(e: InstructorRetryException) -> str:

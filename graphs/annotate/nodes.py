@@ -129,7 +129,7 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"role": None, "failed": f"unknown_speaker: {turn.speaker!r} is not mapped to a role by the task"}
     if fields is None:
         return {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
-    messages, _ = await _prompt(state, ctx, fields)
+    messages, user = await _prompt(state, ctx, fields)
     schema = _schema(ctx, fields)
     trace = _trace(state, "label")
     try:
@@ -142,6 +142,7 @@ async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
                                                  "history": _history("label", trace, e)})
     out = labeled(ctx, state["dialogue"], fields, result.answer, result.raw, result.tokens,
                   _restore(ctx, state["dialogue"], _history("label", trace, None)))
+    out["prompt"] = user  # the critique shows the same turn prompt (built, examples looked up, once)
     if ctx.settings.samples > 1:
         out["samples"] = await _samples(state, ctx, fields, messages, schema)
     return out
@@ -183,7 +184,7 @@ async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any
     fields = _fields(runtime, state["role"])
     if fields is None or not ctx.settings.critique:
         return {"critique": None}
-    messages, user = await _prompt(state, ctx, fields)
+    user = state.get("prompt") or (await _prompt(state, ctx, fields))[1]
     lang = state["language"]
     system = ctx.once(("critique_system", fields.role, lang), lambda: prompts.critique_system(ctx.task, fields, lang))
     msgs = [{"role": "system", "content": system},

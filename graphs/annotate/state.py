@@ -54,6 +54,8 @@ class TurnState(TurnInput, total=False):
     """The model's validated answer (option codes and texts)."""
     raw: str
     tokens: list[tuple[str, float]] | None
+    prompt: str
+    """The label call's user message (the critique quotes it)."""
     scope: str | None
     """In a multi-turn answer (``turns_per_call`` > 1): the key of this turn's object in ``raw``, which holds the
     whole answer (its tokens spell all of it)."""
