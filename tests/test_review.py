@@ -51,9 +51,19 @@ def base_dialogues() -> list[Dialogue]:
     return [dialogue("d0", 6), dialogue("d1", 6), risky]
 
 
+def _critic_agrees_on_d0_turn_1(body: dict[str, Any]) -> str | None:
+    """Random answers (the server's), except the critic's on d0's first seeker turn: "agree", so that the run has an
+    accepted seeker turn whatever order the requests arrive in."""
+    user = body["messages"][-1]["content"]
+    if "review another annotator" in body["messages"][0]["content"] and 'index="1"' in user \
+            and "(session d0)" in user:
+        return json.dumps({"reason": "The labels fit the turn.", "verdict": "agree", "revised": None})
+    return None
+
+
 def annotate_into(db: str | Path) -> None:
     """A real annotation run (scripted server, random labels: most turns get flagged by the critic)."""
-    with FakeOpenAIServer(seed=7) as srv:
+    with FakeOpenAIServer(seed=7, replies=_critic_agrees_on_d0_turn_1) as srv:
         annotator = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=db)
         list(annotator.annotate_many(base_dialogues()))
 
