@@ -88,7 +88,7 @@ def test_langgraph_json_points_at_the_compiled_graph() -> None:
     from autolabel.graphs.annotate import graph as module
 
     compiled = getattr(module, attr)
-    assert {"prepare", "annotate_turn", "session", "finalize"} <= set(compiled.get_graph().nodes)
+    assert {"prepare", "annotate_turns", "session", "finalize"} <= set(compiled.get_graph().nodes)
 
 
 def test_wheel_ships_schemas_and_task_specs(tmp_path: Path) -> None:
