@@ -30,7 +30,6 @@ How each number is made:
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,6 +43,7 @@ from sqlalchemy import text as sql
 from .errors import ConfigError
 from .graphs.annotate import prompts
 from .graphs.annotate.multi import labeled_roles, shuffled_roles
+from .graphs.annotate.nodes import sample_rng, shuffle_options
 from .llm import BackendKind
 from .models import Dialogue
 from .pricing import Price, price
@@ -261,10 +261,7 @@ def _pair(system: str, user: str) -> Messages:
 
 def shuffled_fields(fields: RoleFields, dialogue_id: str, index: int, k: int) -> RoleFields:
     """The options of sample ``k`` in the shuffled order ``nodes._samples`` shows them (same seed)."""
-    rng = random.Random(f"{dialogue_id}:{index}:{k}")
-    return RoleFields(fields.role, fields.texts, tuple(
-        f.model_copy(update={"options": tuple(rng.sample(list(f.options), len(f.options)))})
-        for f in fields.labels))
+    return shuffle_options(fields, sample_rng(dialogue_id, index, k))
 
 
 # -- representative answers (completion estimate, critique prompts) ------------------------------------------

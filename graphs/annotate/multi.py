@@ -11,7 +11,6 @@ are labeled one call each, the failed attempt first in each turn's history.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -46,10 +45,8 @@ def group_schema(ctx: Context, targets: dict[int, RoleFields], kind: str = "labe
 
 def shuffled_roles(all_fields: list[RoleFields], dialogue_id: str, index: int, k: int) -> list[RoleFields]:
     """Every role's options in the order sample ``k`` of the window starting at ``index`` shows them."""
-    rng = random.Random(f"{dialogue_id}:{index}:{k}")
-    return [RoleFields(f.role, f.texts, tuple(
-        o.model_copy(update={"options": tuple(rng.sample(list(o.options), len(o.options)))}) for o in f.labels))
-        for f in all_fields]
+    rng = nodes.sample_rng(dialogue_id, index, k)
+    return [nodes.shuffle_options(f, rng) for f in all_fields]
 
 
 async def annotate_together(state: TurnsInput, runtime: Runtime[Context], one_turn: OneTurn) -> TurnOutput:

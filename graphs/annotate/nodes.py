@@ -158,15 +158,23 @@ def labeled(ctx: Context, d: Dialogue, fields: RoleFields, answer: dict[str, Any
             "texts": _restore(ctx, d, texts), "history": history}
 
 
+def sample_rng(dialogue_id: str, index: int, k: int) -> random.Random:
+    """The random order of sample ``k`` of the turn (or window starting at) ``index``: the same on every resume."""
+    return random.Random(f"{dialogue_id}:{index}:{k}")
+
+
+def shuffle_options(fields: RoleFields, rng: random.Random) -> RoleFields:
+    """``fields`` with each label's options in an order drawn from ``rng`` (a sample sees them so)."""
+    return RoleFields(fields.role, fields.texts, tuple(
+        f.model_copy(update={"options": tuple(rng.sample(list(f.options), len(f.options)))}) for f in fields.labels))
+
+
 async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages: list[dict[str, str]],
                    schema: dict[str, Any]) -> list[dict[str, Any]]:
     """k extra answers at temperature 0.7 with the options shown in a shuffled order (agreement signal)."""
     answers = []
     for k in range(1, ctx.settings.samples):
-        rng = random.Random(f"{state['dialogue'].id}:{state['index']}:{k}")
-        shuffled = RoleFields(fields.role, fields.texts, tuple(
-            f.model_copy(update={"options": tuple(rng.sample(list(f.options), len(f.options)))})
-            for f in fields.labels))
+        shuffled = shuffle_options(fields, sample_rng(state["dialogue"].id, state["index"], k))
         msgs = [{"role": "system", "content": prompts.label_system(ctx.task, shuffled, state["language"])},
                 messages[1]]
         try:
