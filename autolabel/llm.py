@@ -38,6 +38,7 @@ from typing import Any, Protocol, cast
 import httpx
 import instructor
 import openai
+import pydantic
 from instructor.core import retry_async
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
@@ -131,16 +132,45 @@ class OpenAIBackend:
         self._in_flight = [0] * pools
 
     async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
+        """POST ``/chat/completions`` through the client's ``post`` (auth, headers, timeouts, the status errors of
+        ``chat.completions.create``), with the body already JSON: the arguments are plain JSON, which ``create``
+        would walk against its parameter types (about 0.35 ms per request with a schema in ``response_format``,
+        a sixth of the raw client's CPU per call) only to hand back the same values."""
+        body = json.dumps({"model": self.model, **kwargs}, ensure_ascii=False, separators=(",", ":")).encode()
         i = self._in_flight.index(min(self._in_flight))
         self._in_flight[i] += 1
         try:
-            return await self._clients[i].chat.completions.create(model=self.model, **kwargs)
+            raw = await self._clients[i].post("/chat/completions", cast_to=bytes, content=body,
+                                              options=_CHAT_OPTIONS)
         finally:
             self._in_flight[i] -= 1
+        return parse_completion(raw)
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+class GarbledReply(ValueError):
+    """The endpoint answered 200 with JSON that is not a chat completion."""
+
+
+_CHAT_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}  # as chat.completions.create
+
+
+def parse_completion(raw: bytes) -> ChatCompletion:
+    """A chat completion from the endpoint's JSON: validated by pydantic-core in one pass (about a third of the
+    CPU of the ``openai`` client's parse), or, when a server leaves out or misshapes a field, built leniently the
+    way the ``openai`` client builds every reply. Not JSON: ``json.JSONDecodeError``; JSON but no completion (no
+    ``choices`` list): ``GarbledReply`` (both retried as a garbled envelope)."""
+    try:
+        return ChatCompletion.model_validate_json(raw)
+    except pydantic.ValidationError:
+        data = json.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise GarbledReply(f"the reply is not a chat completion (a JSON {type(data).__name__}"
+                           f"{' without a choices list' if isinstance(data, dict) else ''})")
+    return ChatCompletion.model_construct(**data)  # openai's models construct nested fields too
 
 
 def _openai_backend(settings: Settings) -> Backend:
@@ -175,7 +205,7 @@ def _transient(exc: BaseException) -> bool:
         return True  # APITimeoutError is an APIConnectionError
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
-    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | httpx.TransportError):
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | GarbledReply | httpx.TransportError):
         return True  # a garbled envelope or a dropped connection: the same request may well succeed
     return False
 
@@ -456,7 +486,7 @@ class LLMClient:
             raise LLMError(f"cannot reach the endpoint after retries: {_first_line(str(e))}") from None
         except openai.APIStatusError as e:
             raise LLMError(f"the endpoint kept failing (HTTP {e.status_code}) after retries") from None
-        except (openai.APIResponseValidationError, json.JSONDecodeError, httpx.TransportError) as e:
+        except (openai.APIResponseValidationError, json.JSONDecodeError, GarbledReply, httpx.TransportError) as e:
             raise LLMError(f"the endpoint kept sending unreadable replies: {type(e).__name__}") from None
         raise LLMError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 

@@ -142,3 +142,121 @@ def test_the_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
         for _ in range(2):  # the second time from the memo of the format's JSON
             blob = json.dumps({"model": "m", **kwargs}, sort_keys=True, ensure_ascii=False, default=str)
             assert cache_key("m", kwargs) == hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- OpenAIBackend: the body goes out as JSON once, the reply is parsed in one pass ----------------------------------
+
+class RawServer:
+    """An HTTP server on 127.0.0.1 that answers each POST with the next scripted (status, body bytes) and keeps
+    what it was sent (path, headers, JSON body)."""
+
+    def __init__(self, *replies: tuple[int, bytes]) -> None:
+        import http.server
+        import threading
+
+        self.replies = list(replies)
+        self.seen: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.seen.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
+                status, payload = outer.replies.pop(0) if outer.replies else (200, COMPLETION_JSON)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> RawServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+COMPLETION_JSON = completion(json.dumps(VALID)).model_dump_json().encode()
+REQUEST = {"messages": [{"role": "system", "content": "Label the turn."},
+                        {"role": "user", "content": "我睡不着 — I can't sleep."}],
+           "temperature": 0.0, "max_tokens": 512, "logprobs": True, "top_logprobs": 5,
+           "response_format": response_format(response_model(f"label_seeker_{schema_digest(SCHEMA)}", SCHEMA))}
+
+
+def test_the_backend_sends_what_chat_completions_create_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autolabel.llm import OpenAIBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    with RawServer() as srv:
+        backend = OpenAIBackend(Settings(model="openai:test-model", base_url=srv.base_url))
+
+        async def both() -> tuple[ChatCompletion, ChatCompletion]:
+            ours = await backend.complete(dict(REQUEST))
+            await backend.aclose()
+            client = openai.AsyncOpenAI(api_key="sk-test-key", base_url=srv.base_url, max_retries=0)
+            theirs = await client.chat.completions.create(model="test-model", **REQUEST)
+            await client.close()
+            return ours, theirs
+
+        ours, theirs = asyncio.run(both())
+    mine, create = srv.seen
+    assert mine["path"] == create["path"] == "/v1/chat/completions"
+    assert mine["body"] == create["body"]
+    assert list(mine["body"]["response_format"]["json_schema"]["schema"]["properties"]) == \
+        list(SCHEMA["properties"])  # the schema's key order (explanation first) is kept
+    for header in ("authorization", "content-type", "accept", "user-agent", "Content-Length"):
+        assert mine["headers"][header] == create["headers"][header], header
+    assert ours == theirs
+
+
+def test_a_reply_off_the_openai_types_is_read_leniently_as_the_openai_client_reads_it() -> None:
+    from autolabel.llm import parse_completion
+
+    reply = json.loads(COMPLETION_JSON)
+    assert parse_completion(COMPLETION_JSON) == completion(json.dumps(VALID))
+    # a local server's quirks: no "created", a finish reason of its own, an extra field
+    del reply["created"]
+    reply["choices"][0]["finish_reason"] = "eos"
+    reply["timings"] = {"predicted_ms": 12.5}
+    quirky = parse_completion(json.dumps(reply).encode())
+    assert quirky.choices[0].message.content == json.dumps(VALID)
+    assert quirky.choices[0].finish_reason == "eos" and quirky.usage is not None and quirky.usage.prompt_tokens == 10
+
+
+@pytest.mark.parametrize("payload, error", [(b"[]", "GarbledReply"), (b'{"error": "busy"}', "GarbledReply"),
+                                            (b'{"id": "c", "choi', "JSONDecodeError")])
+def test_a_garbled_envelope_is_retried_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: bytes,
+                                                  error: str) -> None:
+    import sqlite3
+
+    from autolabel.llm import OpenAIBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    with RawServer((200, payload), (200, payload)) as srv:
+        backend = OpenAIBackend(Settings(model="openai:test", base_url=srv.base_url))
+        assert ask(tmp_path, backend).answer == VALID  # type: ignore[arg-type]
+        assert len(srv.seen) == 3
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        outcomes = [r[0] for r in conn.execute("SELECT outcome FROM llm_calls ORDER BY attempt")]
+    assert outcomes == [f"error:{error}", f"error:{error}", "ok"]
+
+
+def test_garbled_envelopes_to_the_end_fail_the_call_with_the_reason(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from autolabel.llm import OpenAIBackend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    with RawServer(*[(200, b"[]")] * 3) as srv:
+        backend = OpenAIBackend(Settings(model="openai:test", base_url=srv.base_url))
+        with pytest.raises(LLMError, match="unreadable replies: GarbledReply"):
+            ask(tmp_path, backend, max_retries=2)  # type: ignore[arg-type]
+        assert len(srv.seen) == 3
