@@ -26,13 +26,14 @@ import logging
 import math
 import random
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Protocol, cast
 
 import httpx
@@ -121,7 +122,7 @@ class OpenAIBackend:
         # keep the scan short; each request goes to the least busy pool.
         pools = math.ceil(settings.concurrency / POOL_REQUESTS)
         per_pool = math.ceil(settings.concurrency / pools) * 2
-        tls = httpx.create_ssl_context()  # one for every pool: each costs ~1.4 MB and ~20 ms to load the CA bundle
+        tls = _ssl_context()  # one for every pool and run: each costs ~1.4 MB and ~20 ms to load the CA bundle
         self._clients = [openai.AsyncOpenAI(
             api_key=key, base_url=settings.base_url, max_retries=0,
             # openai>=3 annotates httpx2's Timeout and AsyncClient only, but takes (and converts) httpx's too
@@ -149,6 +150,12 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+@cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CA bundle, verification on), made once per process."""
+    return httpx.create_ssl_context()
 
 
 class GarbledReply(ValueError):

@@ -316,13 +316,21 @@ def check_spec(raw: Any) -> list[str]:
     return problems
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's (in PyYAML's wheels): ~9x faster
+
+
+def _yaml(text: str) -> Any:
+    """``yaml.safe_load``, with libyaml's parser when PyYAML has it."""
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+
+
 def _read(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise TaskSpecError(str(path), f"cannot read: {e}") from e
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else _yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise TaskSpecError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
 
@@ -355,7 +363,7 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     if isinstance(name_or_path, str) and name_or_path in builtins:
         p = builtins[name_or_path]
         text = p.read_text(encoding="utf-8")
-        return parse_spec(yaml.safe_load(text), f"builtin:{name_or_path}")
+        return parse_spec(_yaml(text), f"builtin:{name_or_path}")
     path = Path(name_or_path)
     if not path.exists():
         raise TaskSpecError(str(path), f"no such task file or built-in task (built-ins: {', '.join(sorted(builtins))})")

@@ -7,11 +7,16 @@ process on 127.0.0.1, so its CPU is not counted):
 - **autolabel**: ``Annotator("psy-insight", critique on, cache off, fresh database).arun(input)`` — reader,
   LangGraph graph with its SQLite checkpointer, instructor, tenacity, validation, scoring, routing, the store;
 - **baseline**: the recorded bodies replayed with ``openai.AsyncOpenAI`` (same connection limits, no retries) under
-  an ``asyncio.Semaphore(concurrency)``: the same requests, with nothing around them.
+  an ``asyncio.Semaphore(concurrency)``: the same requests, with nothing around them — ``chat.completions.create``,
+  what a script would call;
+- **raw post** (orientation): the same replay through the same client's ``post()`` with the body as JSON bytes and
+  the reply parsed by ``ChatCompletion.model_validate_json`` — the transport autolabel's backend uses, with
+  nothing around it. autolabel / raw post is the cost of the graph, instructor, validation and the store alone.
 
 Both run in this process, one after the other; wall time by ``time.perf_counter()``, client CPU by
 ``time.process_time()`` (every thread of this process, so store writes in worker threads count).
-Reported: calls per second of each, the throughput ratio (autolabel / baseline), and CPU milliseconds per LLM call.
+Reported: calls per second of each, the throughput ratio (autolabel / baseline), and CPU milliseconds per LLM call
+(the CPU ratio is autolabel / baseline; autolabel / raw post is reported beside it).
 
 Usage::
 
@@ -37,6 +42,7 @@ from typing import Any
 import httpx
 import openai
 from _common import Endpoint, table, write_jsonl, write_result
+from openai.types.chat import ChatCompletion
 
 from autolabel.annotator import Annotator
 
@@ -75,7 +81,7 @@ def run_autolabel(path: Path, url: str, db: Path, concurrency: int, critique: bo
     return {"calls": summary.calls, "turns": summary.turns, "seconds": wall, "cpu_seconds": cpu}
 
 
-async def _replay(bodies: list[dict[str, Any]], url: str, concurrency: int) -> None:
+async def _replay(bodies: list[dict[str, Any]], url: str, concurrency: int, post: bool = False) -> None:
     client = openai.AsyncOpenAI(
         api_key="not-needed", base_url=url, max_retries=0, timeout=httpx.Timeout(60.0, connect=10.0),
         http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency * 2,
@@ -86,23 +92,35 @@ async def _replay(bodies: list[dict[str, Any]], url: str, concurrency: int) -> N
         async with sem:
             await client.chat.completions.create(**body)
 
+    async def one_post(body: dict[str, Any]) -> None:
+        async with sem:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            raw = await client.post("/chat/completions", cast_to=bytes, content=content,
+                                    options={"security": {"bearer_auth": True}})
+            ChatCompletion.model_validate_json(raw)
+
     try:
-        await asyncio.gather(*(one(b) for b in bodies))
+        await asyncio.gather(*((one_post if post else one)(b) for b in bodies))
     finally:
         await client.close()
 
 
-def run_baseline(bodies: list[dict[str, Any]], url: str, concurrency: int) -> dict[str, Any]:
+def run_baseline(bodies: list[dict[str, Any]], url: str, concurrency: int, post: bool = False) -> dict[str, Any]:
     # This process also imported autolabel (scikit-learn, LangGraph...): ~290k objects that Python's cyclic GC would
     # scan again and again, where a process with only ``openai`` holds ~125k. Frozen, they cost the baseline nothing,
     # so the baseline is at least as fast as the raw client in a process of its own.
     gc.collect()
     gc.freeze()
     cpu, wall = time.process_time(), time.perf_counter()
-    asyncio.run(_replay(bodies, url, concurrency))
+    asyncio.run(_replay(bodies, url, concurrency, post))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     gc.unfreeze()
     return {"calls": len(bodies), "seconds": wall, "cpu_seconds": cpu}
+
+
+HEADERS = ["concurrency", "turns", "calls", "raw calls/s", "autolabel calls/s", "ratio (autolabel/raw)",
+           "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio", "raw post CPU ms/call",
+           "CPU ratio to raw post", "autolabel CPU ms/turn"]
 
 
 def main() -> None:
@@ -139,35 +157,36 @@ def main() -> None:
                 best: dict[str, dict[str, Any]] = {}
                 for r in range(a.repeat):
                     base = run_baseline(bodies, ep.base_url, c)
+                    post = run_baseline(bodies, ep.base_url, c, post=True)
                     auto = run_autolabel(path, ep.base_url, work / f"c{c}-{r}.db", c, critique)
-                    for name, res in (("baseline", base), ("autolabel", auto)):
+                    for name, res in (("baseline", base), ("raw_post", post), ("autolabel", auto)):
                         if name not in best or res["seconds"] < best[name]["seconds"]:
                             best[name] = res
-                base, auto = best["baseline"], best["autolabel"]
+                base, post, auto = best["baseline"], best["raw_post"], best["autolabel"]
                 if auto["calls"] != base["calls"]:
                     raise SystemExit(f"autolabel made {auto['calls']} calls, the baseline {base['calls']}")
                 res = {"concurrency": c, "turns": n, "calls": base["calls"], "latency_ms": a.latency_ms,
-                       "baseline": base, "autolabel": auto,
+                       "baseline": base, "raw_post": post, "autolabel": auto,
                        "baseline_calls_per_s": base["calls"] / base["seconds"],
                        "autolabel_calls_per_s": auto["calls"] / auto["seconds"],
                        "throughput_ratio": base["seconds"] / auto["seconds"],
                        "baseline_cpu_ms_per_call": 1000 * base["cpu_seconds"] / base["calls"],
+                       "raw_post_cpu_ms_per_call": 1000 * post["cpu_seconds"] / post["calls"],
                        "autolabel_cpu_ms_per_call": 1000 * auto["cpu_seconds"] / auto["calls"],
                        "baseline_cpu_ms_per_turn": 1000 * base["cpu_seconds"] / n,
                        "autolabel_cpu_ms_per_turn": 1000 * auto["cpu_seconds"] / n}
                 res["cpu_ratio"] = res["autolabel_cpu_ms_per_call"] / res["baseline_cpu_ms_per_call"]
+                res["cpu_ratio_raw_post"] = res["autolabel_cpu_ms_per_call"] / res["raw_post_cpu_ms_per_call"]
                 results.append(res)
                 rows.append([c, n, res["calls"], res["baseline_calls_per_s"], res["autolabel_calls_per_s"],
                              res["throughput_ratio"], res["baseline_cpu_ms_per_call"],
-                             res["autolabel_cpu_ms_per_call"], res["cpu_ratio"], res["autolabel_cpu_ms_per_turn"]])
-                print(table(["concurrency", "turns", "calls", "raw calls/s", "autolabel calls/s", "ratio",
-                             "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio", "autolabel CPU ms/turn"],
-                            rows[-1:]), flush=True)
+                             res["autolabel_cpu_ms_per_call"], res["cpu_ratio"], res["raw_post_cpu_ms_per_call"],
+                             res["cpu_ratio_raw_post"], res["autolabel_cpu_ms_per_turn"]])
+                print(table(HEADERS, rows[-1:]), flush=True)
     print()
     print(f"Overhead at {a.latency_ms:g} ms simulated latency, critique {'on' if critique else 'off'}, "
           f"{a.turns_per_call} turn(s) per call")
-    print(table(["concurrency", "turns", "calls", "raw calls/s", "autolabel calls/s", "ratio (autolabel/raw)",
-                 "raw CPU ms/call", "autolabel CPU ms/call", "CPU ratio", "autolabel CPU ms/turn"], rows))
+    print(table(HEADERS, rows))
     out = write_result("overhead", {"latency_ms": a.latency_ms, "critique": critique, "per_dialogue": a.per_dialogue,
                                     "turns_per_call": a.turns_per_call, "results": results}, a.out)
     print(f"\nwritten {out}")

@@ -29,7 +29,8 @@ def test_overhead_sends_the_same_requests_both_ways(tmp_path: Path) -> None:
     assert [r["concurrency"] for r in data["results"]] == [1, 4]
     for r in data["results"]:
         # 2 calls per turn (label, critique) and one session call per dialogue, the same count on both sides
-        assert r["autolabel"]["calls"] == r["baseline"]["calls"] == 2 * r["turns"] + r["turns"] // 4
+        calls = {r[side]["calls"] for side in ("autolabel", "baseline", "raw_post")}
+        assert calls == {2 * r["turns"] + r["turns"] // 4}
         assert r["throughput_ratio"] > 0 and r["autolabel_cpu_ms_per_call"] > 0
 
 
