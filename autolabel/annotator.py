@@ -223,6 +223,7 @@ class Annotator:
         backend = batch_backend(s, store, run_id) if s.batch_api else make_backend(s)
         llm = LLMClient(s, backend, store, run_id=run_id, pricer=cost)
         state: RunState | None = None
+        picker = None
         try:
             async with _checkpointer(s.db) as saver:
                 self._graph = build_graph().compile(checkpointer=saver)
@@ -245,6 +246,8 @@ class Annotator:
                     await asyncio.to_thread(self._finish, state)
             finally:
                 await backend.aclose()
+                if picker is not None:
+                    picker.close()
                 store.close()
 
     def start_run(self, store: Store, input_name: str) -> str:

@@ -52,7 +52,7 @@ from sqlalchemy import text as sql
 from tenacity import Retrying, retry_if_exception, stop_after_delay
 
 from .errors import ConfigError, LLMError
-from .llm import _Stop, _transient, _Wait  # the chat calls' retry policy, so both kinds of request behave alike
+from .llm import _first_line, _Stop, _transient, _Wait  # the chat calls' retry policy and error lines, alike
 from .redact import Redactor
 from .review import ReviewQueue
 from .settings import Settings
@@ -135,10 +135,23 @@ class OpenAIEmbedder:
         self._settings = settings
         # field names, not their aliases (base_url, api_key, timeout): the model accepts both, and pydantic's mypy
         # plugin types only the names for a model with populate_by_name
-        self._client = OpenAIEmbeddings(
-            model=ep.model_name, openai_api_base=ep.base_url, openai_api_key=SecretStr(key),
-            check_embedding_ctx_length=False, chunk_size=self.batch, max_retries=0,
-            request_timeout=httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout)))
+        timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
+        # our own HTTP client, so that close() ends its connections; it takes the proxy OpenAIEmbeddings would
+        # (OPENAI_PROXY; httpx reads HTTP(S)_PROXY itself). OPENAI_API_TYPE (an Azure setting, which the chat
+        # calls' openai client ignores too) does not apply to an OpenAI-compatible endpoint.
+        self._http = httpx.Client(timeout=timeout, proxy=os.environ.get("OPENAI_PROXY") or None)
+        try:
+            self._client = OpenAIEmbeddings(
+                model=ep.model_name, openai_api_base=ep.base_url, openai_api_key=SecretStr(key),
+                check_embedding_ctx_length=False, chunk_size=self.batch, max_retries=0, request_timeout=timeout,
+                http_client=self._http, openai_proxy=None, openai_api_type=None)
+        except ValueError as e:  # pydantic's ValidationError is one: langchain-openai refused the settings
+            self._http.close()
+            raise ConfigError(f"the embeddings client refused its settings: {_first_line(str(e))}") from None
+
+    def close(self) -> None:
+        """Close the HTTP connections (the run's end)."""
+        self._http.close()
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -287,6 +300,12 @@ class ExamplePicker:
         top = max(counts.values())
         leaders = [v for v, n in counts.items() if n == top]
         return 1.0 / len(leaders) if value in leaders else 0.0
+
+    def close(self) -> None:
+        """Release the embedder's resources (an endpoint's connections); the run's end."""
+        close = getattr(self._embedder, "close", None)
+        if close is not None:
+            close()
 
     def prepare(self) -> PickerStats:
         """Load the gold turns and embed the ones not stored yet (otherwise done on the first call)."""

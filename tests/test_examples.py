@@ -195,9 +195,18 @@ KEY = "sk-test-embeddings-0123456789"
 def test_openai_embeddings_pick_the_examples_and_score_agreement_over_http(db: Path, caplog: pytest.LogCaptureFixture,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    made: list[OpenAIEmbedder] = []
+    init = OpenAIEmbedder.__init__
+
+    def keep(self: OpenAIEmbedder, settings: Settings) -> None:
+        init(self, settings)
+        made.append(self)
+
+    monkeypatch.setattr(OpenAIEmbedder, "__init__", keep)
     with FakeOpenAIServer(seed=5, replies=anxiety_replies) as srv, caplog.at_level(logging.DEBUG, logger="autolabel"):
         prompts, records = second_run_on(srv, db, few_shot=1, embeddings="openai:fake-embed")
         sent = srv.embedding_requests
+    assert len(made) == 1 and made[0]._http.is_closed, "the run's end closed the embeddings client's connections"
     seeker = next(p for p in prompts if NEW in p)
     assert f"<example>{EXAM}</example>" in seeker and DOG not in seeker and BOSS not in seeker
     new_turn = next(r for r in records if r["role"] == "seeker")
@@ -265,6 +274,26 @@ def test_embedding_failures_are_one_line_errors(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("EMB_KEY", KEY)
     assert make_embedder(Settings(embeddings="openai:e", embeddings_api_key_env="EMB_KEY")).name == \
         "openai:e@api.openai.com"
+
+
+def test_openai_environment_settings_for_other_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPENAI_API_TYPE=azure (left from another tool) does not stop an OpenAI-compatible endpoint, as it does not
+    stop the chat calls; OPENAI_PROXY, which langchain-openai honours, still routes the requests; the client's
+    connections end with close()."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_TYPE", "azure")
+    with FakeOpenAIServer() as srv:
+        embedder = OpenAIEmbedder(Settings(embeddings="openai:e", base_url=srv.base_url))
+        assert embedder(["hello"]).shape == (1, 256)
+        embedder.close()
+        assert embedder._http.is_closed
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("OPENAI_PROXY", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        proxied = OpenAIEmbedder(Settings(embeddings="openai:e", base_url=srv.base_url, max_retries=0))
+        with pytest.raises(LLMError, match="cannot reach the embeddings endpoint"):
+            proxied(["hello"])  # through the (closed) proxy, not straight to the server
+        assert len(srv.embedding_requests) == 1
 
 
 def test_a_remote_embeddings_endpoint_is_named_once_without_key_or_text(db: Path, monkeypatch: pytest.MonkeyPatch,
