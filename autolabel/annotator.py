@@ -273,6 +273,8 @@ class Annotator:
                                   "recursion_limit": 50}
         snapshot = await self._graph.aget_state(config)
         inp: InputState | None = None if snapshot.next else {"dialogue": d}
+        if snapshot.next:
+            run.summary.resumed_dialogues += 1
         try:
             await self._graph.ainvoke(inp, config, context=self._ctx)
         except LeaseLost as e:  # another worker took the dialogue over and stores its own result

@@ -210,6 +210,9 @@ def _print_summary(s: RunSummary, cost_known: bool = True) -> None:
     out.print(table)
     if s.skipped_dialogues:
         out.print(f"{s.skipped_dialogues} dialogue(s) were already done in this run (resumed).")
+    if s.resumed_dialogues:
+        out.print(f"{s.resumed_dialogues} dialogue(s) continued from a checkpoint: their finished turns were not "
+                  "redone.")
     if s.stopped_reason:
         out.print(f"stopped: {s.stopped_reason}")
     out.print(f"results: {s.db}")

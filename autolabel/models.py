@@ -112,6 +112,8 @@ class RunSummary(BaseModel):
     failed: int = 0
     reviewed: int = 0
     skipped_dialogues: int = Field(default=0, description="dialogues already finished by an earlier run")
+    resumed_dialogues: int = Field(default=0, description="dialogues an earlier run had begun, continued from their "
+                                   "checkpoint: their finished chunks of turns were not redone")
     input_errors: int = 0
     calls: int = 0
     cache_hits: int = 0

@@ -363,8 +363,9 @@ def test_max_cost_is_never_passed_and_a_higher_budget_resumes(tmp_path: Path, co
         spent = stored_cost(db)
         assert spent <= limit and first.cost_usd == pytest.approx(spent)
         done = assert_clean(db, input)
-        assert len(done) == first.dialogues < 8 and first.skipped_dialogues == 0
-        assert 0 < len(dialogue_states(db)) - len(done) <= concurrency  # stopped mid-way; no new one started
+        assert len(done) == first.dialogues < 8 and first.skipped_dialogues == first.resumed_dialogues == 0
+        begun = len(dialogue_states(db)) - len(done)
+        assert 0 < begun <= concurrency  # stopped mid-way; no new one started
         assert_turns_add_up(db, first, done, input)
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
@@ -372,6 +373,7 @@ def test_max_cost_is_never_passed_and_a_higher_budget_resumes(tmp_path: Path, co
 
         second = Annotator(TASK, settings=settings.model_copy(update={"max_cost": 100 * limit})).run(input)
     assert second.stopped_reason is None and second.skipped_dialogues == len(done)
+    assert second.resumed_dialogues == begun  # continued from their checkpoints
     assert assert_clean(db, input) == every
     assert_turns_add_up(db, second, every, input)  # the stored dialogues are counted too
     assert len([r for r in final_records(db) if r[1] == "turn"]) == sum(len(d.turns) for d in read_dialogues(input))
