@@ -228,9 +228,14 @@ class Annotator:
             async with _checkpointer(s.db) as saver:
                 self._graph = build_graph().compile(checkpointer=saver)
                 self._saver = saver
-                from .evaluate import load_routing  # here: scikit-learn loads only when a run starts
+                from .evaluate import calibration_mismatch, load_routing  # scikit-learn loads when a run starts
 
                 thresholds, calibrate = load_routing(store, self.task, s.model)
+                differs = calibration_mismatch(store, self.task, s.model, self.params()) if thresholds else []
+                if differs:
+                    log.warning("the stored calibration of %s was fitted on a run with other confidence settings "
+                                "(%s): its certified error bounds were not measured for this run's signals; run "
+                                "`autolabel calibrate` on a run with these settings", s.model, "; ".join(differs))
                 picker = few_shot_picker(store, self.task, s)  # None without gold: no embedding model
                 self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
                                     thresholds=thresholds, calibrate=calibrate, examples=picker,

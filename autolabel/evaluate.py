@@ -40,7 +40,7 @@ from .readers import read_dialogues
 from .store import Store, is_postgres, now
 from .tasks import LabelField, TaskSpec, load_task
 
-__all__ = ["Gold", "Item", "calibrate", "evaluate", "load_gold", "load_routing", "run_items"]
+__all__ = ["Gold", "Item", "calibrate", "calibration_mismatch", "evaluate", "load_gold", "load_routing", "run_items"]
 
 Gold = dict[tuple[str, int], dict[str, Any]]
 Value = str | tuple[str, ...]
@@ -446,15 +446,34 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
     return results
 
 
+SIGNAL_PARAMS = ("critique", "samples", "temperature", "logprobs", "few_shot", "embeddings", "turns_per_call")
+"""Run settings that shape the confidence signals (which signals there are, and how they are distributed): a
+threshold certified on a run holds for runs with the same ones."""
+
+
+def signal_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``SIGNAL_PARAMS`` of a run's stored parameters, with the defaults a run leaves out (``Annotator.params``
+    names ``embeddings`` and ``turns_per_call`` only when they are not the default); the embedder only matters
+    with few-shot examples."""
+    from .settings import Settings
+
+    out = {k: params.get(k, Settings.model_fields[k].default) for k in SIGNAL_PARAMS}
+    if not out["few_shot"]:
+        out["embeddings"] = None
+    return out
+
+
 def _store_calibrator(store: Store, run: Mapping[str, Any], name: str, calibrator: Calibrator | None,
                       row: Mapping[str, Any]) -> int:
     kept = ("method", "threshold", "alpha", "delta", "n", "k", "upper_bound", "coverage", "reason")
     key = {"tn": run["task_name"], "th": run["task_hash"], "m": run["model"], "f": name}
+    settings = signal_params(json.loads(run["params_json"] or "{}"))
     store._write("INSERT INTO calibrators (task_name, task_hash, model, field, method, calibrator_json,"
-                 " threshold, alpha, delta, n, k, upper_bound, coverage, reason, created_at) VALUES (:tn,"
-                 " :th, :m, :f, :method, :cj, :threshold, :alpha, :delta, :n, :k, :upper_bound, :coverage,"
-                 " :reason, :t)", {**key, **{k: row[k] for k in kept}, "t": now(),
-                                   "cj": json.dumps(calibrator.to_dict()) if calibrator else None})
+                 " threshold, alpha, delta, n, k, upper_bound, coverage, reason, created_at, signal_params_json)"
+                 " VALUES (:tn, :th, :m, :f, :method, :cj, :threshold, :alpha, :delta, :n, :k, :upper_bound,"
+                 " :coverage, :reason, :t, :sp)",
+                 {**key, **{k: row[k] for k in kept}, "t": now(), "sp": json.dumps(settings, sort_keys=True),
+                  "cj": json.dumps(calibrator.to_dict()) if calibrator else None})
     rows = store._rows("SELECT MAX(id) FROM calibrators WHERE task_name=:tn AND task_hash=:th AND model=:m"
                        " AND field=:f", **key)
     return int(rows[0][0])
@@ -483,3 +502,21 @@ def load_routing(store: Store, task: TaskSpec, model: str
         return float(calibrator.predict({k: float(v) for k, v in signals.items()})[0])
 
     return thresholds, score
+
+
+def calibration_mismatch(store: Store, task: TaskSpec, model: str, params: Mapping[str, Any]) -> list[str]:
+    """The signal settings (``SIGNAL_PARAMS``) in which a run with ``params`` differs from the runs its stored
+    calibrators (the ones ``load_routing`` hands it) were fitted on, as ``name: fitted → this run``; empty when
+    they agree or nothing is stored."""
+    rows = store._rows("SELECT field, signal_params_json FROM calibrators WHERE task_name=:t AND task_hash=:h AND"
+                       " model=:m ORDER BY id", t=task.name, h=task.spec_hash, m=model)
+    latest = {name: sp for name, sp in rows}
+    mine = signal_params(params)
+    out: dict[str, str] = {}
+    for sp in latest.values():
+        if sp is None:  # stored before the settings were
+            continue
+        for k, v in json.loads(sp).items():
+            if k in mine and mine[k] != v:
+                out[k] = f"{k}: {v} → {mine[k]}"
+    return [out[k] for k in SIGNAL_PARAMS if k in out]

@@ -242,6 +242,13 @@ def m007_compact_cache(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE llm_cache_007 RENAME TO llm_cache"))
 
 
+def m008_calibration_settings(conn: Connection) -> None:
+    """The settings of the run a calibrator was fitted on that shape the confidence signals (``evaluate.
+    SIGNAL_PARAMS``), as JSON: a later run with other settings is told that the certified bound was not measured
+    for signals like its own. NULL for calibrators stored before (not checked)."""
+    conn.execute(text("ALTER TABLE calibrators ADD COLUMN signal_params_json TEXT"))
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
     ("002_review", m002_review),
@@ -250,6 +257,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("005_jobs", m005_jobs),
     ("006_review_claim_index", m006_review_claim_index),
     ("007_compact_cache", m007_compact_cache),
+    ("008_calibration_settings", m008_calibration_settings),
 ]
 
 

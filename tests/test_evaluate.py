@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -30,6 +31,7 @@ from autolabel.evaluate import (
     _multi_stats,
     _single_stats,
     calibrate,
+    calibration_mismatch,
     evaluate,
     load_gold,
     load_routing,
@@ -321,7 +323,7 @@ def test_reviewer_agreement_from_several_reviews(made: tuple[Path, Path], tmp_pa
 # ------------------------------------------------------------------------------------------ calibration
 
 def test_calibrate_certifies_and_later_runs_route_with_it(made: tuple[Path, Path], server: FakeOpenAIServer,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = copy_db(made[0], tmp_path / "runs.db")
     results = {r["field"]: r for r in calibrate(db, made[1], alpha=0.1, delta=0.05)}
     for name in ("emotion", "strategy"):
@@ -341,12 +343,19 @@ def test_calibrate_certifies_and_later_runs_route_with_it(made: tuple[Path, Path
     assert load_routing(store, TASK, "openai:other") == ({}, None)
     calibrator = Calibrator.from_dict(json.loads(store._rows(
         "SELECT calibrator_json FROM calibrators WHERE field='emotion' ORDER BY id DESC LIMIT 1")[0][0]))
+    # the thresholds hold for runs whose signals come about as the calibrated run's did
+    params = annotator(server, db).params()
+    assert calibration_mismatch(store, TASK, "openai:test", params) == []
+    assert calibration_mismatch(store, TASK, "openai:test", {**params, "samples": 3, "critique": False}) == \
+        ["critique: True → False", "samples: 1 → 3"]
     store.close()
 
     sent = len(server.requests)
     again = write_input(tmp_path / "again.jsonl")  # same dialogues, a new run: answers come from the cache
-    annotator(server, db).run(again)
+    with caplog.at_level(logging.WARNING, logger="autolabel"):
+        annotator(server, db).run(again)
     assert len(server.requests) == sent
+    assert "calibration" not in caplog.text, "the same settings: no warning"
     store = Store.open(db)
     records = list(store.final_records())  # the latest run: the second one
     store.close()
@@ -369,6 +378,14 @@ def test_calibrate_certifies_and_later_runs_route_with_it(made: tuple[Path, Path
     raw = evaluate(made[0], made[1], n_boot=10)["fields"]["emotion"]["confidence"]["ece"]["value"]
     calibrated = evaluate(db, again, n_boot=10)["fields"]["emotion"]["confidence"]["ece"]["value"]
     assert calibrated < raw
+
+    # a run with other confidence settings is told that the certified bounds were not measured for it
+    one = tmp_path / "one.jsonl"
+    one.write_text(again.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="autolabel"):
+        Annotator("psy-insight", model="openai:test", base_url=server.base_url, db=db, critique=False).run(one)
+    assert "its certified error bounds were not measured for this run's signals" in caplog.text
+    assert "critique: True → False" in caplog.text
 
 
 def test_too_little_gold_certifies_nothing(made: tuple[Path, Path], tmp_path: Path) -> None:
