@@ -173,7 +173,10 @@ def parse_completion(raw: bytes) -> ChatCompletion:
     try:
         return ChatCompletion.model_validate_json(raw)
     except pydantic.ValidationError:
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+        except UnicodeDecodeError:
+            raise GarbledReply("the reply is not UTF-8 text") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise GarbledReply(f"the reply is not a chat completion (a JSON {type(data).__name__}"
                            f"{' without a choices list' if isinstance(data, dict) else ''})")

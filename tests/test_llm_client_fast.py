@@ -233,6 +233,7 @@ def test_a_reply_off_the_openai_types_is_read_leniently_as_the_openai_client_rea
 
 
 @pytest.mark.parametrize("payload, error", [(b"[]", "GarbledReply"), (b'{"error": "busy"}', "GarbledReply"),
+                                            (b'{"id": "\xff\xfe"}', "GarbledReply"),
                                             (b'{"id": "c", "choi', "JSONDecodeError")])
 def test_a_garbled_envelope_is_retried_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: bytes,
                                                   error: str) -> None:
