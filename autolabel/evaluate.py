@@ -37,6 +37,7 @@ from .calibration import CalibrationMethod, Calibrator, certify_threshold
 from .errors import ConfigError, InputError
 from .export import run_task
 from .readers import read_dialogues
+from .settings import Settings
 from .store import Store, is_postgres, now
 from .tasks import LabelField, TaskSpec, load_task
 
@@ -455,8 +456,6 @@ def signal_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """``SIGNAL_PARAMS`` of a run's stored parameters, with the defaults a run leaves out (``Annotator.params``
     names ``embeddings`` and ``turns_per_call`` only when they are not the default); the embedder only matters
     with few-shot examples."""
-    from .settings import Settings
-
     out = {k: params.get(k, Settings.model_fields[k].default) for k in SIGNAL_PARAMS}
     if not out["few_shot"]:
         out["embeddings"] = None
