@@ -509,7 +509,7 @@ def calibration_mismatch(store: Store, task: TaskSpec, model: str, params: Mappi
     they agree or nothing is stored."""
     rows = store._rows("SELECT field, signal_params_json FROM calibrators WHERE task_name=:t AND task_hash=:h AND"
                        " model=:m ORDER BY id", t=task.name, h=task.spec_hash, m=model)
-    latest = {name: sp for name, sp in rows}
+    latest = dict(rows)  # per field, the newest (the one load_routing uses)
     mine = signal_params(params)
     out: dict[str, str] = {}
     for sp in latest.values():
