@@ -28,15 +28,15 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from . import pricing
-from .batch import batch_backend
-from .errors import BudgetExceeded, InputError, LeaseLost, StoreError
-from .examples import few_shot_picker
-from .graphs.annotate.context import Context
-from .graphs.annotate.graph import build_graph
-from .graphs.annotate.state import InputState
-from .llm import LLMClient, make_backend
-from .models import (
+from autolabel.errors import BudgetExceeded, InputError, LeaseLost, StoreError
+from autolabel.examples import few_shot_picker
+from autolabel.graphs.annotate.context import Context
+from autolabel.graphs.annotate.graph import build_graph
+from autolabel.graphs.annotate.state import InputState
+from autolabel.llm import pricing
+from autolabel.llm.batch import batch_backend
+from autolabel.llm.client import LLMClient, make_backend
+from autolabel.models import (
     Dialogue,
     DialogueResult,
     FieldConfidence,
@@ -46,10 +46,10 @@ from .models import (
     Turn,
     TurnAnnotation,
 )
-from .readers import read_dialogues
-from .settings import Settings
-from .store import Store, is_postgres
-from .tasks import TaskSpec, load_task
+from autolabel.persistence.store import Store, is_postgres
+from autolabel.readers import read_dialogues
+from autolabel.settings import Settings
+from autolabel.tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Annotator:
                              ) -> AsyncIterator[DialogueResult]:
         """Annotate dialogues concurrently (at most ``concurrency`` in flight); yield results as they finish.
 
-        ``lease_owner``: the job-queue worker that claimed the dialogues (``autolabel.jobs``; ``dialogues`` is
+        ``lease_owner``: the job-queue worker that claimed the dialogues (``autolabel.scale.jobs``; ``dialogues`` is
         then its claims). A dialogue whose lease another worker took over is not stored and not yielded, and the
         run's status is left to the queue."""
         async with self._run(input_name, lease_owner) as run:
@@ -228,7 +228,10 @@ class Annotator:
             async with _checkpointer(s.db) as saver:
                 self._graph = build_graph().compile(checkpointer=saver)
                 self._saver = saver
-                from .evaluate import calibration_mismatch, load_routing  # scikit-learn loads when a run starts
+                from autolabel.quality.evaluate import (  # scikit-learn loads when a run starts
+                    calibration_mismatch,
+                    load_routing,
+                )
 
                 thresholds, calibrate = load_routing(store, self.task, s.model)
                 differs = calibration_mismatch(store, self.task, s.model, self.params()) if thresholds else []

@@ -51,13 +51,18 @@ from pydantic import SecretStr
 from sqlalchemy import text as sql
 from tenacity import Retrying, retry_if_exception, stop_after_delay
 
-from .errors import ConfigError, LLMError
-from .llm import _first_line, _Stop, _transient, _Wait  # the chat calls' retry policy and error lines, alike
-from .redact import Redactor
-from .review import ReviewQueue
-from .settings import Settings
-from .store import Store, now
-from .tasks import RoleFields, TaskSpec
+from autolabel.errors import ConfigError, LLMError
+from autolabel.llm.client import (  # the chat calls' retry policy and error lines, alike
+    _first_line,
+    _Stop,
+    _transient,
+    _Wait,
+)
+from autolabel.persistence.store import Store, now
+from autolabel.review.queue import ReviewQueue
+from autolabel.safety.redact import Redactor
+from autolabel.settings import Settings
+from autolabel.tasks import RoleFields, TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from .models import SessionAnnotation, TurnAnnotation
-from .structured import Compiled, compile_schema
-from .tasks import TaskSpec, load_schema
+from autolabel.models import SessionAnnotation, TurnAnnotation
+from autolabel.tasks import TaskSpec, load_schema
+from autolabel.validation import Compiled, compile_schema
 
 
 @lru_cache(maxsize=1)

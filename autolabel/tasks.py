@@ -19,7 +19,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import TaskSpecError
+from autolabel.errors import TaskSpecError
 
 Scope = Literal["turn", "session"]
 Localized = str | dict[str, str]

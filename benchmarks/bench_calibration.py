@@ -6,7 +6,7 @@ default pipeline (label + self-critique: logprob and critic signals) by ``--mode
 ``Settings().model``, the embedded local model), then split by dialogue (a seeded hash of the id) into a
 calibrate half and a report half:
 
-- on the calibrate half, ``autolabel.evaluate.calibrate`` certifies thresholds (it splits that half again
+- on the calibrate half, ``autolabel.quality.evaluate.calibrate`` certifies thresholds (it splits that half again
   into fit / certify), and a calibrator with the same features is fitted on the whole half for the table;
 - on the report half, per field: exact-match accuracy and macro-F1 against the silver labels, and AUROC, ECE
   and error recall at a 20% review budget of the raw confidence (the mean of the signals, what an
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from autolabel import Annotator, Settings, Store, load_task
-from autolabel.calibration import fit_calibrator
-from autolabel.evaluate import Item, calibrate, load_gold, run_items
-from autolabel.metrics import (
+from autolabel.quality.calibration import fit_calibrator
+from autolabel.quality.evaluate import Item, calibrate, load_gold, run_items
+from autolabel.quality.metrics import (
     auroc_errors,
     classification_report,
     ece,

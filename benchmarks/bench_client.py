@@ -1,6 +1,6 @@
 """Client CPU per LLM call: ``LLMClient.structured`` against the raw ``openai`` client sending the same requests.
 
-The graph is left out: this isolates what ``autolabel/llm.py`` and ``autolabel/structured.py`` add to a call
+The graph is left out: this isolates what ``autolabel/llm/client.py`` and ``autolabel/llm/structured.py`` add to a call
 (instructor's re-ask loop, the cache, tenacity, budget admission, the call log, validation of the answer).
 
 Requests are psy-insight label calls: the task's system prompt and output schema for the supporter role, and one
@@ -44,9 +44,9 @@ from _common import SEEKER, SUPPORTER, Endpoint, table, write_result
 from autolabel.graphs.annotate import prompts
 from openai.types.chat import ChatCompletion
 
-from autolabel.llm import CallTrace, LLMClient, OpenAIBackend
+from autolabel.llm.client import CallTrace, LLMClient, OpenAIBackend
+from autolabel.persistence.store import Store
 from autolabel.settings import Settings
-from autolabel.store import Store
 from autolabel.tasks import load_task
 
 TASK = "psy-insight"

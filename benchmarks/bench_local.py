@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from autolabel.annotator import Annotator
-from autolabel.local import MODELS, load_model
-from autolabel.metrics import classification_report, multilabel_report
+from autolabel.llm.local import MODELS, load_model
 from autolabel.models import Dialogue, DialogueResult
+from autolabel.quality.metrics import classification_report, multilabel_report
 from autolabel.readers import read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task

@@ -5,8 +5,8 @@ Both parts run against a throwaway PostgreSQL cluster started by this script (``
 (``tests/fake_openai.py``) with a fixed ``--latency`` per call and an endpoint limit of ``--endpoint-limit``
 requests in flight (more get HTTP 429 with Retry-After, as a real provider's rate limit would).
 
-1. **Workers.** ``--dialogues`` dialogues (5–7 turns) are enqueued (``autolabel.jobs.enqueue``); N worker
-   processes (``autolabel.jobs.work``, ``--worker-concurrency`` calls in flight each) import autolabel first and
+1. **Workers.** ``--dialogues`` dialogues (5–7 turns) are enqueued (``autolabel.scale.jobs.enqueue``); N worker
+   processes (``autolabel.scale.jobs.work``, ``--worker-concurrency`` calls in flight each) import autolabel first and
    then start together, so the timing is labeling, not Python start-up. Reported: wall time from the start signal
    to the last worker's exit, turns/s and calls/s, speed-up over one worker, 429s from the endpoint.
 2. **Review queue.** ``--items`` review items are bulk-loaded; ``--reviewers`` processes (each its own
@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import text  # noqa: E402
 
 from autolabel import load_task  # noqa: E402
-from autolabel.jobs import enqueue, work  # noqa: E402
-from autolabel.review import ReviewQueue  # noqa: E402
-from autolabel.store import Store  # noqa: E402
+from autolabel.persistence.store import Store  # noqa: E402
+from autolabel.review.queue import ReviewQueue  # noqa: E402
+from autolabel.scale.jobs import enqueue, work  # noqa: E402
 from tests.conftest import dialogue, write_jsonl  # noqa: E402
 from tests.fake_openai import FakeOpenAIServer  # noqa: E402
 from tests.pg import cluster  # noqa: E402

@@ -1,8 +1,8 @@
 """Tokens per labeled turn: autolabel's windowed prompts against sending the full history with every turn.
 
 For dialogues of each length (default 10, 50, 200 turns; generated English counseling sessions, ~100 characters
-per turn like Psy-Insight's), ``autolabel.plan.plan`` builds every request the ``annotate`` graph would send —
-with the graph's own prompt functions — and counts its tokens with tiktoken (``autolabel.tokens``; the model's
+per turn like Psy-Insight's), ``autolabel.planning.plan`` builds every request the ``annotate`` graph would send —
+with the graph's own prompt functions — and counts its tokens with tiktoken (``autolabel.llm.tokens``; the model's
 encoding, OpenAI's cookbook formula). No model is called.
 
 - **autolabel**: the task's context window (``psy-insight``: the 4 preceding turns), critique on.
@@ -34,7 +34,7 @@ from typing import Any
 
 from _common import dialogue_record, table, write_result
 
-from autolabel.plan import Plan, plan
+from autolabel.planning import Plan, plan
 from autolabel.settings import Settings
 
 TASK = "psy-insight"

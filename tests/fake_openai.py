@@ -20,7 +20,7 @@ How one chat request is answered, in order:
    short sentence; deterministic from ``seed`` and a hash of the messages.
 
 ``replies`` runs on the server's event-loop thread. Token counts use tiktoken's ``o200k_base``, built offline
-by ``autolabel.tokens`` (no download).
+by ``autolabel.llm.tokens`` (no download).
 
 ``POST /v1/embeddings`` answers with ``embed_text`` vectors: a hashed bag of words and character trigrams (CJK:
 character bigrams), so texts sharing words are near; deterministic, not normalised (some servers do not normalise
@@ -60,7 +60,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from autolabel import tokens
+from autolabel.llm import tokens
 
 FAULT_429_RETRY_AFTER = "429_retry_after"
 FAULT_429 = "429"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from autolabel.review import ReviewQueue
-from autolabel.web import create_app
+from autolabel.review.queue import ReviewQueue
+from autolabel.review.web import create_app
 from tests.test_review import SCRIPT_TEXT, synthetic_queue
 
 TOKEN = "adjudication-token"

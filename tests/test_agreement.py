@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score
 
-from autolabel.agreement import (
+from autolabel.quality.agreement import (
     cohen_kappa,
     fleiss_kappa,
     fleiss_kappa_from_ratings,

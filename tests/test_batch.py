@@ -19,9 +19,9 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from autolabel import Annotator, ConfigError, read_dialogues
-from autolabel.batch import batches
 from autolabel.cli import app
-from autolabel.store import Store, engine_url
+from autolabel.llm.batch import batches
+from autolabel.persistence.store import Store, engine_url
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_annotate import purpose

@@ -11,8 +11,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from autolabel.calibration import CalibrationMethod, Calibrator, certify_threshold, fit_calibrator
-from autolabel.metrics import auroc_errors, ece
+from autolabel.quality.calibration import CalibrationMethod, Calibrator, certify_threshold, fit_calibrator
+from autolabel.quality.metrics import auroc_errors, ece
 
 # ------------------------------------------------------------------------------------------------ calibrator
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autolabel import Annotator, ConfigError, Dialogue, Store, Turn, export
+from autolabel import Annotator, ConfigError, Dialogue, Store, Turn
 from autolabel.cli import app
-from autolabel.export import csv_header
-from autolabel.export import run_task as stored_task
+from autolabel.interop import export
+from autolabel.interop.export import csv_header
+from autolabel.interop.export import run_task as stored_task
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 

@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from autolabel import Annotator, ConfigError, Store, load_task
-from autolabel.calibration import Calibrator
 from autolabel.cli import app
-from autolabel.evaluate import (
+from autolabel.quality.calibration import Calibrator
+from autolabel.quality.evaluate import (
     NEVER,
     _multi_stats,
     _single_stats,
@@ -37,8 +37,8 @@ from autolabel.evaluate import (
     load_routing,
     run_items,
 )
-from autolabel.metrics import classification_report, multilabel_report
-from autolabel.review import ReviewQueue
+from autolabel.quality.metrics import classification_report, multilabel_report
+from autolabel.review.queue import ReviewQueue
 from tests.conftest import shared_file
 from tests.fake_openai import FakeOpenAIServer
 

@@ -25,7 +25,7 @@ from autolabel import Annotator, Dialogue, Settings, Store, Turn, load_task
 from autolabel.cli import app
 from autolabel.errors import ConfigError, LLMError
 from autolabel.examples import ExamplePicker, OpenAIEmbedder, few_shot_picker, make_embedder
-from autolabel.review import ReviewQueue
+from autolabel.review.queue import ReviewQueue
 from tests.conftest import REPO, write_jsonl
 from tests.fake_openai import FAULT_429_RETRY_AFTER, FAULT_500, FAULT_503, FakeOpenAIServer
 from tests.test_annotate import purpose

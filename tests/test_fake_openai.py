@@ -20,7 +20,7 @@ import jsonschema
 import openai
 import pytest
 
-from autolabel import tokens
+from autolabel.llm import tokens
 from tests.fake_openai import (
     ALL_FAULTS,
     BAD_LABEL,

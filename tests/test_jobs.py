@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from autolabel import Annotator, ConfigError, read_dialogues
 from autolabel.annotator import CHECKPOINT_SETUP_LOCK
 from autolabel.cli import app
-from autolabel.jobs import JobQueue, enqueue, work
-from autolabel.store import Store, engine_url
+from autolabel.persistence.store import Store, engine_url
+from autolabel.scale.jobs import JobQueue, enqueue, work
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.pg import Cluster, engine_fixture, free_port, new_db_fixture, pg_fixture  # noqa: F401  (fixtures)

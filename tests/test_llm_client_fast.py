@@ -18,10 +18,10 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from autolabel.errors import LLMError
-from autolabel.llm import CallTrace, LLMClient, cache_key
+from autolabel.llm.client import CallTrace, LLMClient, cache_key
+from autolabel.llm.structured import response_format, response_model, schema_digest
+from autolabel.persistence.store import Store
 from autolabel.settings import Settings
-from autolabel.store import Store
-from autolabel.structured import response_format, response_model, schema_digest
 from autolabel.tasks import load_task
 
 TASK = load_task("psy-insight")
@@ -193,7 +193,7 @@ REQUEST = {"messages": [{"role": "system", "content": "Label the turn."},
 
 
 def test_the_backend_sends_what_chat_completions_create_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autolabel.llm import OpenAIBackend
+    from autolabel.llm.client import OpenAIBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     with RawServer() as srv:
@@ -219,7 +219,7 @@ def test_the_backend_sends_what_chat_completions_create_sends(monkeypatch: pytes
 
 
 def test_a_reply_off_the_openai_types_is_read_leniently_as_the_openai_client_reads_it() -> None:
-    from autolabel.llm import parse_completion
+    from autolabel.llm.client import parse_completion
 
     reply = json.loads(COMPLETION_JSON)
     assert parse_completion(COMPLETION_JSON) == completion(json.dumps(VALID))
@@ -239,7 +239,7 @@ def test_a_garbled_envelope_is_retried_and_logged(tmp_path: Path, monkeypatch: p
                                                   error: str) -> None:
     import sqlite3
 
-    from autolabel.llm import OpenAIBackend
+    from autolabel.llm.client import OpenAIBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     with RawServer((200, payload), (200, payload)) as srv:
@@ -253,7 +253,7 @@ def test_a_garbled_envelope_is_retried_and_logged(tmp_path: Path, monkeypatch: p
 
 def test_garbled_envelopes_to_the_end_fail_the_call_with_the_reason(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from autolabel.llm import OpenAIBackend
+    from autolabel.llm.client import OpenAIBackend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     with RawServer(*[(200, b"[]")] * 3) as srv:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from autolabel import local
 from autolabel.annotator import Annotator
 from autolabel.errors import ConfigError, LLMError
+from autolabel.llm import local
 from autolabel.models import Dialogue, Status, Turn
 from autolabel.settings import Settings
 

@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from autolabel.metrics import (
+from autolabel.quality.metrics import (
     aurc,
     auroc_errors,
     bootstrap_ci,

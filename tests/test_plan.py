@@ -26,13 +26,13 @@ from autolabel import (
     local,
     read_dialogues,
 )
-from autolabel.budget import Budget, prompt_counter
 from autolabel.cli import app
-from autolabel.plan import Purpose, plan, representative_answer, representative_critique
-from autolabel.pricing import price, pricer
+from autolabel.llm.budget import Budget, prompt_counter
+from autolabel.llm.pricing import price, pricer
+from autolabel.llm.tokens import encoding
+from autolabel.planning import Purpose, plan, representative_answer, representative_critique
 from autolabel.records import record_problems
 from autolabel.tasks import TaskSpec
-from autolabel.tokens import encoding
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer, count_prompt_tokens
 

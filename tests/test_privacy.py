@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from autolabel import Annotator, Dialogue, Settings, Turn
-from autolabel.review import ReviewQueue
+from autolabel.review.queue import ReviewQueue
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer, requested_schema, synthesize
 

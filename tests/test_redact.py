@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from autolabel import Annotator, Store
 from autolabel.cli import app
-from autolabel.redact import Redactor
+from autolabel.safety.redact import Redactor
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.pg import engine_fixture, new_db_fixture  # noqa: F401  (fixtures ``engine`` and ``new_db``)

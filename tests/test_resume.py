@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from autolabel import Dialogue, export, read_dialogues
-from autolabel.llm import cache_key
+from autolabel import Dialogue, read_dialogues
+from autolabel.interop import export
+from autolabel.llm.client import cache_key
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_faults import summary_rows

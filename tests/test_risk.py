@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from autolabel import Annotator, Dialogue, ReviewQueue, Turn, load_task
 from autolabel.records import record_problems
-from autolabel.risk import (
+from autolabel.review.web import create_app
+from autolabel.safety.risk import (
     EN_IDIOMS,
     EN_RISK,
     INJECTION_PATTERNS,
@@ -26,7 +27,6 @@ from autolabel.risk import (
     detect_injection,
     detect_risk,
 )
-from autolabel.web import create_app
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 from tests.test_annotate import purpose

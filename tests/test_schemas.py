@@ -98,20 +98,21 @@ def test_wheel_ships_schemas_and_task_specs(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("autolabel/schemas/task.schema.json", "autolabel/schemas/annotation.schema.json",
                      "autolabel/schemas/tasks/psy-insight.yaml", "autolabel/schemas/tasks/support-strategy.yaml",
-                     "autolabel/graphs/annotate/graph.py", "autolabel/graphs/langgraph.json", "autolabel/cli.py"):
+                     "autolabel/graphs/annotate/graph.py", "autolabel/graphs/langgraph.json", "autolabel/cli/app.py",
+                     "autolabel/review/templates/item.html"):
         assert required in names, required
 
 
 def test_public_functions_stay_functions_after_their_modules_are_imported() -> None:
-    """``from autolabel import evaluate`` is the function even when ``autolabel.evaluate`` (the module) was
+    """``from autolabel import evaluate`` is the function even when ``autolabel.quality.evaluate`` (the module) was
     imported first — by the CLI, a benchmark or the user's own code (fresh interpreter: nothing loaded yet)."""
-    code = ("import autolabel.evaluate, autolabel.plan, autolabel.review\n"
+    code = ("import autolabel.quality.evaluate, autolabel.planning, autolabel.review.queue\n"
             "from autolabel import calibrate, evaluate, plan, ReviewQueue\n"
             "import inspect\n"
             "assert inspect.isfunction(evaluate) and evaluate.__name__ == 'evaluate', evaluate\n"
             "assert inspect.isfunction(plan) and plan.__name__ == 'plan', plan\n"
             "assert inspect.isfunction(calibrate) and inspect.isclass(ReviewQueue)\n"
-            "from autolabel.evaluate import load_gold\n"
+            "from autolabel.quality.evaluate import load_gold\n"
             "assert callable(load_gold)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from autolabel import Store, StoreError, load_task
 from autolabel.errors import LeaseLost
-from autolabel.migrations import MIGRATIONS
+from autolabel.persistence.migrations import MIGRATIONS
 from tests.pg import Cluster, cluster, engine_fixture, new_db_fixture, pg_fixture  # noqa: F401  (fixtures)
 
 EXPECTED = Path(__file__).with_name("expected_schema.sql")
@@ -77,7 +77,7 @@ def test_a_worker_whose_lease_was_taken_over_cannot_overwrite(new_db: str) -> No
 
 def test_cached_completions_written_before_007_are_still_answered(new_db: str, monkeypatch: pytest.MonkeyPatch
                                                                   ) -> None:
-    from autolabel import migrations
+    from autolabel.persistence import migrations
 
     with monkeypatch.context() as m:  # the store as it was before migration 007, with one cached completion
         m.setattr(migrations, "MIGRATIONS", [x for x in MIGRATIONS if x[0] < "007"])

@@ -1,4 +1,4 @@
-"""The compiled schema checks (``structured.fast_check``) against jsonschema itself: whenever a compiled check says
+"""The compiled schema checks (``validation.fast_check``) against jsonschema itself: whenever a compiled check says
 yes, jsonschema finds no error, on every built-in task's schemas, the annotation record schema and a schema using
 every compiled keyword, over seeded random values and mutations of valid ones."""
 
@@ -13,8 +13,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from autolabel.records import record_problems
-from autolabel.structured import compile_schema, fast_check, validation_errors
 from autolabel.tasks import list_tasks, load_schema, load_task
+from autolabel.validation import compile_schema, fast_check, validation_errors
 
 EVERY_KEYWORD = {
     "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "t", "type": "object",

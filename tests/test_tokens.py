@@ -14,8 +14,8 @@ import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-from autolabel import tokens
-from autolabel.tokens import count_chat_tokens, encoding, encoding_for_model, load_ranks, tiktoken_file
+from autolabel.llm import tokens
+from autolabel.llm.tokens import count_chat_tokens, encoding, encoding_for_model, load_ranks, tiktoken_file
 from tests.fake_openai import count_prompt_tokens
 
 SAMPLES = [
@@ -71,7 +71,7 @@ def test_nothing_is_downloaded_or_cached(tmp_path: Path) -> None:
     cache = tmp_path / "tiktoken-cache"
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), "DATA_GYM_CACHE_DIR": str(cache),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
-    code = ("from autolabel.tokens import encoding\n"
+    code = ("from autolabel.llm.tokens import encoding\n"
             "print(len(encoding().encode('hello world')),"
             " len(encoding('cl100k_base').encode('hello world')))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from autolabel import ReviewError
-from autolabel.review import ReviewQueue
-from autolabel.web import COOKIE, create_app, is_loopback, serve
+from autolabel.review.queue import ReviewQueue
+from autolabel.review.web import COOKIE, create_app, is_loopback, serve
 from tests.pg import engine_fixture, free_port, new_db_fixture  # noqa: F401  (fixtures)
 from tests.test_review import RISK_TEXT, SCRIPT_TEXT, annotate_into, copy_db, synthetic_queue
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from autolabel.review import ReviewQueue
-from autolabel.web import create_app
+from autolabel.review.queue import ReviewQueue
+from autolabel.review.web import create_app
 from tests.test_review import RISK_TEXT, SCRIPT_TEXT, annotate_into, copy_db
 
 TOKEN = "browser-test-token"

@@ -6,9 +6,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from autolabel.llm import LLMClient
+from autolabel.llm.client import LLMClient
+from autolabel.persistence.store import Store
 from autolabel.settings import Settings
-from autolabel.store import Store
 from autolabel.tasks import TaskSpec
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class Context:
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
         """``build()``, made once per run for ``key``: what depends only on the task, a role and a language (a
         system prompt, an output schema) is the same for every turn. A schema kept here is the same dict on every
-        call, which ``autolabel.structured`` recognises without serialising it again."""
+        call, which ``autolabel.llm.structured`` recognises without serialising it again."""
         try:
             return self._once[key]
         except KeyError:

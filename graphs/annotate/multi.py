@@ -20,7 +20,7 @@ from autolabel.graphs.annotate.state import TurnInput, TurnOutput, TurnsInput, T
 from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
-from autolabel.llm import CallTrace
+from autolabel.llm.client import CallTrace
 from autolabel.models import Dialogue, TurnAnnotation
 from autolabel.tasks import RoleFields, TaskSpec
 

@@ -13,14 +13,14 @@ from autolabel.graphs.annotate.state import State, TurnState
 from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
-from autolabel.llm import CallTrace, option_probabilities
+from autolabel.llm.client import CallTrace, option_probabilities
 from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
-from autolabel.redact import Redactor
-from autolabel.risk import detect_injection, detect_risk
-from autolabel.structured import validation_errors
+from autolabel.safety.redact import Redactor
+from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.tasks import RoleFields
 from autolabel.text import detect_language, truncate
+from autolabel.validation import validation_errors
 
 CRITIC_SCORE = {"agree": 1.0, "unsure": 0.5, "revise": 0.0}
 DEFAULT_THRESHOLD = 0.5

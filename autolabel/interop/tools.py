@@ -43,12 +43,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import AutolabelError, ConfigError, InputError, ReviewError
-from .export import checked_records
-from .records import record_problems
-from .review import ItemStatus, ReviewQueue
-from .store import Store
-from .tasks import LabelField, RoleFields, TaskSpec, localize
+from autolabel.errors import AutolabelError, ConfigError, InputError, ReviewError
+from autolabel.interop.export import checked_records
+from autolabel.persistence.store import Store
+from autolabel.records import record_problems
+from autolabel.review.queue import ItemStatus, ReviewQueue
+from autolabel.tasks import LabelField, RoleFields, TaskSpec, localize
 
 SESSION_TEXT = "(the whole session)"
 NOTE = "note"

@@ -35,10 +35,10 @@ import openai
 from openai.types.chat import ChatCompletion
 from sqlalchemy import text
 
-from .errors import AutolabelError, ConfigError, LLMError, RequestRefused
-from .llm import Backend, BackendKind, cache_key, cached_reply, current_trace
-from .settings import Settings
-from .store import Store, now
+from autolabel.errors import AutolabelError, ConfigError, LLMError, RequestRefused
+from autolabel.llm.client import Backend, BackendKind, cache_key, cached_reply, current_trace
+from autolabel.persistence.store import Store, now
+from autolabel.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,9 @@
-"""Response models for instructor, built from the JSON Schemas a task spec generates, and validation against them.
+"""One validator: JSON Schemas compiled once, used for every answer, record and label — the model's and people's.
 
-instructor wants a pydantic model. We give it one whose JSON Schema *is* the task's generated schema (so the model
-and the validator see the same schema) and whose validation *is* jsonschema Draft 2020-12 against that schema.
-A failure becomes a pydantic ``ValidationError`` carrying every jsonschema message with its path, which instructor
-sends back to the model as the re-ask.
-
-Validation runs several times per turn (the answer in instructor, the final labels, the annotation record when it
-is probed and when it is stored), and jsonschema walks a schema at some 5 µs per keyword: ~230 µs for an annotation
-record. So each schema is also compiled once into a yes/no check (:func:`fast_check`) of the keywords our schemas
-use, with jsonschema's semantics; only when it says no does jsonschema run, for the messages. A schema with any
-other keyword gets no compiled check: jsonschema alone decides, as before.
+jsonschema walks a schema at some 5 µs per keyword (~230 µs for an annotation record), and validation runs several
+times per turn. So each schema is also compiled once into a yes/no check (:func:`fast_check`) of the keywords our
+schemas use, with jsonschema's semantics; only when it says no does jsonschema run, for the messages. A schema with
+any other keyword gets no compiled check: jsonschema alone decides.
 """
 
 from __future__ import annotations
@@ -21,39 +15,11 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, cast
+from typing import Any
 
-import instructor
 from jsonschema import Draft202012Validator, ValidationError
-from pydantic import BaseModel, ConfigDict, model_validator
 
 Check = Callable[[Any], bool]
-
-
-class SchemaAnswer(BaseModel):
-    """Base of generated response models: holds the raw answer dict, validated by jsonschema."""
-
-    model_config = ConfigDict(extra="allow")
-    json_schema_: ClassVar[dict[str, Any]] = {}
-    validator_: ClassVar[Draft202012Validator]
-    check_: ClassVar[Check | None] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check(cls, data: Any) -> Any:
-        if cls.check_ is not None and cls.check_(data):
-            return data
-        errors = sorted(cls.validator_.iter_errors(data), key=lambda e: e.json_path)
-        if errors:
-            raise ValueError("; ".join(f"{e.json_path}: {e.message}" for e in errors[:8]))
-        return data
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return cls.json_schema_
-
-    def answer(self) -> dict[str, Any]:
-        return dict(self.__pydantic_extra__ or {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +41,7 @@ class Compiled:
 
 
 @lru_cache(maxsize=256)
-def _compile_json(schema_json: str) -> Compiled:
+def compile_schema_json(schema_json: str) -> Compiled:
     schema = json.loads(schema_json)
     return Compiled(schema, schema_json, hashlib.sha256(schema_json.encode()).hexdigest()[:16],
                     Draft202012Validator(schema), fast_check(schema))
@@ -94,7 +60,7 @@ def compile_schema(schema: dict[str, Any]) -> Compiled:
     if seen is not None and seen[0] is schema:
         return seen[1]
     # key order kept: it is the order the model is asked to write the fields in (texts first, then labels)
-    compiled = _compile_json(json.dumps(schema))
+    compiled = compile_schema_json(json.dumps(schema))
     if len(_SEEN) >= _SEEN_MAX:
         _SEEN.clear()
     _SEEN[id(schema)] = (schema, compiled)
@@ -103,33 +69,6 @@ def compile_schema(schema: dict[str, Any]) -> Compiled:
 
 def schema_digest(schema: dict[str, Any]) -> str:
     return compile_schema(schema).digest
-
-
-@lru_cache(maxsize=256)
-def _model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
-    c = _compile_json(schema_json)
-    attrs = {"json_schema_": json.loads(schema_json), "validator_": c.validator, "check_": c.check,
-             "__module__": __name__}
-    return type(name, (SchemaAnswer,), attrs)
-
-
-@lru_cache(maxsize=256)
-def _response_model_for(name: str, schema_json: str) -> type[SchemaAnswer]:
-    # instructor wraps a model that is not yet its ``ResponseSchema`` in a new pydantic class on every call (a few
-    # milliseconds of CPU each); wrapped once here, the class is reused
-    return cast(type[SchemaAnswer], instructor.openai_schema(_model_for(name, schema_json)))
-
-
-def response_model(name: str, schema: dict[str, Any]) -> type[SchemaAnswer]:
-    """The (cached) response model class for a JSON Schema, ready for instructor."""
-    return _response_model_for(name, compile_schema(schema).json)
-
-
-@lru_cache(maxsize=256)
-def response_format(model: type[SchemaAnswer]) -> dict[str, Any]:
-    """The ``response_format`` instructor's JSON_SCHEMA mode sends for ``model`` (OpenAI structured outputs), built
-    once per model. Shared by every request for it: nothing may change it."""
-    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
 
 
 def validation_errors(schema: dict[str, Any], value: Any) -> list[str]:

@@ -46,11 +46,11 @@ from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 
-from .budget import Budget
-from .errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
-from .limits import AdaptiveLimit
-from .settings import Settings
-from .structured import SchemaAnswer, response_format, response_model, schema_digest
+from autolabel.errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
+from autolabel.llm.budget import Budget
+from autolabel.llm.limits import AdaptiveLimit
+from autolabel.llm.structured import SchemaAnswer, response_format, response_model, schema_digest
+from autolabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _openai_backend(settings: Settings) -> Backend:
 
 
 def _local_backend(settings: Settings) -> Backend:
-    from .local import LocalBackend  # imported only when used: needs the [local] extra
+    from autolabel.llm.local import LocalBackend  # imported only when used: needs the [local] extra
 
     return LocalBackend(settings)
 

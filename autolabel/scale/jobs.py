@@ -34,13 +34,13 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .annotator import Annotator
-from .errors import BudgetExceeded, ConfigError, InputError, StoreError
-from .models import Dialogue, RunSummary
-from .readers import read_dialogues
-from .settings import Settings
-from .store import Store, now
-from .tasks import TaskSpec, load_task
+from autolabel.annotator import Annotator
+from autolabel.errors import BudgetExceeded, ConfigError, InputError, StoreError
+from autolabel.models import Dialogue, RunSummary
+from autolabel.persistence.store import Store, now
+from autolabel.readers import read_dialogues
+from autolabel.settings import Settings
+from autolabel.tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ How each number is made:
   ``session_user``), with the same language detection, speaker roles, context window and option shuffling
   as ``graphs/annotate/nodes.py``. No model is called.
 - **Prompt tokens.** ``openai:`` models: OpenAI's cookbook formula over tiktoken's encoding for the model
-  (``autolabel.tokens``; exact for OpenAI's models, o200k_base assumed for others). ``local:`` models: the
-  model's own chat template and tokenizer (``autolabel.local.count_tokens``); when the model is not installed,
+  (``autolabel.llm.tokens``; exact for OpenAI's models, o200k_base assumed for others). ``local:`` models: the
+  model's own chat template and tokenizer (``autolabel.llm.local.count_tokens``); when the model is not installed,
   o200k_base with the cookbook formula as an approximation (said in the notes).
 - **Extrapolation.** Per-turn calls (label, sample, critique) are scaled by the input's turns over the
   sample's turns, session calls by dialogues over sampled dialogues (``readers.count_input`` streams the whole
@@ -40,19 +40,19 @@ from typing import Any
 
 from sqlalchemy import text as sql
 
-from .errors import ConfigError
-from .graphs.annotate import prompts
-from .graphs.annotate.multi import labeled_roles, shuffled_roles
-from .graphs.annotate.nodes import sample_rng, shuffle_options
-from .llm import BackendKind
-from .models import Dialogue
-from .pricing import Price, price
-from .readers import count_input, read_dialogues
-from .settings import Settings
-from .store import Store, is_postgres
-from .tasks import RoleFields, TaskSpec, load_task, localize
-from .text import detect_language
-from .tokens import count_chat_tokens, encoding, encoding_for_model
+from autolabel.errors import ConfigError
+from autolabel.graphs.annotate import prompts
+from autolabel.graphs.annotate.multi import labeled_roles, shuffled_roles
+from autolabel.graphs.annotate.nodes import sample_rng, shuffle_options
+from autolabel.llm.client import BackendKind
+from autolabel.llm.pricing import Price, price
+from autolabel.llm.tokens import count_chat_tokens, encoding, encoding_for_model
+from autolabel.models import Dialogue
+from autolabel.persistence.store import Store, is_postgres
+from autolabel.readers import count_input, read_dialogues
+from autolabel.settings import Settings
+from autolabel.tasks import RoleFields, TaskSpec, load_task, localize
+from autolabel.text import detect_language
 
 Messages = list[dict[str, str]]
 WINDOW = "window:"  # completion-estimate key of a multi-turn call: "window:" and its targets' roles, in order
@@ -319,7 +319,7 @@ def _tokenizer(settings: Settings) -> tuple[Callable[[Messages], int], Callable[
     if settings.family == BackendKind.LOCAL.value:
         enc = encoding()
         try:
-            from .local import count_tokens
+            from autolabel.llm.local import count_tokens
 
             count_tokens(settings.model_name, [{"role": "user", "content": "ok"}], settings)
         except (ConfigError, ImportError) as e:

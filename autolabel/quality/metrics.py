@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from autolabel.agreement import cohen_kappa
+from autolabel.quality.agreement import cohen_kappa
 
 __all__ = [
     "aurc",

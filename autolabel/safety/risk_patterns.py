@@ -1,10 +1,10 @@
-"""The pattern tables behind :mod:`autolabel.risk`: data, kept apart from the code that applies them.
+"""The pattern tables behind :mod:`autolabel.safety.risk`: data, kept apart from the code that applies them.
 
 Every entry has an id, a language and a regular expression (risk patterns also a category). Ids read
 ``<language>.<category>.<name>``, ``<language>.idiom.<name>`` and ``inj.<language>.<name>``; they are what
 a stored hit points at, so keep them stable.
 
-How the expressions are applied is described in :mod:`autolabel.risk`. In short:
+How the expressions are applied is described in :mod:`autolabel.safety.risk`. In short:
 
 * risk patterns and idioms run on *folded* text: every run of whitespace is one space (English) or removed
   (Chinese), curly quotes are straight quotes, and everything is lower case — so write them in lower case (a test

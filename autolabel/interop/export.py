@@ -22,10 +22,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ConfigError, StoreError
-from .records import record_problems
-from .store import Store
-from .tasks import LabelField, TaskSpec, TextField
+from autolabel.errors import ConfigError, StoreError
+from autolabel.persistence.store import Store
+from autolabel.records import record_problems
+from autolabel.tasks import LabelField, TaskSpec, TextField
 
 
 class ExportFormat(str, Enum):
@@ -135,7 +135,7 @@ def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_
 def _interop(name: str) -> Exporter:
     """The Label Studio and Argilla writers live in ``interop``, which imports this module: looked up on use."""
     def write(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
-        from . import interop
+        from autolabel.interop import tools as interop
 
         exporter: Exporter = getattr(interop, name)
         return exporter(store, run_id, task, out, include_text)

@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from . import metrics
-from .agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
-from .calibration import CalibrationMethod, Calibrator, certify_threshold
-from .errors import ConfigError, InputError
-from .export import run_task
-from .readers import read_dialogues
-from .settings import Settings
-from .store import Store, is_postgres, now
-from .tasks import LabelField, TaskSpec, load_task
+from autolabel.errors import ConfigError, InputError
+from autolabel.interop.export import run_task
+from autolabel.persistence.store import Store, is_postgres, now
+from autolabel.quality import metrics
+from autolabel.quality.agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
+from autolabel.quality.calibration import CalibrationMethod, Calibrator, certify_threshold
+from autolabel.readers import read_dialogues
+from autolabel.settings import Settings
+from autolabel.tasks import LabelField, TaskSpec, load_task
 
 __all__ = ["Gold", "Item", "calibrate", "calibration_mismatch", "evaluate", "load_gold", "load_routing", "run_items"]
 
@@ -312,7 +312,7 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
         }
     report = _finite(report)
     if out_dir is not None:
-        from .report import write_report  # matplotlib loads only when a report is written
+        from autolabel.quality.report import write_report  # matplotlib loads only when a report is written
 
         report["files"] = write_report(report, Path(out_dir))
     return report

@@ -36,9 +36,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ReviewError
-from .review import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue
-from .tasks import LabelField, localize
+from autolabel.errors import ReviewError
+from autolabel.review.queue import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue
+from autolabel.tasks import LabelField, localize
 
 COOKIE = "autolabel_review"
 SESSION_SECONDS = 12 * 3600
@@ -159,7 +159,7 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     queue = ReviewQueue.open(db)
     access = Access(queue, token)
     sessions = Sessions()
-    env = Environment(loader=PackageLoader("autolabel", "templates"), autoescape=True,
+    env = Environment(loader=PackageLoader("autolabel.review", "templates"), autoescape=True,
                       undefined=StrictUndefined)
 
     @asynccontextmanager
@@ -210,7 +210,7 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     def static(name: str) -> Response:
         if name not in _STATIC:
             return PlainTextResponse("not found", 404)
-        body = resources.files("autolabel.templates").joinpath(name).read_text(encoding="utf-8")
+        body = resources.files("autolabel.review.templates").joinpath(name).read_text(encoding="utf-8")
         return Response(body, media_type=_STATIC[name])
 
     @app.get("/api/status")

@@ -37,12 +37,12 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .agreement import Distance, krippendorff_alpha
-from .errors import ReviewError, StoreError
-from .export import run_task
-from .records import record_problems
-from .store import Store, now
-from .tasks import RoleFields, TaskSpec
+from autolabel.errors import ReviewError, StoreError
+from autolabel.interop.export import run_task
+from autolabel.persistence.store import Store, now
+from autolabel.quality.agreement import Distance, krippendorff_alpha
+from autolabel.records import record_problems
+from autolabel.tasks import RoleFields, TaskSpec
 
 DEFAULT_LEASE = 600.0
 MAX_NOTE_CHARS = 2000

@@ -16,7 +16,7 @@ uint32 rank.
 
 Chat prompts are counted with OpenAI's cookbook formula (:func:`count_chat_tokens`); the scripted test server
 counts the same way, so a plan and a run against it agree exactly. Real endpoints add tokens the formula does
-not see (the structured-output schema); see ``autolabel.plan``.
+not see (the structured-output schema); see ``autolabel.planning``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import tiktoken
 import tiktoken.model
 
-from .errors import ConfigError
+from autolabel.errors import ConfigError
 
 RANKS_REQUIREMENT = "quicktok-v1==0.4.0"
 RANKS_PACKAGE = "quicktok"

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from .errors import LeaseLost, StoreError
-from .migrations import migrate
-from .records import record_problems
+from autolabel.errors import LeaseLost, StoreError
+from autolabel.persistence.migrations import migrate
+from autolabel.records import record_problems
 
 ACTIVE = ("pending", "running")
 

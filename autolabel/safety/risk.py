@@ -1,7 +1,7 @@
 """Transparent detectors for risk language and prompt injection in dialogue turns.
 
 Method
-    ``detect_risk`` runs the English and Chinese pattern tables of :mod:`autolabel.risk_patterns` (each row an
+    ``detect_risk`` runs the English and Chinese pattern tables of :mod:`autolabel.safety.risk_patterns` (each row an
     id, a category, a language and a regular expression) over the turn and returns one :class:`RiskHit` per
     match, with the span in the *original* text. Before matching, the text is folded: runs of whitespace
     become one space (English) or vanish (Chinese, so "想 死" matches "想死"), curly quotes become straight
@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from autolabel.risk_patterns import (
+from autolabel.safety.risk_patterns import (
     EN_IDIOMS,
     EN_RISK,
     INJECTION_PATTERNS,

@@ -24,9 +24,9 @@ from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigError
-from .llm import BackendKind
-from .settings import Settings
+from autolabel.errors import ConfigError
+from autolabel.llm.client import BackendKind
+from autolabel.settings import Settings
 
 MILLION = 1_000_000
 OPENAI_HOSTS = ("api.openai.com",)

@@ -39,8 +39,8 @@ import numpy as np
 from openai.types.chat import ChatCompletion
 from scipy.special import logsumexp
 
-from .errors import ConfigError, LLMError
-from .settings import Settings
+from autolabel.errors import ConfigError, LLMError
+from autolabel.settings import Settings
 
 log = logging.getLogger(__name__)
 

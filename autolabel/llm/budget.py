@@ -26,7 +26,7 @@ So the spend never passes ``max_cost`` as long as the prompt-token estimate is n
 counts. The estimate (:func:`prompt_counter`):
 
 - **OpenAI models** that tiktoken knows: OpenAI's cookbook formula over the model's encoding
-  (``autolabel.tokens``), plus the tokens of the JSON of ``response_format`` (and ``tools``), which OpenAI bills as
+  (``autolabel.llm.tokens``), plus the tokens of the JSON of ``response_format`` (and ``tools``), which OpenAI bills as
   prompt tokens too; counted as plain JSON text, which is longer than the schema OpenAI renders from it.
 - **Any other model** (self-hosted, a tokenizer we do not have): the same formula with every text counted as
   its UTF-8 bytes. Byte-level BPE tokenizers (GPT, Llama 3, Qwen) and SentencePiece with byte fallback (Llama 2,
@@ -45,9 +45,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BudgetExceeded
-from .settings import Settings
-from .tokens import count_chat_tokens, encoding, encoding_for_model
+from autolabel.errors import BudgetExceeded
+from autolabel.llm.tokens import count_chat_tokens, encoding, encoding_for_model
+from autolabel.settings import Settings
 
 Pricer = Callable[[int, int], float]
 """(prompt tokens, completion tokens) -> USD, as ``pricing.pricer`` makes it."""

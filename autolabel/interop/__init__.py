@@ -1,0 +1,1 @@
+"""Interop: exports of a run's annotations and the exchange with Label Studio and Argilla."""

@@ -1,0 +1,1 @@
+"""Persistence: the store (SQLite or PostgreSQL), its numbered migrations and table definitions."""

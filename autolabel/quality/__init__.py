@@ -1,0 +1,1 @@
+"""Quality: metrics, agreement between annotators, calibration of confidence, evaluation against gold, the report."""

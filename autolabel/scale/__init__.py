@@ -1,0 +1,1 @@
+"""Scale-out: running one job over several processes or machines."""
