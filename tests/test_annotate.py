@@ -9,8 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from autolabel import Annotator, Status, load_task, read_dialogues
-from autolabel.interop import export
+from autolabel import Annotator, Status, export, load_task, read_dialogues
 from autolabel.tasks import load_schema
 from tests.conftest import dialogue, shared_file, write_jsonl
 from tests.fake_openai import FakeOpenAIServer, Fault

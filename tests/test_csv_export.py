@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autolabel import Annotator, ConfigError, Dialogue, Store, Turn
+from autolabel import Annotator, ConfigError, Dialogue, Store, Turn, export
 from autolabel.cli import app
-from autolabel.interop import export
 from autolabel.interop.export import csv_header
-from autolabel.interop.export import run_task as stored_task
 from tests.conftest import write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 
@@ -77,7 +75,7 @@ def test_csv_round_trip(labelled: Path, tmp_path: Path, bom: bool) -> None:
         rows = list(csv.DictReader(f))
     store = Store.open(labelled)
     try:
-        task = stored_task(store, store.run()["id"])
+        task = store.run_task(store.run()["id"])
     finally:
         store.close()
     header = csv_header(task)

@@ -24,8 +24,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from autolabel import Annotator, Dialogue, Turn, load_task, read_dialogues
-from autolabel.interop import export
+from autolabel import Annotator, Dialogue, Turn, export, load_task, read_dialogues
 from autolabel.records import record_problems
 from autolabel.tasks import load_schema
 from tests.conftest import dialogue, write_jsonl

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autolabel import ConfigError, load_task
+from autolabel import ConfigError, export, load_task
 from autolabel.cli import app
-from autolabel.interop import export
 from autolabel.interop.tools import import_reviews
 from autolabel.review.queue import ReviewQueue
 from tests.test_review import annotate_into, copy_db

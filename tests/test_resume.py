@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from autolabel import Dialogue, read_dialogues
-from autolabel.interop import export
+from autolabel import Dialogue, export, read_dialogues
 from autolabel.llm.client import cache_key
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer

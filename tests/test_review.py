@@ -17,9 +17,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
-from autolabel import Annotator, Dialogue, ReviewError, Turn, load_task
+from autolabel import Annotator, Dialogue, ReviewError, Turn, export, load_task
 from autolabel.cli import app
-from autolabel.interop import export
 from autolabel.persistence.store import Store, engine_url
 from autolabel.review.queue import Item, ReviewQueue
 from tests.conftest import dialogue

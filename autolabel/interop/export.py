@@ -39,11 +39,6 @@ class ExportFormat(str, Enum):
 Exporter = Callable[[Store, str, TaskSpec, IO[str], bool], int]
 
 
-def run_task(store: Store, run_id: str) -> TaskSpec:
-    """The task spec a run was made with, as stored with the run."""
-    return TaskSpec.model_validate(json.loads(store.run(run_id)["task_json"]))
-
-
 def checked_records(store: Store, run_id: str, task: TaskSpec, include_text: bool = True) -> Iterator[dict[str, Any]]:
     for rec in store.final_records(run_id):
         if not include_text:
@@ -163,7 +158,7 @@ def export(db: str | Path, format: ExportFormat | str, out: str | Path, *, run_i
     store = Store.open(db)
     try:
         run_id = run_id or store.run()["id"]
-        task = run_task(store, run_id)
+        task = store.run_task(run_id)
         with open(out, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
             return EXPORTERS[fmt](store, run_id, task, f, include_text)
     finally:

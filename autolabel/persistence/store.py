@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from autolabel.errors import LeaseLost, StoreError
 from autolabel.persistence.migrations import migrate
 from autolabel.records import record_problems
+from autolabel.tasks import TaskSpec
 
 ACTIVE = ("pending", "running")
 
@@ -123,6 +124,10 @@ class Store:
         if not rows:
             raise StoreError(f"no run {run_id!r} in {self.db}" if run_id else f"no runs in {self.db}")
         return dict(rows[0]._mapping)
+
+    def run_task(self, run_id: str) -> TaskSpec:
+        """The task spec a run was made with, as stored with the run."""
+        return TaskSpec.model_validate(json.loads(self.run(run_id)["task_json"]))
 
     # -- dialogues -----------------------------------------------------------------------------------------
     def dialogue_status(self, run_id: str, dialogue_id: str) -> str | None:

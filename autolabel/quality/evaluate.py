@@ -32,7 +32,6 @@ import numpy as np
 from sqlalchemy import text
 
 from autolabel.errors import ConfigError, InputError
-from autolabel.interop.export import run_task
 from autolabel.persistence.store import Store, is_postgres, now
 from autolabel.quality import metrics
 from autolabel.quality.agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
@@ -189,7 +188,7 @@ def run_items(db: str | Path | Store, gold: Gold | str | Path | None = None,
     """The labels of a run (default: the latest) that have gold, as ``Item``s."""
     with _opened(db) as store:
         run = store.run(run_id)
-        task = run_task(store, run["id"])
+        task = store.run_task(run["id"])
         return _collect(store, run["id"], task, _resolve_gold(gold, store, task)[0])[0]
 
 
@@ -286,7 +285,7 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
     """
     with _opened(db) as store:
         run = store.run(run_id)
-        task = run_task(store, run["id"])
+        task = store.run_task(run["id"])
         labels, source = _resolve_gold(gold, store, task)
         items, coverage = _collect(store, run["id"], task, labels)
         if not items:
@@ -428,7 +427,7 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
         raise ConfigError(f"unknown calibration method {method!r}: auto, isotonic or logistic")
     with _opened(db) as store:
         run = store.run(run_id)
-        task = run_task(store, run["id"])
+        task = store.run_task(run["id"])
         items = [i for i in _collect(store, run["id"], task, _resolve_gold(gold, store, task)[0])[0]
                  if i.predicted is not None]
         fit_ids, results = _fit_half((i.dialogue_id for i in items), seed), []

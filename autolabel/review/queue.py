@@ -38,7 +38,6 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import ReviewError, StoreError
-from autolabel.interop.export import run_task
 from autolabel.persistence.store import Store, now
 from autolabel.quality.agreement import Distance, krippendorff_alpha
 from autolabel.records import record_problems
@@ -167,7 +166,7 @@ class ReviewQueue:
 
     def task(self, run_id: str) -> TaskSpec:
         if run_id not in self._tasks:
-            self._tasks[run_id] = run_task(self.store, run_id)
+            self._tasks[run_id] = self.store.run_task(run_id)
         return self._tasks[run_id]
 
     def fields(self, item: Item) -> RoleFields | None:
