@@ -23,10 +23,10 @@ from autolabel import (
     Settings,
     Turn,
     load_task,
-    local,
     read_dialogues,
 )
 from autolabel.cli import app
+from autolabel.llm import local
 from autolabel.llm.budget import Budget, prompt_counter
 from autolabel.llm.pricing import price, pricer
 from autolabel.llm.tokens import encoding
