@@ -2,6 +2,18 @@
 
 A spec is data. Everything the graph asks of the model (which fields, which options, in which order) and everything
 the validator checks comes from here, so any scheme works without code changes.
+
+Three kinds of label field share one shape, so the graph, validation, confidence, routing and review need nothing
+special for any of them: a field's ``options`` are what the model may answer, one code each.
+
+- **choices**: ``options: [change, neutral, sustain]`` (names only) or option objects with descriptions;
+- **sub-codes**: an option with ``children`` (question -> open / closed); the answer names a leaf, or the parent too
+  where ``allow_parent`` is set; ``parent_of`` and ``parent_level`` give the upper level;
+- **ratings**: ``scale: {1: anchor, ..., 5: anchor}``; each point becomes one option (name ``"3"``, code ``R3``,
+  the anchor as its description), ``ordinal`` is set and ``rank`` gives a point's number.
+
+``option_key`` is the one rule by which gold values, example labels and reviewers' answers find their option:
+trimmed, case-insensitive, aliases included, a rating point as a number or text (``4``, ``"4"``, ``4.0``).
 """
 
 from __future__ import annotations
@@ -16,10 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
 from autolabel.errors import TaskSpecError
+from autolabel.taskcheck import Problem as Problem  # re-exported: what spec_problems returns
+from autolabel.taskcheck import find_problems
+from autolabel.taskcheck import option_key as option_key  # re-exported: the one matching rule
 
 Scope = Literal["turn", "session"]
 Localized = str | dict[str, str]
@@ -44,12 +58,22 @@ def localize(value: Localized | None, language: str, default: str = "") -> str:
     return value.get(language) or value.get("en") or next(iter(value.values()), default)
 
 
+def point_code(point: int) -> str:
+    """The code of a rating point: ``R3`` for 3, ``RM2`` for -2 (codes start with a letter, so their token
+    probability is read like any option's)."""
+    return f"R{point}" if point >= 0 else f"RM{-point}"
+
+
 class Option(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
     code: str = ""
     description: Localized | None = None
     aliases: tuple[str, ...] = ()
+    parent: str | None = None
+    """The name of the option this one is a sub-code of (None for a top-level option)."""
+    point: int | None = None
+    """The scale point of a rating field's option."""
 
 
 class LabelField(BaseModel):
@@ -61,6 +85,15 @@ class LabelField(BaseModel):
     max_selected: int | None = None
     description: Localized | None = None
     options: tuple[Option, ...]
+    """What the model may answer: leaves of sub-codes (and their parents with ``allow_parent``), or scale points."""
+    top: tuple[Option, ...] = ()
+    """The top-level options in spec order (parents of sub-codes and options without children); empty when the
+    field has no sub-codes."""
+    allow_parent: bool = False
+    scale: tuple[int, ...] | None = None
+    """A rating field's points, low to high."""
+    ordinal: bool = False
+    """The options are ordered low to high (always for a rating field)."""
     gold: str | None = None
 
     def code_of(self, name: str) -> str:
@@ -82,14 +115,53 @@ class LabelField(BaseModel):
                 out.setdefault(alias, o)
         return out
 
+    @cached_property
+    def _by_key(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, o in self._by_name.items():
+            key = option_key(k)
+            if key is not None:
+                out.setdefault(key, o.name)
+        return out
+
+    def option_name(self, value: Any) -> str | None:
+        """The option a single value names (``option_key`` matching: any case, aliases, rating points as numbers)."""
+        key = option_key(value)
+        return None if key is None else self._by_key.get(key)
+
     def normalize(self, value: Any) -> str | list[str] | None:
-        """Map a gold value (names or aliases, any case) onto option names; None when nothing maps."""
-        names = value if isinstance(value, list) else [value]
-        folded = {k.casefold(): o.name for k, o in self._by_name.items()}
-        out = [folded[n.strip().casefold()] for n in names if isinstance(n, str) and n.strip().casefold() in folded]
+        """Map a gold, example or review value (names or aliases, any case) onto option names; None when nothing
+        maps. A multi-label field gives a sorted list; a single field the first value that maps."""
+        names = value if isinstance(value, list | tuple) else [value]
+        out = [n for v in names if (n := self.option_name(v)) is not None]
         if not out:
             return None
         return sorted(set(out)) if self.multi else out[0]
+
+    # -- sub-codes and ratings ------------------------------------------------------------------------------
+    @property
+    def has_children(self) -> bool:
+        return bool(self.top)
+
+    def parent_of(self, name: str) -> str:
+        """The top-level option an answer belongs to: a leaf's parent, or the name itself."""
+        o = self._by_name.get(name)
+        return o.parent if o is not None and o.parent else name
+
+    def parent_level(self) -> LabelField:
+        """The same field one level up: its options are the top-level ones (for two-level evaluation)."""
+        if not self.top:
+            return self
+        return self.model_copy(update={"options": self.top, "top": (), "allow_parent": False})
+
+    def rank(self, name: str) -> float | None:
+        """An ordinal answer's position: a rating's point, else the option's index; None when not ordinal."""
+        if not self.ordinal:
+            return None
+        o = self._by_name.get(name)
+        if o is None:
+            return None
+        return float(o.point) if o.point is not None else float(self.options.index(o))
 
     def value_schema(self) -> dict[str, Any]:
         codes = [o.code for o in self.options]
@@ -128,10 +200,35 @@ class Example(BaseModel):
     texts: dict[str, str] = Field(default_factory=dict)
 
 
+class MetaKey(BaseModel):
+    """A key of the input's dialogue or turn metadata that the prompt shows, with the label it is shown under."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str
+    label: Localized | None = None
+
+
 class ContextSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     window: int = 4
     max_turn_chars: int = 2000
+    dialogue_meta: tuple[MetaKey, ...] = ()
+    """Dialogue metadata shown with every turn of it and with the session (e.g. the session's target behaviour)."""
+    turn_meta: tuple[MetaKey, ...] = ()
+    """Turn metadata shown with each turn of the window that has it."""
+
+
+def meta_items(keys: tuple[MetaKey, ...], meta: dict[str, Any], language: str) -> list[tuple[str, str]]:
+    """(label, value as text) for each named key present in ``meta`` (empty values left out), in spec order: what
+    a prompt shows, as data, for ``context.dialogue_meta`` or ``context.turn_meta``."""
+    out: list[tuple[str, str]] = []
+    for k in keys:
+        value = meta.get(k.key)
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        out.append((localize(k.label, language, k.key), text))
+    return out
 
 
 @dataclass(frozen=True)
@@ -245,21 +342,20 @@ class TaskSpec(BaseModel):
         return out
 
 
-def _assign_codes(raw: dict[str, Any]) -> None:
-    """Give every option a short code (A, B, ... Z, AA, ...) unless the spec set one."""
-    for label in raw.get("labels", []):
-        used = {o["code"] for o in label["options"] if o.get("code")}
-        n = 0
-        for opt in label["options"]:
-            if opt.get("code"):
-                continue
-            while True:
-                code = _letters(n)
-                n += 1
-                if code not in used:
-                    break
-            opt["code"] = code
-            used.add(code)
+def _assign_codes(label: dict[str, Any]) -> None:
+    """Give every option of a field a short code (A, B, ... Z, AA, ...) unless the spec set one."""
+    used = {o["code"] for o in label["options"] if o.get("code")}
+    n = 0
+    for opt in label["options"]:
+        if opt.get("code"):
+            continue
+        while True:
+            code = _letters(n)
+            n += 1
+            if code not in used:
+                break
+        opt["code"] = code
+        used.add(code)
 
 
 def _letters(n: int) -> str:
@@ -271,49 +367,64 @@ def _letters(n: int) -> str:
     return s
 
 
-def _semantic_problems(raw: dict[str, Any]) -> list[str]:
-    """Rules a JSON Schema cannot state: unique names, known roles, example values in the options."""
-    problems: list[str] = []
-    roles = set(raw.get("roles", {}))
-    names: set[str] = set()
-    for i, f in enumerate([*raw.get("labels", []), *raw.get("texts", [])]):
-        kind = "labels" if i < len(raw.get("labels", [])) else "texts"
-        j = i if kind == "labels" else i - len(raw.get("labels", []))
-        if f["name"] in names:
-            problems.append(f"$.{kind}[{j}].name: duplicate field name {f['name']!r}")
-        names.add(f["name"])
-        for r in f.get("roles") or []:
-            if r not in roles:
-                problems.append(f"$.{kind}[{j}].roles: unknown role {r!r} (roles: {sorted(roles)})")
-        if f.get("roles") and f["scope"] == "session":
-            problems.append(f"$.{kind}[{j}].roles: a session-scoped field takes no roles")
-    for i, label in enumerate(raw.get("labels", [])):
-        seen: set[str] = set()
-        for k, o in enumerate(label["options"]):
-            if o["name"] in seen:
-                problems.append(f"$.labels[{i}].options[{k}].name: duplicate option {o['name']!r}")
-            seen.add(o["name"])
-    options = {f["name"]: {o["name"] for o in f["options"]} for f in raw.get("labels", [])}
-    for i, ex in enumerate(raw.get("examples", [])):
-        if ex["role"] not in roles:
-            problems.append(f"$.examples[{i}].role: unknown role {ex['role']!r}")
-        for field, value in ex["labels"].items():
-            if field not in options:
-                problems.append(f"$.examples[{i}].labels.{field}: no such label field")
-                continue
-            for v in value if isinstance(value, list) else [value]:
-                if v not in options[field]:
-                    problems.append(f"$.examples[{i}].labels.{field}: {v!r} is not an option")
-    return problems
+def version_text(value: Any) -> str:
+    """A spec's version as text: ``1`` -> ``"1"``, ``1.2`` -> ``"1.2"`` (quote a version such as ``"1.10"`` in
+    YAML: unquoted it is the number 1.1)."""
+    return value if isinstance(value, str) else str(value)
+
+
+def _desugar(raw: dict[str, Any]) -> dict[str, Any]:
+    """A valid spec with its short forms written out: the version as text, option names as option objects,
+    sub-codes flattened into the answerable options (``top`` keeps the upper level), a scale as one option per
+    point, metadata keys as objects."""
+    raw = json.loads(json.dumps(raw))
+    raw["version"] = version_text(raw["version"])
+    for label in raw.get("labels", []):
+        if "scale" in label:
+            points = sorted((int(p), anchor) for p, anchor in label.pop("scale").items())
+            label["options"] = [{"name": str(p), "code": point_code(p), "point": p}
+                                | ({"description": anchor} if anchor else {}) for p, anchor in points]
+            label["scale"], label["ordinal"] = [p for p, _ in points], True
+            continue
+        options: list[dict[str, Any]] = []
+        top: list[dict[str, Any]] = []
+        for o in label["options"]:
+            o = {"name": o} if isinstance(o, str) else o
+            children = o.pop("children", None)
+            top.append(o)  # the same dict as in options when answerable: it gets its code there
+            if not children or label.get("allow_parent"):
+                options.append(o)
+            for c in children or ():
+                options.append({**({"name": c} if isinstance(c, str) else c), "parent": o["name"]})
+        label["options"] = options
+        _assign_codes(label)
+        if len(top) != len(options):
+            label["top"] = top
+    context = raw.get("context") or {}
+    for key in ("dialogue_meta", "turn_meta"):
+        if key in context:
+            context[key] = [{"key": k} if isinstance(k, str) else k for k in context[key]]
+    return raw
+
+
+def _json_keys(value: Any) -> Any:
+    """Mapping keys as text, as in JSON (YAML reads ``3: anchor`` in a scale with the number 3 as key)."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: _json_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_keys(v) for v in value]
+    return value
+
+
+def spec_problems(raw: Any, text: str | None = None) -> list[Problem]:
+    """Every problem of a raw spec — against the JSON Schema and in meaning — in plain words, each with its JSON
+    path, and its line when the spec's ``text`` is given. Empty when the spec is valid."""
+    return find_problems(_json_keys(raw), load_schema("task.schema.json"), text)
 
 
 def check_spec(raw: Any) -> list[str]:
     """Every problem of a raw spec, each with its JSON path. Empty when the spec is valid."""
-    validator = Draft202012Validator(load_schema("task.schema.json"))
-    problems = [f"{e.json_path}: {e.message}" for e in sorted(validator.iter_errors(raw), key=lambda e: e.json_path)]
-    if not problems:
-        problems = _semantic_problems(raw)
-    return problems
+    return [str(p) for p in spec_problems(raw)]
 
 
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's (in PyYAML's wheels): ~9x faster
@@ -324,26 +435,45 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
 
 
-def _read(path: Path) -> Any:
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise TaskSpecError(str(path), f"cannot read: {e}") from e
+
+
+def _syntax(path: Path, text: str) -> tuple[Any, str, int | None]:
+    """(the spec's data, "", None), or (None, what is wrong with its syntax, the line)."""
     try:
-        return json.loads(text) if path.suffix == ".json" else _yaml(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise TaskSpecError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+        return (json.loads(text) if path.suffix == ".json" else _yaml(text)), "", None
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON: {e.msg} (column {e.colno})", e.lineno
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        return None, f"not valid YAML: {what}", None if mark is None else mark.line + 1
 
 
-def parse_spec(raw: Any, source: str) -> TaskSpec:
-    problems = check_spec(raw)
+def _parse(path: Path, text: str) -> Any:
+    raw, problem, line = _syntax(path, text)
+    if problem:
+        raise TaskSpecError(str(path), problem + (f" (line {line})" if line else ""))
+    return raw
+
+
+def parse_spec(raw: Any, source: str, text: str | None = None) -> TaskSpec:
+    """A validated ``TaskSpec`` from a raw spec; ``text`` (the file's) puts line numbers into the problems."""
+    problems = spec_problems(raw, text)
     if problems:
-        raise TaskSpecError(source, f"{len(problems)} problem(s): " + "; ".join(problems), problems)
-    canonical = json.dumps(raw, sort_keys=True, ensure_ascii=False)
-    raw = json.loads(canonical)
-    _assign_codes(raw)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return TaskSpec.model_validate({**raw, "source": source, "spec_hash": digest})
+        raise TaskSpecError(source, f"{len(problems)} problem(s): " + "; ".join(map(str, problems)),
+                            [str(p) for p in problems])
+    canonical = json.dumps(_json_keys(raw), sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]  # of the spec as written: short forms count
+    spec = _desugar(json.loads(canonical))
+    fields = {f["name"]: LabelField.model_validate(f) for f in spec["labels"]}
+    for ex in spec.get("examples", []):  # example labels as option names, matched like gold (option_key)
+        ex["labels"] = {k: fields[k].normalize(v) for k, v in ex["labels"].items()}
+    return TaskSpec.model_validate({**spec, "source": source, "spec_hash": digest})
 
 
 def builtin_tasks() -> dict[str, Any]:
@@ -361,19 +491,26 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     """A built-in task by name (``psy-insight``), or a spec file (YAML or JSON) by path."""
     builtins = builtin_tasks()
     if isinstance(name_or_path, str) and name_or_path in builtins:
-        p = builtins[name_or_path]
-        text = p.read_text(encoding="utf-8")
-        return parse_spec(_yaml(text), f"builtin:{name_or_path}")
+        text = builtins[name_or_path].read_text(encoding="utf-8")
+        return parse_spec(_yaml(text), f"builtin:{name_or_path}", text)
     path = Path(name_or_path)
     if not path.exists():
         raise TaskSpecError(str(path), f"no such task file or built-in task (built-ins: {', '.join(sorted(builtins))})")
-    return parse_spec(_read(path), str(path))
+    text = _text(path)
+    return parse_spec(_parse(path, text), str(path), text)
+
+
+def task_file_problems(path: str | Path) -> list[Problem]:
+    """Every problem of a spec file in plain words, with its JSON path and line; empty when valid."""
+    path = Path(path)
+    try:
+        text = _text(path)
+    except TaskSpecError as e:
+        return [Problem("$", e.detail)]
+    raw, problem, line = _syntax(path, text)
+    return [Problem("$", problem, line)] if problem else spec_problems(raw, text)
 
 
 def validate_task_file(path: str | Path) -> list[str]:
-    """Every problem of a spec file with its JSON path; empty when valid."""
-    try:
-        raw = _read(Path(path))
-    except TaskSpecError as e:
-        return [e.detail]
-    return check_spec(raw)
+    """Every problem of a spec file with its JSON path and line; empty when valid."""
+    return [str(p) for p in task_file_problems(path)]

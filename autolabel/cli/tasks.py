@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from autolabel.tasks import list_tasks, load_task, localize, validate_task_file
+from autolabel.tasks import LabelField, list_tasks, load_task, localize, task_file_problems
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     pass
@@ -39,21 +39,39 @@ def tasks_show(task: Annotated[str, typer.Argument(help="Built-in task name or s
         out.print(f"role [bold]{role}[/]: speakers {', '.join(r.speakers)}")
     for f in t.labels:
         roles = ", ".join(f.roles) if f.roles else "all"
-        out.print(f"\n[bold]{f.name}[/] ({f.scope}, {'multi' if f.multi else 'single'}, roles: {roles}): "
-                  f"{localize(f.description, language)}")
+        out.print(f"\n[bold]{f.name}[/] ({f.scope}, {_kind(f)}, roles: {roles}): "
+                  f"{localize(f.description, language)}", soft_wrap=True)
         for o in f.options:
-            out.print(f"  [{o.code}] {o.name}: {localize(o.description, language)}", markup=False)
+            parent = f"{o.parent} > " if o.parent else ""
+            out.print(f"  [{o.code}] {parent}{o.name}: {localize(o.description, language)}", markup=False,
+                      soft_wrap=True)
     for x in t.texts:
-        out.print(f"\n[bold]{x.name}[/] (text, {x.scope}): {localize(x.description, language)}")
+        out.print(f"\n[bold]{x.name}[/] (text, {x.scope}): {localize(x.description, language)}", soft_wrap=True)
+    for which, keys in (("dialogue", t.context.dialogue_meta), ("turn", t.context.turn_meta)):
+        if keys:
+            out.print(f"\n{which} metadata shown to the model: "
+                      + ", ".join(k.key + (f" ({localize(k.label, language)})" if k.label else "") for k in keys),
+                      soft_wrap=True)
+
+
+def _kind(f: LabelField) -> str:
+    if f.scale:
+        return f"rating {f.scale[0]}-{f.scale[-1]}"
+    kind = "multi" if f.multi else "single"
+    if f.has_children:
+        kind += ", sub-codes" + (" (parent allowed)" if f.allow_parent else "")
+    return kind + (", ordinal" if f.ordinal else "")
 
 
 @tasks_app.command("validate")
 def tasks_validate(path: Annotated[Path, typer.Argument(help="Task spec file (YAML or JSON).")]) -> None:
-    """Validate a task spec file; print every problem with its JSON path."""
-    problems = validate_task_file(path)
+    """Validate a task spec file; print every problem with its line and JSON path."""
+    problems = task_file_problems(path)
     if problems:
-        for p in problems:
-            out.print(f"{path}: {p}", markup=False)
+        for p in problems:  # one line each, never wrapped: grep and editors read file:line
+            where = f"{path}:{p.line}" if p.line else f"{path}"
+            out.print(f"{where}: {p.path}: {p.message}", markup=False, soft_wrap=True)
+        out.print(f"{len(problems)} problem{'s' * (len(problems) != 1)}", soft_wrap=True)
         raise typer.Exit(2)
     out.print(f"{path}: valid")
 
