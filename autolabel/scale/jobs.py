@@ -24,31 +24,24 @@ import json
 import logging
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import SQLAlchemyError
-
 from autolabel.annotator import Annotator
-from autolabel.errors import BudgetExceeded, ConfigError, InputError, StoreError
+from autolabel.errors import BudgetExceeded, ConfigError, InputError
 from autolabel.models import Dialogue, RunSummary
-from autolabel.persistence.store import Store, now
+from autolabel.persistence.jobs import DEFAULT_LEASE, JobQueue
+from autolabel.persistence.store import Store
 from autolabel.readers import read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE = 60.0
 
-# Per dialect: how a claim transaction takes its locks (as in the review queue)
-_BEGIN = {"sqlite": ("BEGIN IMMEDIATE",)}
-_SKIP_LOCKED = {"postgresql": " FOR UPDATE SKIP LOCKED"}
 
 
 @dataclass
@@ -75,118 +68,6 @@ class WorkResult:
     @property
     def turns(self) -> int:
         return sum(r.turns for r in self.runs)
-
-
-class JobQueue:
-    """The dialogues of queued runs in one store, with leases. ``clock`` is injectable for lease tests."""
-
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.clock = clock
-
-    def enqueue(self, run_id: str, dialogues: Iterator[Dialogue] | list[Dialogue], *, chunk: int = 500
-                ) -> tuple[int, int]:
-        """Add dialogues to a run as ``pending`` (a dialogue already in the run is left as it is).
-        Returns (added, existing)."""
-        with self.store.engine.connect() as conn:
-            known = {r[0] for r in conn.execute(text("SELECT dialogue_id FROM dialogues WHERE run_id=:r"),
-                                                {"r": run_id})}
-        added = existing = 0
-        batch: list[Dialogue] = []
-
-        def flush() -> None:
-            t = now()
-            with self._tx() as conn:
-                conn.execute(text("INSERT INTO dialogues (run_id, dialogue_id, language, n_turns, status, meta_json,"
-                                  " source, updated_at) VALUES (:r, :d, '', :n, 'pending', :m, :s, :t)"
-                                  " ON CONFLICT (run_id, dialogue_id) DO NOTHING"),
-                             [{"r": run_id, "d": d.id, "n": len(d.turns), "s": d.source, "t": t,
-                               "m": json.dumps(d.meta, ensure_ascii=False, default=str)} for d in batch])
-                conn.execute(text("INSERT INTO job_dialogues (run_id, dialogue_id, dialogue_json, created_at)"
-                                  " VALUES (:r, :d, :j, :t) ON CONFLICT (run_id, dialogue_id) DO NOTHING"),
-                             [{"r": run_id, "d": d.id, "j": d.model_dump_json(), "t": t} for d in batch])
-            batch.clear()
-
-        for d in dialogues:
-            if d.id in known:
-                existing += 1
-                continue
-            known.add(d.id)
-            batch.append(d)
-            added += 1
-            if len(batch) >= chunk:
-                flush()
-        if batch:
-            flush()
-        return added, existing
-
-    def claim(self, run_id: str, worker: str, lease_seconds: float = DEFAULT_LEASE) -> Dialogue | None:
-        """Lease the next dialogue of the run: one whose lease expired first, else a pending one."""
-        with self._tx() as conn:
-            t = self.clock()
-            lock = _SKIP_LOCKED.get(conn.dialect.name, "")
-            row = None
-            for where in ("d.status='running' AND d.lease_expires < :now", "d.status='pending'"):
-                row = conn.execute(text(
-                    "SELECT d.dialogue_id FROM dialogues d WHERE d.run_id=:r AND " + where
-                    + " AND EXISTS (SELECT 1 FROM job_dialogues j WHERE j.run_id=d.run_id AND"
-                    " j.dialogue_id=d.dialogue_id) LIMIT 1" + lock), {"r": run_id, "now": t}).first()
-                if row is not None:
-                    break
-            if row is None:
-                return None
-            key = {"r": run_id, "d": row[0]}
-            conn.execute(text("UPDATE dialogues SET status='running', worker=:w, lease_expires=:e, updated_at=:t"
-                              " WHERE run_id=:r AND dialogue_id=:d"),
-                         {**key, "w": worker, "e": t + lease_seconds, "t": now()})
-            content = conn.execute(text("SELECT dialogue_json FROM job_dialogues WHERE run_id=:r AND"
-                                        " dialogue_id=:d"), key).scalar_one()
-        return Dialogue.model_validate_json(content)
-
-    def heartbeat(self, worker: str, lease_seconds: float = DEFAULT_LEASE) -> int:
-        """Renew the lease of every dialogue this worker holds. Returns how many it holds."""
-        with self._tx() as conn:
-            return conn.execute(text("UPDATE dialogues SET lease_expires=:e WHERE worker=:w AND status='running'"),
-                                {"w": worker, "e": self.clock() + lease_seconds}).rowcount
-
-    def release(self, worker: str) -> int:
-        """Give back every dialogue this worker holds (it stops early): others may claim them at once."""
-        with self._tx() as conn:
-            return conn.execute(text("UPDATE dialogues SET status='pending', worker=NULL, lease_expires=NULL,"
-                                     " updated_at=:t WHERE worker=:w AND status='running'"),
-                                {"w": worker, "t": now()}).rowcount
-
-    def counts(self, run_id: str) -> dict[str, int]:
-        """Queued dialogues of the run by status (pending, running, done)."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(text("SELECT d.status, COUNT(*) FROM dialogues d JOIN job_dialogues j ON"
-                                     " j.run_id=d.run_id AND j.dialogue_id=d.dialogue_id WHERE d.run_id=:r"
-                                     " GROUP BY d.status"), {"r": run_id}).all()
-        return {"pending": 0, "running": 0, "done": 0, **{s: int(n) for s, n in rows}}
-
-    def runs_with_work(self, *, task_hash: str | None = None, model: str | None = None) -> list[str]:
-        """Runs with queued dialogues not done yet, oldest first; optionally only those of one task spec (by its
-        hash) and one model."""
-        only = "".join(f" AND r.{column}=:{column}" for column, v in (("task_hash", task_hash), ("model", model))
-                       if v is not None)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT r.id FROM runs r WHERE EXISTS (SELECT 1 FROM dialogues d JOIN job_dialogues j ON"
-                " j.run_id=d.run_id AND j.dialogue_id=d.dialogue_id WHERE d.run_id=r.id AND d.status IN"
-                f" ('pending', 'running')){only} ORDER BY r.created_at, r.id"),
-                {"task_hash": task_hash, "model": model}).all()
-        return [r[0] for r in rows]
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.store.engine.connect() as conn, conn.begin():
-                for sql in _BEGIN.get(conn.dialect.name, ()):
-                    conn.exec_driver_sql(sql)
-                yield conn
-        except SQLAlchemyError as e:
-            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
-            raise StoreError(f"cannot write to {self.store.db}: {detail}") from None
 
 
 # -- the API the CLI calls ------------------------------------------------------------------------------------------
