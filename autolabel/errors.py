@@ -14,6 +14,7 @@ The hierarchy::
     │   ├── RequestRefused(detail)              the endpoint refused one request (HTTP 400): that item fails
     │   └── RetryExhausted(attempts, last_output, usage)  valid output never came after the re-asks
     ├── BudgetExceeded(spent, limit)            ``--max-cost`` would be passed; the run stopped cleanly
+    ├── Stopped(signum)                         SIGINT / SIGTERM stopped a run (exit 128 + signal); resumable
     └── ReviewError(detail)                     a review-queue action refused (stale version, lease lost, ...)
 """
 
@@ -117,6 +118,16 @@ class BudgetExceeded(AutolabelError):
         self.spent = spent
         self.limit = limit
         super().__init__(f"cost budget reached: ${spent:.4f} spent of ${limit:.4f}")
+
+
+class Stopped(AutolabelError):
+    """A signal (Ctrl-C's SIGINT, SIGTERM) stopped a run: the calls in flight were abandoned, what was finished is
+    stored, and the same command resumes it. Exits 128 + the signal's number (130, 143), as shells do."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__("stopped: run the same command again to resume")
 
 
 class ReviewError(AutolabelError):

@@ -4,25 +4,31 @@ line and an exit code."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
+from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel import __version__
-from autolabel.errors import AutolabelError
+from autolabel.errors import AutolabelError, Stopped, StoreError
 from autolabel.settings import Settings
 
-if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
-    pass
-
 app = typer.Typer(help="Annotate counseling dialogues with an LLM: explained, critiqued, validated, reviewed.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out = Console()
-STATE: dict[str, bool] = {"debug": False}
+
+
+@dataclass
+class CliState:
+    """What the global options decide for one invocation; Typer's context carries it (``ctx.obj``) to main()."""
+
+    debug: bool = False
 
 
 class OnInvalid(str, Enum):
@@ -30,55 +36,73 @@ class OnInvalid(str, Enum):
     fail = "fail"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(__version__, markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs (may include dialogue text).")]
     = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
 ) -> None:
     """autolabel: LLM annotation of counseling dialogues with self-critique, validation and human review."""
-    STATE["debug"] = debug
+    ctx.ensure_object(CliState).debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:  # third-party loggers may quote payloads; keep them quiet at the default level
         for name in ("instructor", "httpx", "openai", "langgraph", "aiosqlite"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    if version:
-        out.print(__version__)
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:  # bare `autolabel`: the help, exit 0
+        help_text = ctx.get_help()  # with rich installed Typer prints it itself and returns ""
+        if help_text:
+            out.print(help_text, markup=False, highlight=False)
         raise typer.Exit()
-
 
 
 def settings_from(**kw: Any) -> Settings:
     return Settings.model_validate({**Settings().model_dump(), **{k: v for k, v in kw.items() if v is not None}})
 
 
+def _fail(message: str, code: int) -> None:
+    console.print(f"error: {message}", markup=False, style="red", soft_wrap=True)
+    sys.exit(code)
+
 
 def main() -> None:
-    """Console entry point: library errors become one line on stderr and an exit code."""
-    try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except AutolabelError as e:
-        if STATE["debug"]:
-            raise
-        console.print(f"error: {e}", markup=False, style="red")
-        sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        console.print("aborted", style="red")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        console.print("interrupted: run the same command again to resume", style="yellow")
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the one place an unexpected error becomes a message, not a traceback
-        if STATE["debug"]:
-            raise
-        import click
+    """Console entry point: library errors become one line on stderr and an exit code.
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        console.print(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)",
-                      markup=False, style="red")
-        sys.exit(1)
+    Typer runs in standalone mode, so its own usage errors (unknown command or option, a group without its
+    subcommand) print click's message and exit 2, and ``typer.Exit(code)`` exits with that code. What comes out of
+    the app is ours to map: an AutolabelError is one line and its exit code; a database or file error that got past
+    the library is one line too (exit 4 / 1); anything else is a bug and says so."""
+    state = CliState()
+    try:
+        app(obj=state)
+    except Stopped as e:  # not an error: the run is resumable
+        console.print(str(e), style="yellow", markup=False)
+        sys.exit(e.exit_code)
+    except AutolabelError as e:
+        if state.debug:
+            raise
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        console.print("stopped: run the same command again to resume", style="yellow", markup=False)
+        sys.exit(130)
+    except (SQLAlchemyError, sqlite3.Error) as e:  # a safety net: the store maps these to StoreError itself
+        if state.debug:
+            raise
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        _fail(f"database: {reason}", StoreError.exit_code)
+    except OSError as e:
+        if state.debug:
+            raise
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
+    except Exception as e:  # noqa: BLE001 - the one place where a bug becomes a message instead of a traceback
+        if state.debug:
+            raise
+        _fail(f"internal error {type(e).__name__}: {e} - this is a bug in autolabel; please report it with the "
+              "output of the same command run with --debug", 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import LeaseLost, StoreError
 from autolabel.persistence.migrations import migrate
@@ -71,10 +71,14 @@ class Store:
                 if not parent.is_dir():
                     raise StoreError(f"cannot open database {db}: folder {parent} does not exist")
             engine = create_engine(engine_url(db), connect_args={"timeout": 30} if not is_postgres(db) else {})
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
+        except SQLAlchemyError as e:  # a URL SQLAlchemy cannot use
+            raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        try:
             migrate(engine)
-        except OperationalError as e:
+        except SQLAlchemyError as e:  # unreachable, locked, read-only, or not a database at all (a corrupt file)
+            engine.dispose()
             raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
         return cls(engine, db)
 
@@ -89,8 +93,11 @@ class Store:
             raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(text(sql), params))
+        except SQLAlchemyError as e:  # e.g. a database damaged after it was opened
+            raise StoreError(f"cannot read {self.db}: {_reason(e)}") from None
 
     # -- runs ---------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, *, task_name: str, task_version: str, task_hash: str, task_json: str,
