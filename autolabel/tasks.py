@@ -482,6 +482,12 @@ def builtin_tasks() -> dict[str, Any]:
     return {p.name.rsplit(".", 1)[0]: p for p in folder.iterdir() if p.name.endswith((".yaml", ".yml", ".json"))}
 
 
+def builtin_demo(name: str) -> Any | None:
+    """The bundled demo dialogues of a built-in spec (``schemas/tasks/<name>.demo.jsonl``), or None."""
+    p = schema_path("tasks").joinpath(f"{name}.demo.jsonl")
+    return p if p.is_file() else None
+
+
 def list_tasks() -> Iterator[TaskSpec]:
     for name in sorted(builtin_tasks()):
         yield load_task(name)

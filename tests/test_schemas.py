@@ -44,6 +44,47 @@ def test_builtin_specs_validate_and_generate_valid_output_schemas(name: str) -> 
         jsonschema.validate(answer, task.output_schema(fields), cls=jsonschema.Draft202012Validator)
 
 
+def test_every_shipped_spec_and_its_examples_validate_against_the_json_schema() -> None:
+    """The schema alone (no code) accepts each built-in spec, short forms included, and each of its examples."""
+    assert len(builtin_tasks()) >= 3
+    schema = load_schema("task.schema.json")
+    validator = jsonschema.Draft202012Validator(schema)
+    for name, path in sorted(builtin_tasks().items()):
+        raw = _text_keys(yaml.safe_load(path.read_text(encoding="utf-8")))  # as in JSON: scale points as text
+        assert list(validator.iter_errors(raw)) == [], name
+        example_schema = {"$defs": schema["$defs"], "$ref": "#/$defs/example"}
+        for ex in raw.get("examples", []):
+            jsonschema.validate(ex, example_schema, cls=jsonschema.Draft202012Validator)
+
+
+def _text_keys(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(v) for v in value]
+    return value
+
+
+def test_mi_talk_demo_dialogues_carry_gold_for_every_field() -> None:
+    from autolabel import read_dialogues
+    from autolabel.tasks import builtin_demo
+
+    task, demo = load_task("mi-talk"), builtin_demo("mi-talk")
+    assert demo is not None
+    dialogues = list(read_dialogues(Path(str(demo))))
+    assert len(dialogues) >= 4
+    for d in dialogues:
+        assert d.meta["target_behaviour"]
+        for f in task.labels:
+            if f.scope == "session":
+                assert f.normalize(d.meta[f.gold or f.name]) is not None, (d.id, f.name)
+        for t in d.turns:
+            fields = task.fields_for(task.role_of(t.speaker))
+            assert fields is not None, t.speaker
+            for f in fields.labels:
+                assert f.normalize(t.meta[f.gold or f.name]) is not None, (d.id, t.index, f.name)
+
+
 def test_psy_insight_carries_the_full_scheme() -> None:
     t = load_task("psy-insight")
     emotion, strategy = t.label("emotion"), t.label("strategy")
@@ -98,6 +139,7 @@ def test_wheel_ships_schemas_and_task_specs(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("autolabel/schemas/task.schema.json", "autolabel/schemas/annotation.schema.json",
                      "autolabel/schemas/tasks/psy-insight.yaml", "autolabel/schemas/tasks/support-strategy.yaml",
+                     "autolabel/schemas/tasks/mi-talk.yaml",
                      "autolabel/graphs/annotate/graph.py", "autolabel/graphs/langgraph.json", "autolabel/cli/app.py",
                      "autolabel/review/templates/item.html"):
         assert required in names, required

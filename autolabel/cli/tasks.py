@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from autolabel.tasks import LabelField, list_tasks, load_task, localize, task_file_problems
+from autolabel.tasks import LabelField, builtin_demo, list_tasks, load_task, localize, task_file_problems
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     pass
@@ -42,11 +42,13 @@ def tasks_show(task: Annotated[str, typer.Argument(help="Built-in task name or s
         out.print(f"\n[bold]{f.name}[/] ({f.scope}, {_kind(f)}, roles: {roles}): "
                   f"{localize(f.description, language)}", soft_wrap=True)
         for o in f.options:
-            parent = f"{o.parent} > " if o.parent else ""
+            parent = f"{o.parent} > " if o.parent and not o.name.startswith(o.parent) else ""
             out.print(f"  [{o.code}] {parent}{o.name}: {localize(o.description, language)}", markup=False,
                       soft_wrap=True)
     for x in t.texts:
         out.print(f"\n[bold]{x.name}[/] (text, {x.scope}): {localize(x.description, language)}", soft_wrap=True)
+    if t.source.startswith("builtin:") and (demo := builtin_demo(t.name)) is not None:
+        out.print(f"\ndemo dialogues: {demo}", soft_wrap=True)
     for which, keys in (("dialogue", t.context.dialogue_meta), ("turn", t.context.turn_meta)):
         if keys:
             out.print(f"\n{which} metadata shown to the model: "
