@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from autolabel.models import SessionAnnotation, TurnAnnotation
-from autolabel.tasks import TaskSpec, load_schema
+from autolabel.tasks import LabelField, TaskSpec, load_schema
 from autolabel.validation import Compiled, compile_schema
 
 
@@ -20,7 +20,13 @@ def _schema() -> Compiled:
 
 
 def record_problems(record: dict[str, Any], task: TaskSpec | None = None) -> list[str]:
-    """Every reason ``record`` is not a valid annotation record (schema, then the task's options and roles)."""
+    """Every reason ``record`` is not a valid annotation record: the record schema, then the task's rules — each
+    label a field of the record's role (or the session), one option or a list as the field says, only the field's
+    options, at least one and at most ``max_selected`` of them, every field present when accepted or reviewed;
+    each text a text field of the role, not empty, within ``max_chars``.
+
+    The one check for labels whoever made them: the model's records when stored and exported, and every answer a
+    person gives (web UI, adjudication, Label Studio and Argilla imports) before anything of it is stored."""
     problems = [f"{e.json_path}: {e.message}" for e in _schema().iter_errors(record)]
     if problems or task is None:
         return problems
@@ -31,13 +37,34 @@ def record_problems(record: dict[str, Any], task: TaskSpec | None = None) -> lis
         if f is None:
             problems.append(f"$.labels.{name}: not a {record['kind']} label for role {record.get('role')!r}")
             continue
-        values = value if isinstance(value, list) else [value]
-        if f.multi != isinstance(value, list):
-            problems.append(f"$.labels.{name}: expected {'a list' if f.multi else 'one option'}")
-        names = {o.name for o in f.options}
-        problems += [f"$.labels.{name}: {v!r} is not an option" for v in values if v not in names]
+        problems += _label_problems(f, value)
     if record["status"] in ("accepted", "reviewed"):
         problems += [f"$.labels.{n}: missing" for n in allowed if n not in record["labels"]]
+    if fields is not None:
+        texts = {t.name: t for t in fields.texts}
+        for name, value in record["texts"].items():
+            t = texts.get(name)
+            if t is None:
+                problems.append(f"$.texts.{name}: not a {record['kind']} text for role {record.get('role')!r}")
+            elif not value.strip():
+                problems.append(f"$.texts.{name}: empty")
+            elif len(value) > t.max_chars:
+                problems.append(f"$.texts.{name}: {len(value)} characters, at most {t.max_chars} allowed")
+    return problems
+
+
+def _label_problems(f: LabelField, value: Any) -> list[str]:
+    where = f"$.labels.{f.name}"
+    if f.multi != isinstance(value, list):
+        return [f"{where}: expected {'a list' if f.multi else 'one option'}"]
+    values = value if isinstance(value, list) else [value]
+    names = {o.name for o in f.options}
+    problems = [f"{where}: {v!r} is not an option" for v in values if v not in names]
+    most = f.max_selected or len(f.options)
+    if not values:
+        problems.append(f"{where}: no option chosen")
+    elif len(values) > most:
+        problems.append(f"{where}: {len(values)} options chosen, at most {most} allowed")
     return problems
 
 

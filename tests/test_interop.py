@@ -258,3 +258,32 @@ def test_argilla_round_trip(db: Path, tmp_path: Path) -> None:
 
     by_user = import_reviews(copy_db(db, tmp_path / "again.db"), reviewed)
     assert by_user.applied == 0 and len(by_user.skipped) == 2
+
+
+def test_an_import_applies_the_valid_answers_and_lists_the_refused_ones(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tasks.json"
+    export(db, "label-studio", out)
+    tasks = json.loads(out.read_text())
+    records = final_records(db)
+    flagged, accepted = pick(records, "flagged"), pick(records, "accepted")
+    by_key = {(t["data"]["dialogue_id"], t["data"]["turn_index"], t["data"]["kind"]): t for t in tasks}
+    four = [o.name for o in TASK.label("emotion").options][:4]
+    for rec, choices in ((flagged, four), (accepted, [])):  # more than "up to 3"; none at all
+        by_key[(*key(rec), "turn")]["annotations"] = [{"completed_by": 1, "result": [
+            {"from_name": "emotion", "to_name": "dialogue", "type": "choices", "value": {"choices": choices}}]}]
+    good = next(r for r in records if r["kind"] == "turn" and r["role"] == "seeker" and key(r) not in
+                (key(flagged), key(accepted)))
+    by_key[(*key(good), "turn")]["annotations"] = [{"completed_by": 2, "result": [
+        {"from_name": "emotion", "to_name": "dialogue", "type": "choices", "value": {"choices": ["Fear"]}}]}]
+    reviewed = tmp_path / "reviewed.json"
+    reviewed.write_text(json.dumps(tasks))
+    result = import_reviews(db, reviewed)
+    assert (result.answers, result.applied) == (3, 1)
+    assert sorted(e.split(": ", 1)[1] for e in result.errors) == [
+        "labels refused: $.labels.emotion: 4 options chosen, at most 3 allowed",
+        "labels refused: $.labels.emotion: no option chosen"]
+    r = runner.invoke(app, ["import-reviews", str(reviewed), "--db", str(db)])
+    assert r.exit_code == 7, "refused answers fail the command"
+    with ReviewQueue.open(db) as q:
+        gold = {(g["dialogue_id"], g["turn_index"]): g["labels"] for g in q.gold_items()}
+    assert gold == {key(good): {"emotion": ["Fear"]}}, "only the valid answer became gold"

@@ -42,6 +42,30 @@ def review_status(
     for field, alpha in s["agreement"].items():
         value = "undefined" if alpha is None else f"{alpha:.3f}"
         out.print(f"agreement {field}: Krippendorff's alpha {value}")
+    if s["invalid_gold"]:
+        out.print(f"{s['invalid_gold']} gold row(s) break the task's rules: see `autolabel review doctor`",
+                  markup=False)
+
+
+@review_app.command("doctor")
+def review_doctor(
+    db: ReviewDb = "autolabel.db",
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's gold.")] = None,
+) -> None:
+    """List gold rows that break the task's rules (options, roles, how many, required fields); exit 7 if any."""
+    from autolabel.errors import ReviewError
+    from autolabel.review.queue import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        found = queue.gold_problems(run_id)
+    for g in found:
+        where = f"{g['dialogue_id']}/{g['turn_index']}" if g["kind"] == "turn" else f"{g['dialogue_id']}/session"
+        out.print(f"gold {g['gold_id']} (item {g['item_id']}, {g['run_id']} {where}): {'; '.join(g['problems'])}",
+                  markup=False, soft_wrap=True)
+    if found:
+        out.print(f"{len(found)} gold row(s) break the task's rules", markup=False)
+        raise typer.Exit(ReviewError.exit_code)
+    out.print("every gold row follows the task's rules", markup=False)
 
 
 @review_app.command("serve")

@@ -401,8 +401,9 @@ class ReviewQueue:
         return bool(self._rows("SELECT 1 FROM reviewers LIMIT 1"))
 
     # -- reports ---------------------------------------------------------------------------------------------
-    def status(self, run_id: str | None = None, *, agreement: bool = True) -> dict[str, Any]:
-        """Counts by state (a lapsed lease counts as pending), reviews per reviewer, gold, agreement.
+    def status(self, run_id: str | None = None, *, agreement: bool = True, audit_gold: bool = True) -> dict[str, Any]:
+        """Counts by state (a lapsed lease counts as pending), reviews per reviewer, gold, agreement, and
+        (``audit_gold``) ``invalid_gold``: gold rows that break the task's rules (see :meth:`gold_problems`).
 
         Agreement is Krippendorff's alpha over items with two or more reviews (MASI distance for multi-label
         fields, nominal otherwise); None when undefined (nothing pairable, or no variation)."""
@@ -420,6 +421,8 @@ class ReviewQueue:
         out["reviewers"] = {w: int(n) for w, n in per}
         out["gold"] = int(self._rows(f"SELECT COUNT(*) FROM gold WHERE 1=1{run}", r=run_id)[0][0])
         out["agreement"] = self._agreement(run_i, run_id) if agreement else {}
+        if audit_gold:
+            out["invalid_gold"] = len(self.gold_problems(run_id))
         return out
 
     def _agreement(self, run_i: str, run_id: str | None) -> dict[str, float | None]:
@@ -444,6 +447,27 @@ class ReviewQueue:
                           " texts_json, source, reviewer, item_id, created_at FROM gold"
                           + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
         return [_decoded(r) for r in rows]
+
+    def gold_problems(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Gold rows that break their task's rules, each with its problems — checked by ``record_problems``, the
+        check every answer now passes before it is stored; rows written before that (or past the API) may not."""
+        rows = self._rows("SELECT g.id, g.run_id, g.dialogue_id, g.kind, g.turn_index, g.item_id, g.labels_json,"
+                          " g.texts_json, a.record_json FROM gold g LEFT JOIN annotations a ON a.run_id=g.run_id"
+                          " AND a.dialogue_id=g.dialogue_id AND a.kind=g.kind AND a.turn_index=g.turn_index"
+                          " AND a.is_final=1" + (" WHERE g.run_id=:r" if run_id else "") + " ORDER BY g.id",
+                          r=run_id)
+        out = []
+        for r in rows:
+            if r.record_json is None:
+                problems = ["no final annotation record of this turn"]
+            else:
+                record = {**json.loads(r.record_json), "status": "reviewed", "labels": json.loads(r.labels_json),
+                          "texts": json.loads(r.texts_json)}
+                problems = record_problems(record, self.task(r.run_id))
+            if problems:
+                out.append({"gold_id": r.id, "run_id": r.run_id, "dialogue_id": r.dialogue_id, "kind": r.kind,
+                            "turn_index": r.turn_index, "item_id": r.item_id, "problems": problems})
+        return out
 
     def export_reviews(self, out: str | Path) -> dict[str, int]:
         """Write every review and gold item as JSONL (``{"type": "review"|"gold", ...}``); returns counts."""

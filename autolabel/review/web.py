@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import BaseModel, Field
@@ -172,7 +173,7 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
 
     def page(name: str, request: Request, **context: Any) -> HTMLResponse:
         me = request.state.reviewer
-        status = queue.status(agreement=False)  # the header's counts only
+        status = queue.status(agreement=False, audit_gold=False)  # the header's counts only
         session = request.state.session
         html = env.get_template(name).render(me=me, blind=blind, status=status,
                                              mine=status["reviewers"].get(me, 0),
@@ -191,6 +192,10 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     async def refused(request: Request, e: ReviewError) -> JSONResponse:
         code = _ERROR_STATUS.get(e.fields.get("reason", ""), 409)
         return JSONResponse({"error": e.detail}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _malformed(e)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> Response:
@@ -351,6 +356,14 @@ def _adjudication_view(queue: ReviewQueue, item: Item, env: Environment, lease_s
             "reviews": [{"reviewer": r["reviewer"], "labels": r["labels"]} for r in reviews],
             "next": later[0] if later else None}
     return {**view, "reviews": reviews, "data": data}
+
+
+def _malformed(e: RequestValidationError) -> str:
+    """A request body of the wrong shape, in one line that names the field (``labels.emotion: ...``)."""
+    first, *rest = e.errors() or [{"loc": (), "msg": "malformed request"}]
+    where = ".".join(str(p) for p in first["loc"] if p not in ("body", "str", "list[str]"))
+    more = f" (and {len(rest)} more)" if rest else ""
+    return f"request refused: {where or 'body'}: {first['msg']}{more}"
 
 
 def _most(field: LabelField) -> int:
