@@ -25,8 +25,10 @@ from typing import Any
 
 import aiosqlite
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph.state import CompiledStateGraph
 
 from autolabel.errors import BudgetExceeded, InputError, LeaseLost, StoreError
 from autolabel.examples import few_shot_picker
@@ -61,12 +63,17 @@ CHECKPOINT_SETUP_LOCK = 724514  # PostgreSQL advisory lock key: one process at a
 
 @dataclass
 class RunState:
-    """Live numbers of a run (what the progress bar shows)."""
+    """One run: its live numbers (what the progress bar shows) and everything it runs with — the graph compiled on
+    its checkpointer and the context its nodes read. Made per call: an ``Annotator`` shared by concurrent calls
+    (tasks or threads) keeps none of it."""
 
     run_id: str
     summary: RunSummary
     llm: LLMClient
     started: float
+    ctx: Context
+    graph: CompiledStateGraph[Any, Any, Any, Any]
+    saver: BaseCheckpointSaver[Any]
 
 
 class Annotator:
@@ -226,8 +233,7 @@ class Annotator:
         picker = None
         try:
             async with _checkpointer(s.db) as saver:
-                self._graph = build_graph().compile(checkpointer=saver)
-                self._saver = saver
+                graph = build_graph().compile(checkpointer=saver)
                 from autolabel.quality.evaluate import (  # scikit-learn loads when a run starts
                     calibration_mismatch,
                     load_routing,
@@ -240,12 +246,12 @@ class Annotator:
                                 "(%s): its certified error bounds were not measured for this run's signals; run "
                                 "`autolabel calibrate` on a run with these settings", s.model, "; ".join(differs))
                 picker = few_shot_picker(store, self.task, s)  # None without gold: no embedding model
-                self._ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
-                                    thresholds=thresholds, calibrate=calibrate, examples=picker,
-                                    knn_agreement=picker.knn_agreement if picker else None,
-                                    lease_owner=lease_owner)
+                ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
+                              thresholds=thresholds, calibrate=calibrate, examples=picker,
+                              knn_agreement=picker.knn_agreement if picker else None, lease_owner=lease_owner)
                 with _frozen_heap():
-                    state = RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic())
+                    state = RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic(), ctx, graph,
+                                     saver)
                     yield state
         finally:
             try:
@@ -267,28 +273,28 @@ class Annotator:
         return run_id
 
     async def _one(self, run: RunState, d: Dialogue) -> DialogueResult | None:
-        store = self._ctx.store
+        store = run.ctx.store
         # every store call from async code goes through a thread: the checkpointer's aiosqlite transactions must
         # be able to commit while we wait for SQLite's lock
         if await asyncio.to_thread(store.dialogue_status, run.run_id, d.id) == "done":
             run.summary.skipped_dialogues += 1
             return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
-        if self._ctx.lease_owner is None:  # a queued dialogue was marked running by its claim, under its lease
+        if run.ctx.lease_owner is None:  # a queued dialogue was marked running by its claim, under its lease
             await asyncio.to_thread(store.mark_running, run.run_id, d.id, language="", n_turns=len(d.turns),
                                     meta=d.meta, source=d.source)
         thread = f"{run.run_id}:{d.id}"
         config: RunnableConfig = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
                                   "recursion_limit": 50}
-        snapshot = await self._graph.aget_state(config)
+        snapshot = await run.graph.aget_state(config)
         inp: InputState | None = None if snapshot.next else {"dialogue": d}
         if snapshot.next:
             run.summary.resumed_dialogues += 1
         try:
-            await self._graph.ainvoke(inp, config, context=self._ctx)
+            await run.graph.ainvoke(inp, config, context=run.ctx)
         except LeaseLost as e:  # another worker took the dialogue over and stores its own result
             log.warning("%s", e)
             return None
-        await self._saver.adelete_thread(thread)
+        await run.saver.adelete_thread(thread)
         return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
 
     def _count(self, run: RunState, r: DialogueResult) -> None:
@@ -313,30 +319,47 @@ class Annotator:
         return run.llm.budget.closed
 
     def _finish(self, run: RunState) -> None:
-        if self._ctx.lease_owner is not None:
+        if run.ctx.lease_owner is not None:
             return  # a queued run is finished by the job queue when its last dialogue is done
         status = "stopped" if run.summary.stopped_reason else "finished"
-        self._ctx.store.finish_run(run.run_id, status, run.summary.model_dump())
+        run.ctx.store.finish_run(run.run_id, status, run.summary.model_dump())
 
 
 RUN_GC_THRESHOLDS = (50_000, 20, 20)
 
 
-@contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Python's cyclic garbage collector, tuned for a run (measured: about a quarter of the client's CPU per call
-    went to it). The objects alive when the run starts (modules, classes, the compiled graph: ~300k) are frozen out
-    of its reach, and it runs less often (RUN_GC_THRESHOLDS): the turns in flight keep many objects alive, and
-    each collection walked all of them again. Both are undone afterwards (so garbage frozen with them is collected
-    then: no collection is needed before freezing)."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*RUN_GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+class _GcTuning:
+    """Python's cyclic garbage collector, tuned while any run is going (measured: about a quarter of the client's CPU
+    per call went to it). The objects alive when the first run starts (modules, classes, the compiled graph: ~300k)
+    are frozen out of its reach, and it runs less often (RUN_GC_THRESHOLDS): the turns in flight keep many objects
+    alive, and each collection walked all of them again. The collector is the process's, so runs that overlap
+    (threads, tasks) share one tuning, counted: the last run to end restores the thresholds it found and unfreezes
+    (garbage frozen with them is collected then: no collection is needed before freezing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._saved = gc.get_threshold()
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._runs:
+                self._saved = gc.get_threshold()
+                gc.freeze()
+                gc.set_threshold(*RUN_GC_THRESHOLDS)
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if not self._runs:
+                    gc.set_threshold(*self._saved)
+                    gc.unfreeze()
+
+
+_frozen_heap = _GcTuning()
 
 
 def _serde() -> JsonPlusSerializer:
