@@ -102,6 +102,21 @@ def review_add_reviewer(
     out.print(token, markup=False)
 
 
+@review_app.command("remove-reviewer")
+def review_remove_reviewer(
+    name: Annotated[str, typer.Argument(help="The reviewer to remove.")],
+    db: ReviewDb = "autolabel.db",
+    by: Annotated[str, typer.Option(help="Who removes them (audit log).")] = "admin",
+) -> None:
+    """Remove a reviewer: their token and browser sessions stop working, their held items go back (audited)."""
+    from autolabel.review.queue import ReviewQueue
+
+    with ReviewQueue.open(db) as queue:
+        held = queue.remove_reviewer(name, by=by)
+    out.print(f"removed {name}: their token no longer works; {held} item(s) they held went back to the queue",
+              markup=False, soft_wrap=True)
+
+
 @review_app.command("require")
 def review_require(
     n: Annotated[int, typer.Argument(help="Independent reviews each open item needs.")],

@@ -26,6 +26,7 @@ import json
 import math
 import secrets
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -388,6 +389,31 @@ class ReviewQueue:
             self._audit(conn, None, name, "replace_token" if exists else "add_reviewer", None, {"name": name})
         return token
 
+    def remove_reviewer(self, name: str, *, by: str = "admin") -> int:
+        """Remove a reviewer: their token stops working (and with it every session it started), and the items they
+        hold go back to the queue. Their reviews stay. Audited (``remove_reviewer``, one ``release`` per item).
+        Returns how many items they held."""
+        _check_name(name)
+        _check_name(by)
+        with self._tx() as conn:
+            if conn.execute(text("DELETE FROM reviewers WHERE name=:n"), {"n": name}).rowcount == 0:
+                raise ReviewError(f"no reviewer {name!r}", reason="unknown")
+            held = conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE status='claimed'"
+                                     " AND lease_owner=:n" + _LOCK_ROW.get(conn.dialect.name, "")),
+                                {"n": name}).all()
+            for row in held:
+                before = _item(row)
+                after = _returned(before)
+                self._save(conn, after)
+                self._audit(conn, before.id, by, "release", before.state(), {**after.state(), "removed": name})
+            self._audit(conn, None, by, "remove_reviewer", None, {"name": name, "released": len(held)})
+        return len(held)
+
+    def token_hash_of(self, name: str) -> str | None:
+        """The hash of the reviewer's current token (None: not a registered reviewer)."""
+        rows = self._rows("SELECT token_hash FROM reviewers WHERE name=:n", n=name)
+        return rows[0][0] if rows else None
+
     def reviewer_for_token(self, token: str) -> str | None:
         """The reviewer whose token this is; every stored hash is compared in constant time, no early exit."""
         digest = hash_token(token)
@@ -570,7 +596,9 @@ def _hashable(value: Any) -> Any:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+    """A reviewer's name: 1-100 printable characters, no surrounding spaces, no line breaks or control characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 100 or name != name.strip() \
+            or any(unicodedata.category(c).startswith("C") for c in name):
         raise ReviewError(f"bad reviewer name {name!r}", reason="invalid")
 
 

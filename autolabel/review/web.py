@@ -37,18 +37,18 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autolabel.errors import ReviewError
-from autolabel.review.queue import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue
+from autolabel.errors import ReviewError, StoreError
+from autolabel.review.queue import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue, hash_token
 from autolabel.tasks import LabelField, localize
 
 COOKIE = "autolabel_review"
 SESSION_SECONDS = 12 * 3600
 MAX_BODY = 64 * 1024
 DEFAULT_REVIEWER = "reviewer"
-_NAME = re.compile(r"^[\w.@+-]{1,64}$")
+_NAME = re.compile(r"[\w.@+-]{1,64}")  # fullmatch: "bob\n" is not a name
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "adjudicate.js": "text/javascript; charset=utf-8",
            "app.css": "text/css; charset=utf-8"}
-_ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409}
+_ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409, "forbidden": 403}
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
@@ -63,9 +63,14 @@ _HEADERS = {
 
 @dataclass(frozen=True)
 class Session:
+    """A browser session: who, its CSRF token, when it ends, and the hash of the reviewer's own token it was started
+    with (None: the shared token). It ends early when that token is replaced or the reviewer removed, and a
+    shared-token session ends when its name gets a token of its own."""
+
     reviewer: str
     csrf: str
     expires: float
+    token_hash: str | None = None
 
 
 class Sessions:
@@ -75,9 +80,9 @@ class Sessions:
         self._by_id: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def start(self, reviewer: str) -> tuple[str, Session]:
+    def start(self, reviewer: str, token_hash: str | None = None) -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
-        session = Session(reviewer, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
+        session = Session(reviewer, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS, token_hash)
         with self._lock:
             self._by_id = {k: v for k, v in self._by_id.items() if v.expires > time.time()}
             self._by_id[sid] = session
@@ -88,22 +93,49 @@ class Sessions:
             session = self._by_id.get(sid or "")
         return session if session is not None and session.expires > time.time() else None
 
+    def end(self, sid: str | None) -> None:
+        with self._lock:
+            self._by_id.pop(sid or "", None)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a request is from: the reviewer, and the hash of their own token (None: the shared token)."""
+
+    reviewer: str
+    token_hash: str | None
+
 
 class Access:
-    """Who a token belongs to: the shared server token, or a reviewer's own (hash in the store)."""
+    """Who a token belongs to: a reviewer's own (hash in the store), or the shared server token.
+
+    With the shared token the name comes from ``X-Reviewer`` / ``?reviewer=`` (default ``reviewer``); a name that
+    is not a plain name is refused (400), and so is the name of a registered reviewer (403): a registered reviewer
+    proves who they are with their own token, so the shared token cannot act as them."""
 
     def __init__(self, queue: ReviewQueue, token: str | None) -> None:
         self.queue = queue
         self.token = token
 
-    def reviewer(self, token: str, name: str | None) -> str | None:
+    def identify(self, token: str, name: str | None) -> Identity | None:
         shared = self.token is not None and hmac.compare_digest(token.encode(), self.token.encode())
         own = self.queue.reviewer_for_token(token)
         if own is not None:
-            return own
-        if shared:
-            return name if name and _NAME.match(name) else DEFAULT_REVIEWER
-        return None
+            return Identity(own, hash_token(token))
+        if not shared:
+            return None
+        if name is not None and not _NAME.fullmatch(name):
+            raise ReviewError(f"bad reviewer name {name!r}: letters, digits and . @ + - only", reason="invalid")
+        reviewer = name or DEFAULT_REVIEWER
+        if self.queue.token_hash_of(reviewer) is not None:
+            raise ReviewError(f"{reviewer} has a personal token: sign in with it, not the shared one",
+                              reason="forbidden")
+        return Identity(reviewer, None)
+
+    def current(self, session: Session) -> bool:
+        """Whether a session still stands: its reviewer's token is the one it started with (shared-token sessions:
+        the name still has no token of its own)."""
+        return self.queue.token_hash_of(session.reviewer) == session.token_hash
 
 
 class BodyLimit:
@@ -280,32 +312,46 @@ async def _authenticate(request: Request, call_next: Callable[[Request], Awaitab
     """Bearer token, session cookie, or a first visit with ``?token=``; CSRF for cookie sessions."""
     auth = request.headers.get("authorization", "")
     session = None
-    if auth.lower().startswith("bearer "):
-        reviewer = await run_in_threadpool(access.reviewer, auth[7:].strip(),
-                                           request.headers.get("x-reviewer"))
-    elif (session := sessions.get(request.cookies.get(COOKIE))) is not None:
-        reviewer = session.reviewer
-    elif "token" in request.query_params and request.method == "GET":
-        reviewer = await run_in_threadpool(access.reviewer, request.query_params["token"],
-                                           request.query_params.get("reviewer"))
-        if reviewer is not None:
-            return _start_session(request, reviewer, sessions)
-    else:
-        reviewer = None
-    if reviewer is None:
+    who: Identity | None = None
+    try:
+        if auth.lower().startswith("bearer "):
+            who = await run_in_threadpool(access.identify, auth[7:].strip(), request.headers.get("x-reviewer"))
+        elif (session := sessions.get(request.cookies.get(COOKIE))) is not None:
+            if await run_in_threadpool(access.current, session):
+                who = Identity(session.reviewer, session.token_hash)
+            else:  # the token was replaced, or the reviewer removed (or given a token of their own)
+                sessions.end(request.cookies.get(COOKIE))
+                session = None
+        elif "token" in request.query_params and request.method == "GET":
+            who = await run_in_threadpool(access.identify, request.query_params["token"],
+                                          request.query_params.get("reviewer"))
+            if who is not None:
+                return _start_session(request, who, sessions)
+    except ReviewError as e:
+        code = 400 if e.fields.get("reason") == "invalid" else 403
+        return JSONResponse({"error": e.detail}, status_code=code)
+    except StoreError as e:
+        return _store_error(e)
+    if who is None:
         return PlainTextResponse("401 unauthorized: a reviewer token is required", 401,
                                  headers={"WWW-Authenticate": "Bearer"})
     if session is not None and request.method not in _SAFE_METHODS:
         sent = request.headers.get("x-csrf-token", "")
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             return PlainTextResponse("403 forbidden: missing or wrong CSRF token", 403)
-    request.state.reviewer = reviewer
+    request.state.reviewer = who.reviewer
     request.state.session = session
     return await call_next(request)
 
 
-def _start_session(request: Request, reviewer: str, sessions: Sessions) -> Response:
-    sid, _ = sessions.start(reviewer)
+def _store_error(e: StoreError) -> JSONResponse:
+    """The store failed (read-only, locked past its timeout, gone): 503 with a message the page shows."""
+    return JSONResponse({"error": f"the review store is unavailable, try again shortly: {e.detail}"},
+                        status_code=503)
+
+
+def _start_session(request: Request, who: Identity, sessions: Sessions) -> Response:
+    sid, _ = sessions.start(who.reviewer, who.token_hash)
     rest = [(k, v) for k, v in request.query_params.multi_items() if k not in ("token", "reviewer")]
     response = RedirectResponse(request.url.path + ("?" + urlencode(rest) if rest else ""), status_code=303)
     response.set_cookie(COOKIE, sid, max_age=SESSION_SECONDS, httponly=True, samesite="strict",
