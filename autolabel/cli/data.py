@@ -88,6 +88,9 @@ def eval_cmd(
         if c["total"]:
             out.print(f"{kind}s: {c['accepted']} accepted, {c['flagged']} flagged, {c['reviewed']} reviewed, "
                       f"{c['failed']} failed of {c['total']}")
+    g = report["gold"]
+    out.print(f"gold: {g['labels']} labels, {g['matched']} matched; {g['unmatched']} matched no annotated turn "
+              "(or name a field not asked of its turn)", soft_wrap=True)
     out.print(f"report: {report['files']['html']}\n        {report['files']['json']}", markup=False)
 
 

@@ -23,7 +23,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ from autolabel.persistence.store import Store, is_postgres, now
 from autolabel.quality import metrics
 from autolabel.quality.agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
 from autolabel.quality.calibration import CalibrationMethod, Calibrator, certify_threshold
+from autolabel.quality.gold import is_labels_file, read_labels_file
+from autolabel.quality.hierarchy import to_parent
+from autolabel.quality.ordinal import krippendorff_alpha_ordinal, ordinal_quality
 from autolabel.readers import read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import LabelField, TaskSpec, load_task
@@ -58,12 +61,15 @@ def load_gold(source: str | Path | Store, task: TaskSpec | str) -> Gold:
 
     In a file, a turn's gold for a field is its meta value under the field's ``gold`` key (or its name);
     session fields are read from the dialogue's meta. A CSV cell may hold a JSON list or names separated by
-    ``;`` or ``|``. Values that name no option are left out.
+    ``;`` or ``|``. Values that name no option are left out. A labels file (one record per label: dialogue id,
+    turn index, field, label; JSONL or CSV) is read by ``quality.gold.read_labels_file``.
     """
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     if isinstance(source, Store) or is_postgres(str(source)) or Path(source).suffix.lower() in _DB_SUFFIXES:
         with _opened(source) as store:
             return _store_gold(store, spec)
+    if is_labels_file(source):  # one record per label (dialogue id, turn index, field, label): quality/gold.py
+        return read_labels_file(source, spec).gold
     gold: Gold = {}
     for d in read_dialogues(source):
         for f in spec.labels:
@@ -299,10 +305,13 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
                                   "n_labeled": len(labeled), "n_missing": len(mine) - len(labeled),
                                   "quality": _quality(f, labeled, n_boot, seed) if labeled else None,
                                   "confidence": _confidence(labeled, n_boot, seed)}
+                if labeled:
+                    fields[f.name].update(spec_levels(f, labeled, n_boot, seed))
         report = {
             "run": {"id": run["id"], "model": run["model"], "input": run["input"],
                     "task": {"name": task.name, "version": task.version, "hash": task.spec_hash}},
-            "gold": {"source": source, "labels": sum(len(v) for v in labels.values()), "matched": len(items)},
+            "gold": {"source": source, "labels": sum(len(v) for v in labels.values()), "matched": len(items),
+                     "unmatched": sum(len(v) for v in labels.values()) - len(items)},
             "coverage": coverage, "fields": fields, "agreement": reviewer_agreement(store, task, run["id"]),
             "method": {"correct": "label equals gold; multi-label fields: exact match of the label sets",
                        "intervals": f"95% percentile bootstrap by dialogue, {n_boot} resamples, seed {seed}",
@@ -355,6 +364,7 @@ def reviewer_agreement(store: Store, task: TaskSpec, run_id: str | None = None) 
         out[name] = {"n_items": len(shared), "reviewers": reviewers, "cohen_pairs": pairs,
                      "fleiss_kappa": fleiss_kappa_from_ratings(fleiss_rows), "fleiss_items": len(fleiss_rows),
                      "krippendorff_alpha": krippendorff_alpha(units, distance), "distance": distance}
+        out[name].update(ordinal_agreement(task.label(name), shared))
     return out or None
 
 
@@ -372,6 +382,29 @@ def _review_units(store: Store, task: TaskSpec, run_id: str | None) -> dict[str,
         for name, value in _normalised(task, labels_json):
             units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(reviewer)] = value
     return units
+
+
+# ------------------------------------------------------- ratings and sub-codes (issue 19; h6-specs' hook)
+
+def spec_levels(f: LabelField, labeled: list[Item], n_boot: int, seed: int) -> dict[str, Any]:
+    """A rating or ordinal field's ordinal metrics (``ordinal``), and the label metrics one level up for a field
+    with sub-codes (``parent_level``: leaf answers and gold mapped to their parents)."""
+    out: dict[str, Any] = {}
+    if f.ordinal and not f.multi:
+        out["ordinal"] = ordinal_quality(f, [str(i.gold) for i in labeled], [str(i.predicted) for i in labeled],
+                                         [i.dialogue_id for i in labeled], n_boot, seed)
+    if f.has_children:
+        up = [replace(i, gold=to_parent(f, i.gold), predicted=to_parent(f, i.predicted)) for i in labeled]
+        out["parent_level"] = _quality(f.parent_level(), up, n_boot, seed)
+    return out
+
+
+def ordinal_agreement(f: LabelField, shared: list[dict[str, Any]]) -> dict[str, Any]:
+    """Krippendorff's alpha at the ordinal level of reviewers' ratings of a rating or ordinal field."""
+    if not f.ordinal or f.multi:
+        return {}
+    units = [[f.rank(x) for x in v.values()] for v in shared]
+    return {"krippendorff_alpha_ordinal": krippendorff_alpha_ordinal(units)}
 
 
 # ------------------------------------------------------------------------------------------- calibration
