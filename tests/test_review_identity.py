@@ -103,3 +103,40 @@ def test_reviewer_names_are_checked_to_their_end(db: Path) -> None:
         r = client.get("/api/status", headers={"Authorization": f"Bearer {SHARED}", "X-Reviewer": "bob\t"})
         assert r.status_code == 400
     assert rows(db, "SELECT COUNT(*) FROM review_audit WHERE reviewer LIKE 'bob%'") == [(0,)]
+
+
+# -- store errors and impossible ids (issue 15, item 5) ---------------------------------------------------------
+
+def test_a_read_only_store_gives_a_json_error_the_page_can_show(db: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    with TestClient(create_app(f"file:{db}?mode=ro", token=SHARED)) as client:
+        h = session(client, SHARED, "bob")
+        r = client.post("/api/claim", headers=h)
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+        assert "readonly" in r.json()["error"] and "try again" in r.json()["error"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_failing_read_gives_a_json_error_too(db: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    with TestClient(create_app(db, token=SHARED)) as client:
+        h = session(client, SHARED, "bob")
+        rows(db, "DROP TABLE gold")  # the store breaks under the running server
+        r = client.get("/api/status", headers=h)
+        assert r.status_code == 503 and "no such table: gold" in r.json()["error"]
+        assert client.get("/", headers=h).status_code == 503
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_ids_that_cannot_exist_are_404(db: Path) -> None:
+    huge = "99999999999999999999999"
+    with TestClient(create_app(db, token=SHARED)) as client:
+        h = session(client, SHARED, "bob")
+        assert client.get(f"/item/{huge}").status_code == 404
+        assert client.get(f"/adjudicate/{huge}").status_code == 404
+        for action in ("submit", "reveal"):
+            r = client.post(f"/api/items/{huge}/{action}", headers=h, json={"version": 1, "labels": {}})
+            assert r.status_code == 404 and f"no review item {huge}" in r.json()["error"]
+        for action in ("skip", "release"):
+            assert client.post(f"/api/items/{huge}/{action}", headers=h, json={"version": 1}).status_code == 404
+        assert client.post(f"/api/items/{huge}/renew", headers=h).status_code == 404
+        assert client.post(f"/api/adjudicate/{huge}", headers=h, json={"version": 1, "labels": {}}).status_code == 404
+        assert client.get("/item/-1").status_code == 404

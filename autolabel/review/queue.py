@@ -134,6 +134,7 @@ class ReviewQueue:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def get(self, item_id: int, *, include_proposal: bool = True) -> Item:
+        _check_id(item_id)
         rows = self._rows(f"SELECT {_COLUMNS} FROM review_items WHERE id=:id", id=item_id)
         if not rows:
             raise ReviewError(f"no review item {item_id}", item_id=item_id, reason="unknown")
@@ -516,8 +517,12 @@ class ReviewQueue:
 
     # -- internals -------------------------------------------------------------------------------------------
     def _rows(self, sql: str, **params: Any) -> list[Any]:
-        with self.store.engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
+        try:
+            with self.store.engine.connect() as conn:
+                return list(conn.execute(text(sql), params))
+        except SQLAlchemyError as e:
+            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+            raise StoreError(f"cannot read {self.store.db}: {detail}") from None
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -532,6 +537,7 @@ class ReviewQueue:
             raise StoreError(f"cannot write to {self.store.db}: {detail}") from None
 
     def _locked(self, conn: Connection, item_id: int) -> Item:
+        _check_id(item_id)
         row = conn.execute(text(f"SELECT {_COLUMNS} FROM review_items WHERE id=:id"
                                 + _LOCK_ROW.get(conn.dialect.name, "")), {"id": item_id}).first()
         if row is None:
@@ -593,6 +599,12 @@ def _normalized(labels: dict[str, Any], fields: RoleFields | None) -> dict[str, 
 
 def _hashable(value: Any) -> Any:
     return frozenset(value) if isinstance(value, list) else value
+
+
+def _check_id(item_id: int) -> None:
+    """Ids are positive 64-bit integers: any other cannot name an item (and would overflow the database's)."""
+    if not 0 < item_id < 2**63:
+        raise ReviewError(f"no review item {item_id}", item_id=item_id, reason="unknown")
 
 
 def _check_name(name: str) -> None:

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -224,6 +225,14 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     async def refused(request: Request, e: ReviewError) -> JSONResponse:
         code = _ERROR_STATUS.get(e.fields.get("reason", ""), 409)
         return JSONResponse({"error": e.detail}, status_code=code)
+
+    @app.exception_handler(StoreError)
+    async def unavailable(request: Request, e: StoreError) -> JSONResponse:
+        return _store_error(e)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def store_failed(request: Request, e: SQLAlchemyError) -> JSONResponse:  # a read past the queue's API
+        return _store_error(StoreError(str(getattr(e, "orig", None) or e).splitlines()[0]))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, e: RequestValidationError) -> JSONResponse:
