@@ -307,3 +307,13 @@ def test_to_parent_maps_leaves_and_keeps_top_level_names() -> None:
     assert to_parent(f, "open question") == "question" and to_parent(f, "affirm") == "affirm"
     assert to_parent(f, ("closed question", "open question", "affirm")) == ("affirm", "question")
     assert to_parent(f, None) is None
+
+
+def test_reviewer_agreement_on_a_rating_is_krippendorff_alpha_at_the_ordinal_level() -> None:
+    from autolabel.quality.evaluate import ordinal_agreement
+
+    task = load_task("mi-talk")
+    shared = [{"ann": "4", "bob": "5"}, {"ann": "2", "bob": "2"}, {"ann": "1", "bob": "2", "cy": "1"}]
+    assert ordinal_agreement(task.label("empathy"), shared) == {
+        "krippendorff_alpha_ordinal": krippendorff_alpha_ordinal([[4, 5], [2, 2], [1, 2, 1]])}
+    assert ordinal_agreement(task.label("client_talk"), shared) == {}  # not ordinal: nominal alpha only
