@@ -2,11 +2,15 @@
 
 A record reader per format holds one record at a time and yields ``(line, record)`` or an InputError, where
 ``line`` is the physical 1-based line for JSONL and CSV (for CSV the line a row starts on), the 1-based
-record index for JSON lists, and None for a file-level problem (raised whatever ``on_error`` is).
+record index for JSON lists, and None for a file-level problem (an empty file, not a JSON list).
+
+Files are UTF-8 (with or without a byte order mark); UTF-16 and UTF-32 files are read when they start with their
+byte order mark, and named as such when they do not.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -37,6 +41,14 @@ _CSV_FIELD_LIMIT = 64 << 20
 _CSV_COLUMNS = ("dialogue_id", "turn_index", "speaker", "text")
 _NONSPACE = re.compile(r"[^ \t\n\r]")
 _JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+_TOO_DEEP = "invalid JSON: nested too deeply"
+_EMPTY = "the file is empty: no dialogues"
+_JSON_SYNTAX = re.compile(r'["\[\]{}]')  # what moves the nesting depth outside strings
+_STRING_END = re.compile(r'["\\]')
+# byte order marks, longest first (UTF-32-LE's starts with UTF-16-LE's): codec of the rest, name, text-mode codec
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32", "utf-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32", "utf-32"),
+         (codecs.BOM_UTF8, "utf-8", "UTF-8", "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16", "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16", "utf-16"))
 
 
 class _Shape(NamedTuple):
@@ -63,6 +75,29 @@ def _bad_unicode_at(text: str) -> int | None:
     except UnicodeEncodeError as exc:
         return exc.start + 1
     return None
+
+
+class _Encoding(NamedTuple):
+    codec: str  # for a byte stream whose byte order mark was skipped
+    name: str  # in messages
+    text_codec: str  # for a text-mode file (skips the byte order mark itself)
+
+
+_UTF8 = _Encoding("utf-8", "UTF-8", "utf-8-sig")
+
+
+def _encoding(head: bytes, source: str) -> _Encoding:
+    """The encoding announced by the byte order mark at the start of a file (UTF-8 without one).
+
+    A file without one whose first characters hold NUL bytes is UTF-16 or UTF-32 without its mark: an InputError
+    that says so (decoded as UTF-8 it would only be 'invalid JSON' or a CSV without its columns)."""
+    for bom, codec, name, text_codec in _BOMS:
+        if head.startswith(bom):
+            return _Encoding(codec, name, text_codec)
+    if b"\x00" in head[:4]:
+        raise InputError(source, None, "looks like UTF-16 or UTF-32 without a byte order mark: save it as UTF-8 "
+                         "(or as UTF-16 with a byte order mark)")
+    return _UTF8
 
 
 def _string(obj: dict[str, Any], key: str, name: str, source: str, line: int, *, int_ok: bool = False) -> str:
@@ -108,18 +143,27 @@ def _dialogue(record: Any, shape: _Shape, source: str, line: int) -> Dialogue:
     return Dialogue(id=dialogue_id, turns=tuple(turns), meta=meta, source=f"{source}:{line}")
 
 
+def _encoding_name(fh: IO[str]) -> str:
+    return "UTF-8" if fh.encoding == _UTF8.text_codec else fh.encoding.upper()
+
+
 def _jsonl_records(fh: IO[str], source: str) -> _Records:
+    empty = True
     for line, text in enumerate(fh, 1):
         column = _bad_unicode_at(text)
         if column is not None:
-            yield InputError(source, line, f"invalid UTF-8 at column {column}")
+            empty = False
+            yield InputError(source, line, f"invalid {_encoding_name(fh)} at column {column}")
         elif text.strip():
+            empty = False
             try:
                 yield line, json.loads(text)
             except RecursionError:
-                yield InputError(source, line, "invalid JSON: nested too deeply")
+                yield InputError(source, line, _TOO_DEEP)
             except ValueError as exc:
                 yield InputError(source, line, f"invalid JSON: {exc}")
+    if empty:
+        yield InputError(source, None, _EMPTY)
 
 
 def _csv_rows(reader: Any, source: str) -> Iterator[tuple[int, list[str] | InputError]]:
@@ -140,7 +184,7 @@ def _csv_rows(reader: Any, source: str) -> Iterator[tuple[int, list[str] | Input
 
 
 def _csv_header(rows: Iterator[tuple[int, list[str] | InputError]], source: str) -> list[str]:
-    line, row = next(rows, (1, InputError(source, 1, "empty CSV file: no header")))
+    line, row = next(rows, (1, InputError(source, None, f"{_EMPTY} (not even a header)")))
     if isinstance(row, InputError):
         raise row
     names = [name.strip() for name in row]
@@ -152,14 +196,14 @@ def _csv_header(rows: Iterator[tuple[int, list[str] | InputError]], source: str)
 
 
 def _csv_turn(row: list[str], names: list[str], turns: dict[int, dict[str, Any]], source: str,
-              line: int) -> None:
+              line: int, encoding: str = "UTF-8") -> None:
     """Check one row and add it to ``turns``; the original ``turn_index`` stays in the turn's meta."""
     if len(row) != len(names):
         raise InputError(source, line, f"expected {len(names)} fields, got {len(row)}")
     cells: dict[str, Any] = dict(zip(names, row, strict=True))
     for name, value in cells.items():
         if (column := _bad_unicode_at(value)) is not None:
-            raise InputError(source, line, f"invalid UTF-8 at character {column}", name)
+            raise InputError(source, line, f"invalid {encoding} at character {column}", name)
     raw_index = cells["turn_index"]
     try:
         cells["turn_index"] = index = int(raw_index.strip())
@@ -179,7 +223,7 @@ def _csv_id(id_column: int, item: tuple[int, list[str] | InputError]) -> str | N
 
 
 def _csv_dialogue(dialogue_id: str, rows: Iterator[tuple[int, list[str] | InputError]], names: list[str],
-                  started: dict[str, int], source: str) -> _Records:
+                  started: dict[str, int], source: str, encoding: str) -> _Records:
     """One dialogue from its contiguous rows, or the first error in them."""
     turns: dict[int, dict[str, Any]] = {}
     first = 0
@@ -191,7 +235,7 @@ def _csv_dialogue(dialogue_id: str, rows: Iterator[tuple[int, list[str] | InputE
                                  f"contiguous (first seen at line {first})", "dialogue_id")
                 return
         try:
-            _csv_turn(row, names, turns, source, line)
+            _csv_turn(row, names, turns, source, line, encoding)
         except InputError as exc:
             yield exc
             return
@@ -210,19 +254,25 @@ def _csv_records(fh: IO[str], source: str) -> _Records:
     started: dict[str, int] = {}
     for dialogue_id, group in groupby(rows, key=partial(_csv_id, names.index("dialogue_id"))):
         if dialogue_id is not None:
-            yield from _csv_dialogue(dialogue_id, group, names, started, source)
+            yield from _csv_dialogue(dialogue_id, group, names, started, source, _encoding_name(fh))
             continue
         for line, row in group:
             yield row if isinstance(row, InputError) else InputError(
-                source, line, "missing or not valid UTF-8; row skipped", "dialogue_id")
+                source, line, f"missing or not valid {_encoding_name(fh)}; row skipped", "dialogue_id")
 
 
 class _Chars:
-    """The text of a UTF-8 byte stream, decoded a chunk at a time; ``buf[pos:]`` is not parsed yet."""
+    """The text of a byte stream, decoded a chunk at a time; ``buf[pos:]`` is not parsed yet.
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    UTF-8, or UTF-16 / UTF-32 when the stream starts with that byte order mark (``encoding``)."""
+
+    def __init__(self, fh: IO[bytes], source: str) -> None:
         self._fh, self._pending, self._started = fh, b"", False
         self.buf, self.pos, self.eof, self.bad_utf8 = "", 0, False, False
+        head = fh.read(4)
+        self.encoding = _encoding(head, source)
+        self._pending = head.removeprefix(codecs.BOM_UTF8) if self.encoding is _UTF8 else head[len(
+            next(bom for bom, codec, *_ in _BOMS if codec == self.encoding.codec)):]
 
     def more(self) -> bool:
         """Append text (at least as much as is unparsed, so re-parsing stays linear); False at the end."""
@@ -230,10 +280,10 @@ class _Chars:
             raw = self._fh.read(max(_CHUNK, len(self.buf) - self.pos))
             data = self._pending + raw
             try:
-                text, self._pending = data.decode("utf-8"), b""
+                text, self._pending = data.decode(self.encoding.codec), b""
             except UnicodeDecodeError as exc:  # a character cut by the chunk boundary, or a bad byte
-                text, self._pending = data[: exc.start].decode("utf-8"), data[exc.start:]
-                self.bad_utf8 = self.eof = not raw or exc.reason != "unexpected end of data"
+                text, self._pending = data[: exc.start].decode(self.encoding.codec), data[exc.start:]
+                self.bad_utf8 = self.eof = not raw or exc.reason not in ("unexpected end of data", "truncated data")
             self.eof = self.eof or not raw
             if text and not self._started:
                 self._started, text = True, text.removeprefix("\ufeff")
@@ -241,6 +291,32 @@ class _Chars:
                 self.buf, self.pos = self.buf[self.pos:] + text, 0
                 return True
         return False
+
+    def skip_value(self) -> bool:
+        """Move past the array or object at ``pos`` without decoding it (it is nested too deeply for the decoder):
+        brackets are counted outside strings, without recursion. False when the input ends first."""
+        depth, offset, in_string = 0, 0, False  # offset: from ``pos``, which ``more`` keeps pointing at the value
+        while True:
+            pattern = _STRING_END if in_string else _JSON_SYNTAX
+            found = pattern.search(self.buf, self.pos + offset)
+            if found is None or (found.group() == "\\" and found.end() >= len(self.buf)):  # need more text
+                offset = (len(self.buf) if found is None else found.start()) - self.pos
+                if not self.more():
+                    return False
+                continue
+            offset = found.end() - self.pos
+            char = found.group()
+            if char == "\\":
+                offset += 1  # the escaped character, whatever it is
+            elif char == '"':
+                in_string = not in_string
+            elif char in "[{":
+                depth += 1
+            else:
+                depth -= 1
+                if depth <= 0:
+                    self.pos = found.end()
+                    return True
 
     def peek(self) -> str:
         """The next non-whitespace character ('' at the end), without consuming it."""
@@ -264,7 +340,7 @@ class _Chars:
                     continue
                 return False, f"invalid JSON: {exc.msg}"
             except RecursionError:
-                return False, "invalid JSON: nested too deeply"
+                return False, _TOO_DEEP
             except ValueError as exc:
                 return False, f"invalid JSON: {exc}"
             if end >= len(self.buf) - _LOOKAHEAD and self.more():
@@ -274,14 +350,22 @@ class _Chars:
 
 
 def _json_records(fh: IO[bytes], source: str) -> _Records:
-    """The elements of a top-level JSON list, one at a time, numbered from 1; stops at the first error."""
-    chars, decoder, index = _Chars(fh), json.JSONDecoder(), 0
+    """The elements of a top-level JSON list, one at a time, numbered from 1; stops at the first error that leaves
+    the next record's start unknown (a record nested too deeply is skipped: its end is found without decoding)."""
+    try:
+        chars = _Chars(fh, source)
+    except InputError as exc:  # UTF-16 without its byte order mark
+        yield exc
+        return
+    decoder, index = json.JSONDecoder(), 0
 
     def fail(line: int | None, detail: str) -> InputError:
-        return InputError(source, line, "invalid UTF-8; reading stopped" if chars.bad_utf8 else detail)
+        return InputError(source, line, f"invalid {chars.encoding.name}; reading stopped" if chars.bad_utf8
+                          else detail)
 
-    if chars.peek() != "[":
-        yield fail(None, "expected a JSON list")
+    first = chars.peek()
+    if first != "[":
+        yield fail(None, "expected a JSON list" if first else _EMPTY)
         return
     chars.pos, after = chars.pos + 1, ","
     if chars.peek() == "]":
@@ -292,10 +376,13 @@ def _json_records(fh: IO[bytes], source: str) -> _Records:
             return
         index += 1
         ok, value = chars.value(decoder)
-        if not ok:
+        if not ok and value == _TOO_DEEP and chars.skip_value():
+            yield InputError(source, index, f"{_TOO_DEEP}; record skipped")
+        elif not ok:
             yield fail(index, f"{value}; reading stopped")
             return
-        yield index, value
+        else:
+            yield index, value
         after = chars.peek()
         if after not in (",", "]"):
             yield fail(index + 1, "expected ',' or ']' after the record" if after else "truncated JSON list")
@@ -321,11 +408,14 @@ def _check_file(path: Path, source: str) -> None:
 
 
 def _open(path: Path, source: str, newline: str | None) -> IO[Any]:
-    """Binary when ``newline`` is None; else text where a bad byte becomes a lone surrogate, found later."""
+    """Binary when ``newline`` is None (``_Chars`` reads the byte order mark); else text in the encoding its byte
+    order mark names (UTF-8 without one), where a bad byte becomes a lone surrogate, found later."""
     try:
         if newline is None:
             return open(path, "rb")
-        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+        with open(path, "rb") as fh:
+            encoding = _encoding(fh.read(4), source)
+        return open(path, encoding=encoding.text_codec, errors="surrogateescape", newline=newline)
     except OSError as exc:
         raise InputError(source, None, f"cannot open: {exc.strerror or exc}") from None
 
@@ -361,7 +451,14 @@ def _dialogues(path: Path, source: str, reader: _Reader,
                on_error: Callable[[InputError], None] | None) -> Generator[Dialogue, None, None]:
     records, shape, newline = reader
     first_line: dict[str, int] = {}
-    with _open(path, source, newline) as fh:
+    try:
+        fh = _open(path, source, newline)
+    except InputError as exc:  # unreadable, or UTF-16 without its byte order mark: a file-level problem
+        if on_error is None:
+            raise
+        on_error(exc)
+        return
+    with fh:
         for item in records(fh, source):
             if isinstance(item, tuple):
                 line, record = item
@@ -381,10 +478,11 @@ def _dialogues(path: Path, source: str, reader: _Reader,
             on_error(item)
 
 
-def count_input(path: str | Path, *, format: InputFormat | None = None) -> tuple[int, int]:
-    """(dialogues, turns) in ``path``, streamed; bad records are not counted."""
+def count_input(path: str | Path, *, format: InputFormat | None = None,
+                on_error: Callable[[InputError], None] | None = None) -> tuple[int, int]:
+    """(dialogues, turns) in ``path``, streamed; bad records are not counted (``on_error`` gets them)."""
     dialogues = turns = 0
-    for dialogue in read_dialogues(path, format=format, on_error=lambda _: None):
+    for dialogue in read_dialogues(path, format=format, on_error=on_error or (lambda _: None)):
         dialogues += 1
         turns += len(dialogue.turns)
     return dialogues, turns

@@ -3,7 +3,9 @@ database."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from autolabel import __version__
+from tests.fake_openai import FakeOpenAIServer
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -72,3 +75,39 @@ def test_a_corrupt_database_is_one_line_and_exit_4_for_every_command(corrupt_db:
                     corrupt_db)
     assert corrupt_db.stat().st_size == 100_000  # not overwritten
 
+
+
+# -- input edge cases ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "content"), [("e.jsonl", b""), ("e.jsonl", b"\n\n"), ("e.json", b""),
+                                               ("e.csv", b"")])
+def test_an_empty_input_file_is_one_error_line_and_exit_3_in_every_format(tmp_path: Path, name: str,
+                                                                          content: bytes) -> None:
+    inp = tmp_path / name
+    inp.write_bytes(content)
+    db = tmp_path / "r.db"
+    r = cli("run", str(inp), "--model", "openai:x", "--base-url", "http://127.0.0.1:9/v1", "--db", str(db),
+            env={"OPENAI_API_KEY": "k"})
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {inp}: the file is empty: no dialogues" + (" (not even a header)" if name ==
+                                                                           "e.csv" else "")], r.stderr
+    assert "0 dialogues" not in r.stdout
+
+
+def test_a_json_record_nested_too_deeply_is_skipped_and_the_run_goes_on(tmp_path: Path) -> None:
+    good = [json.dumps({"id": f"d{i}", "turns": [{"speaker": "Seeker", "text": f"I feel tired {i}."}]})
+            for i in range(3)]
+    deep = ('{"id": "deep", "turns": [{"speaker": "Seeker", "text": "x"}], "meta": ' + "[" * 100_000
+            + "]" * 100_000 + "}")
+    inp = tmp_path / "in.json"
+    inp.write_text("[" + ",".join([good[0], deep, good[1], good[2]]) + "]", encoding="utf-8")
+    db = tmp_path / "r.db"
+    with FakeOpenAIServer() as srv:
+        r = cli("run", str(inp), "--model", "openai:test", "--base-url", srv.base_url, "--db", str(db),
+                "--no-critique", env={"OPENAI_API_KEY": "k"})
+    assert r.returncode == 3, r.stderr
+    assert f"{inp}:2: invalid JSON: nested too deeply; record skipped" in r.stderr
+    with sqlite3.connect(db) as conn:
+        done = sorted(d for (d,) in conn.execute("SELECT dialogue_id FROM dialogues WHERE status='done'"))
+    assert done == ["d0", "d1", "d2"]

@@ -261,7 +261,6 @@ def test_csv_invalid_utf8_is_reported_and_reading_goes_on(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("content", "line", "field"), [
     ("dialogue_id,speaker,text\na,c,x\n", 1, "turn_index"),
     ("\n\ndialogue_id,turn_index,turn_index,speaker,text\n", 3, None),
-    ("", 1, None),
 ])
 def test_csv_bad_header_stops_reading(tmp_path: Path, content: str, line: int, field: str | None) -> None:
     path = tmp_path / "in.csv"
@@ -374,6 +373,83 @@ def test_json_list_bom(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps([psy_session("1")]).encode())
     assert detect_format(path) is InputFormat.PSY_INSIGHT
     assert [d.id for d in read_dialogues(path)] == ["1"]
+
+
+
+# ---------------------------------------------------------------------------- edge cases of issue 15 (item 9)
+
+DEEP = 100_000  # far past the JSON decoder's recursion limit
+
+
+def _deep_text(did: str) -> str:
+    """A well-formed record whose meta is nested DEEP levels (closed again), with strings holding brackets."""
+    return ('{"id": "' + did + '", "note": "a ] and a [ and a \\" quote", "turns": [{"speaker": "a", "text": '
+            '"x"}], "deep": ' + "[" * DEEP + '"[\\"]"' + "]" * DEEP + "}")
+
+
+@pytest.mark.parametrize("fmt", [InputFormat.JSON, InputFormat.JSONL])
+def test_a_record_nested_too_deeply_is_skipped_and_the_records_after_it_are_read(tmp_path: Path,
+                                                                               fmt: InputFormat) -> None:
+    records = [json.dumps(rec("before", "a")), _deep_text("deep"), json.dumps(rec("after", "b")),
+               json.dumps(rec("last", "c"))]
+    json.loads(records[1].replace("[" * DEEP, "[").replace("]" * DEEP, "]"))  # well-formed apart from its depth
+    if fmt is InputFormat.JSON:
+        path = tmp_path / "in.json"
+        path.write_text("[\n" + ",\n".join(records) + "\n]\n", encoding="utf-8")
+    else:
+        path = tmp_path / "in.jsonl"
+        path.write_text("\n".join(records) + "\n", encoding="utf-8")
+    dialogues, errors = collect(path, fmt)
+    assert [d.id for d in dialogues] == ["before", "after", "last"]
+    assert where(errors) == [(2, None)] and "nested too deeply" in errors[0].detail
+    assert count_input(path, format=fmt) == (3, 3)
+
+
+def test_a_deep_record_cut_by_every_chunk_boundary_is_skipped(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readers, "_CHUNK", 7)
+    path = tmp_path / "in.json"
+    path.write_text("[" + ",".join([json.dumps(rec("a", "x")), _deep_text("deep"), json.dumps(rec("b", "y"))])
+                    + "]", encoding="utf-8")
+    dialogues, errors = collect(path, InputFormat.JSON)
+    assert [d.id for d in dialogues] == ["a", "b"] and where(errors) == [(2, None)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("fmt", [InputFormat.JSONL, InputFormat.JSON, InputFormat.CSV])
+def test_a_utf16_or_utf32_file_with_a_byte_order_mark_is_read(tmp_path: Path, encoding: str,
+                                                             fmt: InputFormat) -> None:
+    texts = ["I feel anxious — 焦虑", "That sounds hard.", "x" * 70_000]  # the long one crosses read chunks
+    if fmt is InputFormat.JSONL:
+        text = "\n".join(json.dumps(rec(f"d{i}", t), ensure_ascii=False) for i, t in enumerate(texts)) + "\n"
+    elif fmt is InputFormat.JSON:
+        text = json.dumps([rec(f"d{i}", t) for i, t in enumerate(texts)], ensure_ascii=False)
+    else:
+        text = "dialogue_id,turn_index,speaker,text\n" + "".join(f"d{i},0,c,{t}\n" for i, t in enumerate(texts))
+    path = tmp_path / f"in.{fmt.value}"
+    bom = {"utf-16": "", "utf-16-be": "\ufeff", "utf-32": ""}[encoding]  # utf-16/utf-32 write their own BOM
+    path.write_bytes((bom + text).encode(encoding))
+    dialogues, errors = collect(path)
+    assert errors == []
+    assert [(d.id, d.turns[0].text) for d in dialogues] == [(f"d{i}", t) for i, t in enumerate(texts)]
+
+
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes((json.dumps(rec("a", "x")) + "\n").encode("utf-16-le"))
+    for fmt in (InputFormat.JSONL, InputFormat.JSON, InputFormat.CSV):
+        dialogues, errors = collect(path, fmt)
+        assert dialogues == [] and where(errors) == [(None, None)]
+        assert "UTF-16" in errors[0].detail and "invalid UTF-8" not in errors[0].detail
+
+
+@pytest.mark.parametrize(("name", "content"), [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.json", ""),
+                                               ("e.json", " \n"), ("e.csv", "")])
+def test_an_empty_file_is_one_file_level_error_in_every_format(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    dialogues, errors = collect(path)
+    assert dialogues == [] and where(errors) == [(None, None)] and "empty" in errors[0].detail
 
 
 def test_json_list_chunk_boundaries_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

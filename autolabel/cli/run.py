@@ -2,20 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autolabel.errors import BudgetExceeded, InputError
+from autolabel.errors import BudgetExceeded, InputError, Stopped
 from autolabel.models import DialogueResult, RunSummary
 from autolabel.readers import count_input
+from autolabel.settings import StructuredMode
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     from autolabel.annotator import Annotator, RunState
 from autolabel.cli.app import OnInvalid, app, console, out, settings_from  # noqa: F401
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# -- stopping ---------------------------------------------------------------------------------------------
+
+def run_stoppable(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on a new event loop until it ends or a signal stops it: ``Stopped(signum)``.
+
+    The first SIGINT (Ctrl-C) or SIGTERM cancels it: calls in flight are abandoned (not awaited), the call log is
+    flushed and the run is closed as stopped, then ``Stopped`` is raised. A second signal while that runs quits at
+    once: each dialogue is stored in one transaction and checkpointed, so nothing finished is lost either way."""
+    return asyncio.run(_until_stopped(work))
+
+
+async def _until_stopped(work: Coroutine[Any, Any, T]) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:  # the second one: the cleanup is taking too long for the user
+            console.print(str(Stopped(signum)), style="yellow", markup=False)
+            console.file.flush()
+            os._exit(128 + signum)
+        received.append(signum)
+        console.print(f"{signal.Signals(signum).name}: stopping (abandoning the calls in flight; send it again to "
+                      "quit at once)", style="yellow", markup=False)
+        task.cancel()
+
+    installed = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # no signal handlers here (Windows, a thread): Ctrl-C as usual
+            pass
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            raise Stopped(received[0]) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
 
 # -- run --------------------------------------------------------------------------------------------------
 
@@ -65,6 +118,10 @@ def run(
     embeddings: Embeddings = None,
     embeddings_base_url: EmbeddingsBaseUrl = None,
     embeddings_api_key_env: EmbeddingsKeyEnv = None,
+    structured_mode: Annotated[StructuredMode | None, typer.Option(help="How structured output is asked for: auto "
+                                                                        "(json_schema, stepping down when the "
+                                                                        "endpoint refuses a mode), json_schema, "
+                                                                        "json_object, tools or prompt.")] = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
@@ -74,14 +131,16 @@ def run(
                   max_reasks=max_reasks, temperature=temperature, max_cost=max_cost, price_in=price_in,
                   price_out=price_out, redact=redact or None,
                   batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
-                  embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env)
+                  embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env,
+                  structured_mode=structured_mode)
+    total_turns = input_turns(input)  # first: a file with no dialogues at all stops here (exit 3)
     from autolabel.annotator import Annotator
     from autolabel.llm.pricing import price
 
     annotator = Annotator(task, settings=s)
     cost = price(s)
     console.print(cost.source, markup=False)
-    summary, errors = run_with_progress(annotator, input, on_invalid.value)
+    summary, errors = run_with_progress(annotator, input, on_invalid.value, total_turns=total_turns)
     print_summary(summary, cost_known=cost.known)
     if summary.stopped_reason == "budget":
         console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${s.max_cost:g}; finished "
@@ -95,10 +154,22 @@ def run(
         raise typer.Exit(3)
 
 
-def run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tuple[RunSummary, list[InputError]]:
+def input_turns(input: Path) -> int:
+    """The turns of INPUT's readable dialogues. A file without any whose reading failed as a whole (empty, not a
+    JSON list, UTF-16 without its byte order mark) raises that error: there is nothing to run."""
     if not input.exists():
         raise InputError(str(input), None, "no such file")
-    _, total_turns = count_input(input)
+    file_errors: list[InputError] = []
+    dialogues, turns = count_input(input, on_error=lambda e: file_errors.append(e) if e.line is None else None)
+    if not dialogues and file_errors:
+        raise file_errors[0]
+    return turns
+
+
+def run_with_progress(annotator: Annotator, input: Path, on_invalid: str, *,
+                      total_turns: int | None = None) -> tuple[RunSummary, list[InputError]]:
+    if total_turns is None:
+        total_turns = input_turns(input)
     errors: list[InputError] = []
     columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
                TextColumn("{task.fields[rate]:.1f} turns/s"), TextColumn("tokens {task.fields[tokens]:,}"),
@@ -112,7 +183,7 @@ def run_with_progress(annotator: Annotator, input: Path, on_invalid: str) -> tup
             progress.update(bar, advance=len(result.turns), rate=s.turns / max(s.seconds, 1e-6),
                             tokens=s.prompt_tokens + s.completion_tokens, flagged=s.flagged, cost=s.cost_usd)
 
-        summary = annotator.run(input, on_invalid=on_invalid, progress=tick, errors=errors)
+        summary = run_stoppable(annotator.arun(input, on_invalid=on_invalid, progress=tick, errors=errors))
     return summary, errors
 
 
@@ -191,12 +262,12 @@ def worker_cmd(
     model: Annotated[str | None, typer.Option(help="Only runs of this model.")] = None,
 ) -> None:
     """Label queued dialogues until the run is done; start as many as you like, on any machine."""
-    from autolabel.scale.jobs import work
+    from autolabel.scale.jobs import awork
 
     s = settings_from(base_url=base_url, api_key_env=api_key_env, concurrency=concurrency, max_cost=max_cost,
                   embeddings=embeddings, embeddings_base_url=embeddings_base_url,
                   embeddings_api_key_env=embeddings_api_key_env)
-    r = work(db, run_id=run_id, task=task, model=model, settings=s, lease_seconds=lease_seconds)
+    r = run_stoppable(awork(db, run_id=run_id, task=task, model=model, settings=s, lease_seconds=lease_seconds))
     if not r.runs:
         out.print("no queued work", markup=False)
     for summary in r.runs:
