@@ -144,7 +144,9 @@ def _dialogue(record: Any, shape: _Shape, source: str, line: int) -> Dialogue:
 
 
 def _encoding_name(fh: IO[str]) -> str:
-    return "UTF-8" if fh.encoding == _UTF8.text_codec else fh.encoding.upper()
+    """UTF-8, UTF-16 or UTF-32: the encoding of a file ``_open`` opened as text."""
+    codec = str(getattr(fh, "encoding", _UTF8.text_codec))
+    return _UTF8.name if codec == _UTF8.text_codec else codec.upper()
 
 
 def _jsonl_records(fh: IO[str], source: str) -> _Records:
