@@ -373,14 +373,15 @@ def test_a_stale_submit_is_refused_and_writes_nothing(queue: ReviewQueue, db: st
     assert rows(db, "SELECT COUNT(*) FROM reviews") == [(1,)]
 
 
-def test_skip_hides_the_item_from_that_reviewer_release_does_not(queue: ReviewQueue) -> None:
+def test_skip_puts_the_item_last_for_that_reviewer_release_does_not(queue: ReviewQueue) -> None:
     x = queue.claim("alice")
     queue.skip(x.id, "alice", x.version)
     assert queue.get(x.id).status == "pending"
     seen = []
     while (item := queue.claim("alice")) is not None:
         seen.append(item.id)
-    assert x.id not in seen
+    assert seen[-1] == x.id and x.id not in seen[:-1], "the skipped item comes back only when nothing else is left"
+    queue.release(x.id, "alice", queue.get(x.id).version)
     y = queue.claim("bob")
     assert y.id == x.id, "a skipped item stays in the queue for others"
     queue.release(y.id, "bob", y.version)
@@ -399,6 +400,22 @@ def test_invalid_labels_are_refused_and_the_lease_kept(queue: ReviewQueue) -> No
         assert refused.value.fields["reason"] == "invalid"
     assert queue.get(item.id).lease_owner == "alice"
     assert queue.submit(item.id, "alice", item.version, good).status == "done"
+
+
+def test_reopening_a_review_makes_the_models_record_final_again(queue: ReviewQueue, db: str) -> None:
+    item = queue.claim("alice")
+    queue.submit(item.id, "alice", item.version, labels_for(queue, item, choice=2))
+    key = {"r": item.run_id, "d": item.dialogue_id, "i": item.turn_index}
+    final = "SELECT status FROM annotations WHERE run_id=:r AND dialogue_id=:d AND turn_index=:i AND is_final=1" \
+            " AND kind='turn'"
+    assert rows(db, final, **key) == [("reviewed",)]
+    again = queue.reopen(item.id, "alice")
+    assert rows(db, final, **key) == [(item.proposal["status"],)]
+    assert rows(db, "SELECT status FROM turns WHERE run_id=:r AND dialogue_id=:d AND turn_index=:i", **key) == \
+        [(item.proposal["status"],)]
+    assert queue.gold_items() == [] and queue.status()["stranded"] == 0
+    queue.submit(again.id, "alice", again.version, labels_for(queue, item, choice=1))
+    assert rows(db, final, **key) == [("reviewed",)] and len(queue.gold_items()) == 1
 
 
 # -- outcomes: done, gold, reviewed turn, adjudication -------------------------------------------------------

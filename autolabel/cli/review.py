@@ -42,6 +42,12 @@ def review_status(
     for field, alpha in s["agreement"].items():
         value = "undefined" if alpha is None else f"{alpha:.3f}"
         out.print(f"agreement {field}: Krippendorff's alpha {value}")
+    if s["stranded"]:
+        out.print(f"{s['stranded']} item(s) no reviewer can take: every reviewer so far has reviewed them, and"
+                  " they need more reviews (add a reviewer, or lower `review require`)", markup=False, soft_wrap=True)
+    if s["skipped"]:
+        out.print(f"{s['skipped']} open item(s) were skipped: they come back to those who skipped them last",
+                  markup=False, soft_wrap=True)
     if s["invalid_gold"]:
         out.print(f"{s['invalid_gold']} gold row(s) break the task's rules: see `autolabel review doctor`",
                   markup=False)

@@ -249,6 +249,11 @@ def m008_calibration_settings(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE calibrators ADD COLUMN signal_params_json TEXT"))
 
 
+def m009_gold_note(conn: Connection) -> None:
+    """The adjudicator's note, kept with the gold row it explains (NULL for gold settled by agreeing reviews)."""
+    conn.execute(text("ALTER TABLE gold ADD COLUMN note TEXT"))
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_initial", m001_initial),
     ("002_review", m002_review),
@@ -258,6 +263,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("006_review_claim_index", m006_review_claim_index),
     ("007_compact_cache", m007_compact_cache),
     ("008_calibration_settings", m008_calibration_settings),
+    ("009_gold_note", m009_gold_note),
 ]
 
 

@@ -186,18 +186,23 @@ class ReviewQueue:
     # -- lease actions ---------------------------------------------------------------------------------------
     def claim(self, reviewer: str, lease_seconds: float = DEFAULT_LEASE, *, run_id: str | None = None,
               include_proposal: bool = True, item_id: int | None = None) -> Item | None:
-        """Lease the next item by priority that this reviewer has not reviewed, skipped or already holds
-        (``item_id``: that item only, e.g. when applying reviews made in another tool)."""
+        """Lease the next item by priority that this reviewer has not reviewed and nobody holds (``item_id``: that
+        item only, e.g. when applying reviews made in another tool). Items this reviewer skipped come last: only
+        when nothing else is left for them, so that a skip never strands an item."""
         _check_name(reviewer)
         with self._tx() as conn:
             t = self.clock()
-            sql = (f"SELECT {_COLUMNS} FROM review_items i"
-                   " WHERE (i.status='pending' OR (i.status='claimed' AND i.lease_expires < :now))"
-                   " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=:w)"
-                   " AND NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.item_id=i.id AND s.reviewer=:w)"
-                   + (" AND i.run_id=:r" if run_id else "") + (" AND i.id=:id" if item_id is not None else "")
-                   + " ORDER BY i.priority, i.id LIMIT 1" + _SKIP_LOCKED.get(conn.dialect.name, ""))
-            row = conn.execute(text(sql), {"now": t, "w": reviewer, "r": run_id, "id": item_id}).first()
+            row = None
+            for skipped in ("NOT EXISTS", "EXISTS"):  # two index-ordered scans rather than one sort by skip
+                sql = (f"SELECT {_COLUMNS} FROM review_items i"
+                       " WHERE (i.status='pending' OR (i.status='claimed' AND i.lease_expires < :now))"
+                       " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=:w)"
+                       f" AND {skipped} (SELECT 1 FROM review_skips s WHERE s.item_id=i.id AND s.reviewer=:w)"
+                       + (" AND i.run_id=:r" if run_id else "") + (" AND i.id=:id" if item_id is not None else "")
+                       + " ORDER BY i.priority, i.id LIMIT 1" + _SKIP_LOCKED.get(conn.dialect.name, ""))
+                row = conn.execute(text(sql), {"now": t, "w": reviewer, "r": run_id, "id": item_id}).first()
+                if row is not None:
+                    break
             if row is None:
                 return None
             before = _item(row)
@@ -221,8 +226,91 @@ class ReviewQueue:
         return self._unlease(item_id, reviewer, version, "release")
 
     def skip(self, item_id: int, reviewer: str, version: int) -> Item:
-        """Give the item back and never offer it to this reviewer again."""
+        """Give the item back; it is offered to this reviewer again only when nothing else is left for them."""
         return self._unlease(item_id, reviewer, version, "skip")
+
+    def unskip(self, item_id: int, reviewer: str) -> None:
+        """Take a skip back: the item is offered to this reviewer in its turn again (audit ``unskip``)."""
+        _check_name(reviewer)
+        with self._tx() as conn:
+            item = self._locked(conn, item_id)
+            gone = conn.execute(text("DELETE FROM review_skips WHERE item_id=:i AND reviewer=:w"),
+                                {"i": item_id, "w": reviewer}).rowcount
+            if not gone:
+                raise ReviewError(f"{reviewer} did not skip item {item_id}", item_id=item_id, reason="state")
+            self._audit(conn, item_id, reviewer, "unskip", item.state(), item.state())
+
+    def reopen(self, item_id: int, reviewer: str, lease_seconds: float = DEFAULT_LEASE) -> Item:
+        """Take back this reviewer's review of an item, to answer again: the item is leased to them, and what the
+        review made is undone — its gold row, the reviewed record (the model's is final again), the turn's status,
+        the agreement. Refused when the item was settled by adjudication or someone else holds it now. Audited
+        (``reopen``, with the review taken back); the new answer is a ``submit`` like any other."""
+        _check_name(reviewer)
+        with self._tx() as conn:
+            t = self.clock()
+            before = self._locked(conn, item_id)
+            mine = conn.execute(text("SELECT id, labels_json, texts_json, note, decision FROM reviews"
+                                     " WHERE item_id=:i AND reviewer=:w"), {"i": item_id, "w": reviewer}).first()
+            if mine is None:
+                raise ReviewError(f"{reviewer} has not reviewed item {item_id}", item_id=item_id, reason="state")
+            key = {"r": before.run_id, "d": before.dialogue_id, "k": before.kind, "i": before.turn_index}
+            where = "run_id=:r AND dialogue_id=:d AND kind=:k AND turn_index=:i"
+            source = conn.execute(text(f"SELECT source FROM gold WHERE {where}"), key).scalar()
+            if source == "adjudication":
+                raise ReviewError(f"item {item_id} was settled by adjudication: it cannot be reopened",
+                                  item_id=item_id, reason="state")
+            if before.status == ItemStatus.CLAIMED.value and before.lease_owner != reviewer \
+                    and (before.lease_expires or 0) >= t:
+                raise ReviewError(f"{before.lease_owner} holds item {item_id} now: reopen it when they are done",
+                                  item_id=item_id, reason="state")
+            conn.execute(text("DELETE FROM reviews WHERE id=:id"), {"id": mine.id})
+            if source is not None:
+                self._unresolve(conn, before, key, where)
+            after = dataclasses.replace(before, status=ItemStatus.CLAIMED.value, version=before.version + 1,
+                                        lease_owner=reviewer, lease_expires=t + lease_seconds, agreement=None)
+            self._save(conn, after)
+            self._audit(conn, item_id, reviewer, "reopen",
+                        {**before.state(), "labels": json.loads(mine.labels_json),
+                         "texts": json.loads(mine.texts_json), "note": mine.note, "decision": mine.decision,
+                         "gold": source}, after.state())
+        return after
+
+    def undo(self, reviewer: str, *, current: tuple[int, int] | None = None,
+             lease_seconds: float = DEFAULT_LEASE) -> Item:
+        """Reopen this reviewer's last review (see :meth:`reopen`), first giving back ``current`` (id, version),
+        the item they hold now, if any."""
+        last = self.history(reviewer, limit=1)
+        if not last:
+            raise ReviewError(f"nothing to undo: {reviewer} has no review", reason="state")
+        if current is not None and current[0] != last[0]["item_id"]:
+            self.release(current[0], reviewer, current[1])
+        return self.reopen(last[0]["item_id"], reviewer, lease_seconds)
+
+    def history(self, reviewer: str, limit: int = 50) -> list[dict[str, Any]]:
+        """This reviewer's reviews, newest first: item, dialogue, turn, labels, decision, note, when, the item's
+        status now, and whether it can be reopened (not settled by adjudication, nobody else holds it)."""
+        rows = self._rows(
+            "SELECT r.item_id, i.run_id, i.dialogue_id, i.kind, i.turn_index, r.labels_json, r.texts_json, r.note,"
+            " r.decision, r.created_at, i.status, i.lease_owner, i.lease_expires, g.source FROM reviews r"
+            " JOIN review_items i ON i.id=r.item_id LEFT JOIN gold g ON g.run_id=i.run_id"
+            " AND g.dialogue_id=i.dialogue_id AND g.kind=i.kind AND g.turn_index=i.turn_index"
+            " WHERE r.reviewer=:w ORDER BY r.id DESC LIMIT :n", w=reviewer, n=limit)
+        t = self.clock()
+        out = []
+        for r in rows:
+            d = _decoded(r)
+            held = d["status"] == ItemStatus.CLAIMED.value and d["lease_owner"] != reviewer \
+                and (d["lease_expires"] or 0) >= t
+            d["reopenable"] = d.pop("source") != "adjudication" and not held
+            out.append(d)
+        return out
+
+    def skipped(self, reviewer: str) -> list[dict[str, Any]]:
+        """Items this reviewer skipped that are still open, newest skip first."""
+        rows = self._rows("SELECT s.item_id, i.dialogue_id, i.kind, i.turn_index, i.status, s.at FROM review_skips s"
+                          " JOIN review_items i ON i.id=s.item_id WHERE s.reviewer=:w AND i.status IN"
+                          " ('pending', 'claimed') ORDER BY s.at DESC", w=reviewer)
+        return [dict(r._mapping) for r in rows]
 
     def _unlease(self, item_id: int, reviewer: str, version: int, action: str) -> Item:
         with self._tx() as conn:
@@ -326,8 +414,12 @@ class ReviewQueue:
 
     def adjudicate(self, item_id: int, reviewer: str, labels: dict[str, Any],
                    texts: dict[str, str] | None = None, note: str | None = None,
-                   version: int | None = None) -> Item:
-        """Settle an item whose reviews disagree: these labels become gold (source ``adjudication``)."""
+                   version: int | None = None, *, force: bool = False) -> Item:
+        """Settle an item whose reviews disagree: these labels become gold (source ``adjudication``), with the
+        adjudicator's ``note``. An adjudicator who reviewed the item themselves is refused unless ``force``
+        (then the audit row says ``forced``): settling one's own disagreement is not an independent decision."""
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise ReviewError(f"note longer than {MAX_NOTE_CHARS} characters", item_id=item_id, reason="invalid")
         record = self._validated(self.get(item_id), labels, texts, reviewer)
         with self._tx() as conn:
             before = self._locked(conn, item_id)
@@ -337,15 +429,26 @@ class ReviewQueue:
             if version is not None and version != before.version:
                 raise ReviewError(f"item {item_id} changed (version {before.version}, not {version})",
                                   item_id=item_id, reason="stale")
+            took_part = conn.execute(text("SELECT 1 FROM reviews WHERE item_id=:i AND reviewer=:w"),
+                                     {"i": item_id, "w": reviewer}).first() is not None
+            if took_part and not force:
+                raise ReviewError(f"{reviewer} reviewed item {item_id} and so took part in the disagreement:"
+                                  " let another adjudicator settle it, or force it", item_id=item_id,
+                                  reason="own_review")
             bumped = dataclasses.replace(before, version=before.version + 1)
-            after = self._resolve(conn, bumped, record, reviewer, "adjudication")
+            after = self._resolve(conn, bumped, record, reviewer, "adjudication", note=note)
             self._save(conn, after)
             self._audit(conn, item_id, reviewer, "adjudicate", before.state(),
-                        {**after.state(), "labels": record["labels"], "texts": record["texts"], "note": note})
+                        {**after.state(), "labels": record["labels"], "texts": record["texts"], "note": note,
+                         "forced": took_part})
         return after
 
+    def took_part(self, item_id: int, reviewer: str) -> bool:
+        """Whether this reviewer reviewed the item (an adjudicator who did must force the decision)."""
+        return bool(self._rows("SELECT 1 FROM reviews WHERE item_id=:i AND reviewer=:w", i=item_id, w=reviewer))
+
     def _resolve(self, conn: Connection, item: Item, record: dict[str, Any], reviewer: str,
-                 source: str) -> Item:
+                 source: str, note: str | None = None) -> Item:
         """The outcome: the reviewed record becomes final (the model's is kept), the turn reviewed, gold."""
         record = {**record, "reviewer": reviewer}
         key = {"r": item.run_id, "d": item.dialogue_id, "k": item.kind, "i": item.turn_index}
@@ -366,13 +469,28 @@ class ReviewQueue:
                                           " turn_index=:i"), key).scalar()
         conn.execute(text(f"DELETE FROM gold WHERE {where}"), key)
         conn.execute(text("INSERT INTO gold (run_id, dialogue_id, kind, turn_index, task_name, role, text,"
-                          " labels_json, texts_json, source, reviewer, item_id, created_at) VALUES"
-                          " (:r, :d, :k, :i, :task, :role, :text, :l, :x, :src, :w, :item, :t)"),
+                          " labels_json, texts_json, source, reviewer, item_id, created_at, note) VALUES"
+                          " (:r, :d, :k, :i, :task, :role, :text, :l, :x, :src, :w, :item, :t, :note)"),
                      {**key, "task": record["task"]["name"], "role": record.get("role"), "text": turn_text,
                       "l": _dumps(record["labels"]), "x": _dumps(record["texts"]), "src": source,
-                      "w": reviewer, "item": item.id, "t": t})
+                      "w": reviewer, "item": item.id, "t": t, "note": note})
         conn.execute(text("UPDATE review_items SET resolved_at=:t WHERE id=:id"), {"t": t, "id": item.id})
         return dataclasses.replace(item, status=ItemStatus.DONE.value, lease_owner=None, lease_expires=None)
+
+    def _unresolve(self, conn: Connection, item: Item, key: dict[str, Any], where: str) -> None:
+        """Undo ``_resolve``: no gold, the model's last valid record final again, the turn's status its status."""
+        conn.execute(text(f"DELETE FROM gold WHERE {where}"), key)
+        conn.execute(text(f"UPDATE annotations SET is_final=0 WHERE {where} AND is_final=1"), key)
+        model = conn.execute(text(f"SELECT attempt, status FROM annotations WHERE {where} AND status <> 'reviewed'"
+                                  " AND valid=1 ORDER BY attempt DESC LIMIT 1"), key).first()
+        if model is not None:
+            conn.execute(text(f"UPDATE annotations SET is_final=1 WHERE {where} AND attempt=:a"),
+                         {**key, "a": model.attempt})
+        status = model.status if model is not None else (item.proposal or {}).get("status")
+        if item.kind == "turn" and status:
+            conn.execute(text("UPDATE turns SET status=:s WHERE run_id=:r AND dialogue_id=:d AND turn_index=:i"),
+                         {**key, "s": status})
+        conn.execute(text("UPDATE review_items SET resolved_at=NULL WHERE id=:id"), {"id": item.id})
 
     # -- reviewers -------------------------------------------------------------------------------------------
     def add_reviewer(self, name: str, *, replace: bool = False) -> str:
@@ -448,9 +566,24 @@ class ReviewQueue:
         out["reviewers"] = {w: int(n) for w, n in per}
         out["gold"] = int(self._rows(f"SELECT COUNT(*) FROM gold WHERE 1=1{run}", r=run_id)[0][0])
         out["agreement"] = self._agreement(run_i, run_id) if agreement else {}
+        out.update(self._stranded(run_i, run_id))
         if audit_gold:
             out["invalid_gold"] = len(self.gold_problems(run_id))
         return out
+
+    def _stranded(self, run_i: str, run_id: str | None) -> dict[str, int]:
+        """Open items that every reviewer known so far (registered, or who reviewed or skipped anything) has
+        reviewed — ``stranded``: only a new reviewer can take them — and open items someone skipped."""
+        known = ("SELECT name FROM reviewers UNION SELECT reviewer FROM reviews"
+                 " UNION SELECT reviewer FROM review_skips")
+        stranded = self._rows(
+            f"SELECT COUNT(*) FROM review_items i WHERE i.status IN ('pending', 'claimed'){run_i}"
+            f" AND EXISTS ({known}) AND NOT EXISTS (SELECT 1 FROM ({known}) k WHERE NOT EXISTS"
+            " (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=k.name))", r=run_id)
+        skipped = self._rows(
+            f"SELECT COUNT(DISTINCT i.id) FROM review_items i JOIN review_skips s ON s.item_id=i.id"
+            f" WHERE i.status IN ('pending', 'claimed'){run_i}", r=run_id)
+        return {"stranded": int(stranded[0][0]), "skipped": int(skipped[0][0])}
 
     def _agreement(self, run_i: str, run_id: str | None) -> dict[str, float | None]:
         rows = self._rows("SELECT i.id, i.run_id, r.labels_json FROM reviews r JOIN review_items i ON"
@@ -471,7 +604,7 @@ class ReviewQueue:
     def gold_items(self, task_name: str | None = None) -> list[dict[str, Any]]:
         """Reviewed labels (gold), optionally of one task: for calibration and few-shot examples."""
         rows = self._rows("SELECT run_id, dialogue_id, kind, turn_index, task_name, role, text, labels_json,"
-                          " texts_json, source, reviewer, item_id, created_at FROM gold"
+                          " texts_json, source, reviewer, item_id, created_at, note FROM gold"
                           + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
         return [_decoded(r) for r in rows]
 
