@@ -471,8 +471,9 @@ def parse_spec(raw: Any, source: str, text: str | None = None) -> TaskSpec:
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]  # of the spec as written: short forms count
     spec = _desugar(json.loads(canonical))
     fields = {f["name"]: LabelField.model_validate(f) for f in spec["labels"]}
-    for ex in spec.get("examples", []):  # example labels as option names, matched like gold (option_key)
-        ex["labels"] = {k: fields[k].normalize(v) for k, v in ex["labels"].items()}
+    for ex in spec.get("examples", []):  # example labels as option names, matched like gold, order kept
+        ex["labels"] = {k: [fields[k].option_name(x) for x in v] if isinstance(v, list)
+                        else fields[k].normalize(v) for k, v in ex["labels"].items()}
     return TaskSpec.model_validate({**spec, "source": source, "spec_hash": digest})
 
 
