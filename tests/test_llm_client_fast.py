@@ -213,8 +213,9 @@ def test_the_backend_sends_what_chat_completions_create_sends(monkeypatch: pytes
     assert mine["body"] == create["body"]
     assert list(mine["body"]["response_format"]["json_schema"]["schema"]["properties"]) == \
         list(SCHEMA["properties"])  # the schema's key order (explanation first) is kept
-    for header in ("authorization", "content-type", "accept", "user-agent", "Content-Length"):
-        assert mine["headers"][header] == create["headers"][header], header
+    mine_headers, create_headers = ({k.lower(): v for k, v in seen["headers"].items()} for seen in (mine, create))
+    for header in ("authorization", "content-type", "accept", "user-agent", "content-length"):  # httpx keeps the case
+        assert mine_headers[header] == create_headers[header], header
     assert ours == theirs
 
 
