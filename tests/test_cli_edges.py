@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from autolabel import __version__
+from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -111,3 +112,28 @@ def test_a_json_record_nested_too_deeply_is_skipped_and_the_run_goes_on(tmp_path
     with sqlite3.connect(db) as conn:
         done = sorted(d for (d,) in conn.execute("SELECT dialogue_id FROM dialogues WHERE status='done'"))
     assert done == ["d0", "d1", "d2"]
+
+
+# -- progress you can read ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("turns", "seconds", "shown"), [
+    (12, 4.0, "3.0 turns/s"), (3, 60.0, "3.0 turns/min"), (1, 50.0, "1.2 turns/min"), (2, 300.0, "150 s/turn"),
+    (0, 10.0, "– turns/s"),
+])
+def test_a_slow_rate_is_shown_per_minute_or_as_seconds_per_turn(turns: int, seconds: float, shown: str) -> None:
+    from autolabel.cli.run import rate_text
+
+    assert rate_text(turns, seconds) == shown
+
+
+def test_without_a_terminal_progress_lines_come_at_a_steady_interval(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [dialogue(f"d{i}", 4) for i in range(2)])
+    with FakeOpenAIServer(latency=0.4) as srv:  # 8 calls one after another: ~3 s, against lines every 0.25 s
+        r = cli("run", str(inp), "--model", "openai:test", "--base-url", srv.base_url, "--db", str(tmp_path / "r.db"),
+                "--no-critique", "--concurrency", "1", "--progress-every", "0.25", env={"OPENAI_API_KEY": "k"})
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("progress:")]
+    assert len(lines) >= 4, r.stderr  # not only one line per finished dialogue (there are 2)
+    assert lines[0].startswith("progress: 0/8 turns (0%)"), lines
+    assert any(line.startswith("progress: 4/8 turns (50%)") for line in lines), lines
+    assert all("elapsed" in line for line in lines)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -24,6 +27,7 @@ from autolabel.cli.app import OnInvalid, app, console, out, settings_from  # noq
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 # -- stopping ---------------------------------------------------------------------------------------------
@@ -122,6 +126,9 @@ def run(
                                                                         "(json_schema, stepping down when the "
                                                                         "endpoint refuses a mode), json_schema, "
                                                                         "json_object, tools or prompt.")] = None,
+    progress_every: Annotated[float, typer.Option(help="Seconds between progress lines when stderr is not a "
+                                                       "terminal (a log, a pipe); a line also comes every 5% of the "
+                                                       "turns.", min=0.01)] = PROGRESS_EVERY,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
@@ -140,7 +147,8 @@ def run(
     annotator = Annotator(task, settings=s)
     cost = price(s)
     console.print(cost.source, markup=False)
-    summary, errors = run_with_progress(annotator, input, on_invalid.value, total_turns=total_turns)
+    summary, errors = run_with_progress(annotator, input, on_invalid.value, total_turns=total_turns,
+                                        progress_every=progress_every)
     print_summary(summary, cost_known=cost.known)
     if summary.stopped_reason == "budget":
         console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${s.max_cost:g}; finished "
@@ -166,24 +174,90 @@ def input_turns(input: Path) -> int:
     return turns
 
 
-def run_with_progress(annotator: Annotator, input: Path, on_invalid: str, *,
-                      total_turns: int | None = None) -> tuple[RunSummary, list[InputError]]:
+def rate_text(turns: int, seconds: float) -> str:
+    """Turns per second, per minute when under one a second, seconds per turn when under one a minute."""
+    if turns <= 0 or seconds <= 0:
+        return "– turns/s"
+    per_second = turns / seconds
+    if per_second >= 1:
+        return f"{per_second:.1f} turns/s"
+    if per_second * 60 >= 1:
+        return f"{per_second * 60:.1f} turns/min"
+    return f"{seconds / turns:.0f} s/turn"
+
+
+class ProgressLines:
+    """Progress as plain lines for a log (no terminal): one every ``every`` seconds and at each 5% of the turns."""
+
+    STEP = 5  # percent
+
+    def __init__(self, total: int, every: float) -> None:
+        self.total, self.every = total, every
+        self.turns = self.flagged = 0
+        self.cost = 0.0
+        self.started = self.last = time.monotonic()
+        self.next_step = self.STEP
+
+    def finished(self, turns: int, flagged: int, cost: float) -> None:
+        """After each dialogue: a line when the turns passed the next 5% step."""
+        self.turns, self.flagged, self.cost = turns, flagged, cost
+        if self.total and self.turns * 100 >= self.next_step * self.total:
+            self.next_step = (self.turns * 100 // self.total // self.STEP + 1) * self.STEP
+            self.line()
+
+    def line(self) -> None:
+        self.last = time.monotonic()
+        seconds = self.last - self.started
+        share = f" ({self.turns * 100 // self.total}%)" if self.total else ""
+        console.print(f"progress: {self.turns}/{self.total} turns{share}, {rate_text(self.turns, seconds)}, "
+                      f"{self.flagged} flagged, ${self.cost:.4f}, {timedelta(seconds=round(seconds))} elapsed",
+                      markup=False, highlight=False, soft_wrap=True)
+
+    async def around(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work``, printing a line whenever ``every`` seconds passed without one, until it ends (or is
+        cancelled with it)."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.last + self.every - time.monotonic())
+                if done:
+                    return task.result()
+                if time.monotonic() >= self.last + self.every:  # no 5% line came in the meantime
+                    self.line()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def run_with_progress(annotator: Annotator, input: Path, on_invalid: str, *, total_turns: int | None = None,
+                      progress_every: float = PROGRESS_EVERY) -> tuple[RunSummary, list[InputError]]:
+    """Run with a progress bar on a terminal; elsewhere (a log, a pipe) with a progress line now and then."""
     if total_turns is None:
         total_turns = input_turns(input)
     errors: list[InputError] = []
     columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
-               TextColumn("{task.fields[rate]:.1f} turns/s"), TextColumn("tokens {task.fields[tokens]:,}"),
+               TextColumn("{task.fields[rate]}"), TextColumn("tokens {task.fields[tokens]:,}"),
                TextColumn("flagged {task.fields[flagged]}"), TextColumn("${task.fields[cost]:.4f}"),
                TimeElapsedColumn()]
+    lines = None if console.is_terminal else ProgressLines(total_turns, progress_every)
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("run", total=total_turns, rate=0.0, tokens=0, flagged=0, cost=0.0)
+        bar = progress.add_task("run", total=total_turns, rate=rate_text(0, 0), tokens=0, flagged=0, cost=0.0)
 
         def tick(result: DialogueResult, state: RunState) -> None:
             s = state.summary
-            progress.update(bar, advance=len(result.turns), rate=s.turns / max(s.seconds, 1e-6),
+            progress.update(bar, advance=len(result.turns), rate=rate_text(s.turns, s.seconds),
                             tokens=s.prompt_tokens + s.completion_tokens, flagged=s.flagged, cost=s.cost_usd)
+            if lines is not None:
+                lines.finished(s.turns, s.flagged, s.cost_usd)
 
-        summary = run_stoppable(annotator.arun(input, on_invalid=on_invalid, progress=tick, errors=errors))
+        work = annotator.arun(input, on_invalid=on_invalid, progress=tick, errors=errors)
+        if lines is not None:
+            lines.line()
+            summary = run_stoppable(lines.around(work))
+        else:
+            summary = run_stoppable(work)
     return summary, errors
 
 
