@@ -82,7 +82,7 @@ def test_the_token_in_the_url_starts_a_strict_httponly_session(client: TestClien
     assert f"{COOKIE}=" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
     assert TOKEN not in cookie
     page = client.get("/")
-    assert page.status_code == 200 and "by alice" in page.text
+    assert page.status_code == 200 and "for alice" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
 

@@ -571,6 +571,15 @@ class ReviewQueue:
             out["invalid_gold"] = len(self.gold_problems(run_id))
         return out
 
+    def progress(self, reviewer: str) -> dict[str, int]:
+        """This reviewer's own progress: ``done`` (their reviews of items still open or settled) and ``left``
+        (open items they have not reviewed: what they may still be given, skipped ones included)."""
+        done = self._rows("SELECT COUNT(*) FROM reviews WHERE reviewer=:w", w=reviewer)[0][0]
+        left = self._rows("SELECT COUNT(*) FROM review_items i WHERE i.status IN ('pending', 'claimed')"
+                          " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id=i.id AND r.reviewer=:w)",
+                          w=reviewer)[0][0]
+        return {"done": int(done), "left": int(left)}
+
     def _stranded(self, run_i: str, run_id: str | None) -> dict[str, int]:
         """Open items that every reviewer known so far (registered, or who reviewed or skipped anything) has
         reviewed — ``stranded``: only a new reviewer can take them — and open items someone skipped."""

@@ -39,8 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autolabel.errors import ReviewError, StoreError
-from autolabel.review.queue import DEFAULT_LEASE, MAX_NOTE_CHARS, Item, ItemStatus, ReviewQueue, hash_token
-from autolabel.tasks import LabelField, localize
+from autolabel.review.queue import DEFAULT_LEASE, MAX_NOTE_CHARS, ItemStatus, ReviewQueue, hash_token
+from autolabel.review.views import adjudication_view, browse_view, history_view, item_view
 
 COOKIE = "autolabel_review"
 SESSION_SECONDS = 12 * 3600
@@ -50,6 +50,9 @@ _NAME = re.compile(r"[\w.@+-]{1,64}")  # fullmatch: "bob\n" is not a name
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "adjudicate.js": "text/javascript; charset=utf-8",
            "app.css": "text/css; charset=utf-8"}
 _ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409, "forbidden": 403}
+_FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7"'
+            b' fill="#2f5fd0"/><path d="M9 17l5 5 9-11" fill="none" stroke="#fff" stroke-width="4"'
+            b' stroke-linecap="round" stroke-linejoin="round"/></svg>')
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
@@ -187,6 +190,16 @@ class Version(BaseModel):
     version: int
 
 
+class Settlement(Submission):
+    force: bool = False
+    """Settle although the adjudicator reviewed the item themselves (the audit row says ``forced``)."""
+
+
+class Undo(BaseModel):
+    current: int | None = None
+    version: int | None = None
+
+
 def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
                lease_seconds: float = DEFAULT_LEASE, max_body: int = MAX_BODY) -> FastAPI:
     """The review app over the database ``db``. ``token`` is the shared token (None: reviewer tokens only)."""
@@ -208,9 +221,9 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
         me = request.state.reviewer
         status = queue.status(agreement=False, audit_gold=False)  # the header's counts only
         session = request.state.session
-        html = env.get_template(name).render(me=me, blind=blind, status=status,
-                                             mine=status["reviewers"].get(me, 0),
-                                             csrf=session.csrf if session else "", **context)
+        mine = queue.progress(me)
+        html = env.get_template(name).render(me=me, blind=blind, status=status, mine=mine["done"],
+                                             progress=mine, csrf=session.csrf if session else "", **context)
         return HTMLResponse(html)
 
     @app.middleware("http")
@@ -250,7 +263,7 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
         item = queue.get(item_id)
         if item.lease_owner != request.state.reviewer or item.status != "claimed":
             return RedirectResponse("/", status_code=303)
-        return page("item.html", request, **_item_view(queue, item, blind, env, lease_seconds))
+        return page("item.html", request, **item_view(queue, item, blind, lease_seconds))
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
@@ -284,7 +297,7 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     @app.post("/api/items/{item_id}/reveal")
     def api_reveal(item_id: int, body: Labels, request: Request) -> dict[str, Any]:
         item = queue.reveal(item_id, request.state.reviewer, body.version, dict(body.labels))
-        view = _item_view(queue, item, False, env, lease_seconds)
+        view = item_view(queue, item, False, lease_seconds)
         return {"labels": (item.proposal or {}).get("labels", {}),
                 "html": env.get_template("proposal.html").render(**view)}
 
@@ -304,14 +317,52 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
         item = queue.get(item_id)
         if item.status != ItemStatus.ADJUDICATION.value:
             return RedirectResponse("/adjudicate", status_code=303)
-        return page("adjudicate.html", request, **_adjudication_view(queue, item, env, lease_seconds))
+        return page("adjudicate.html", request,
+                    **adjudication_view(queue, item, lease_seconds, request.state.reviewer))
 
     @app.post("/api/adjudicate/{item_id}")
-    def api_adjudicate(item_id: int, body: Submission, request: Request) -> dict[str, Any]:
+    def api_adjudicate(item_id: int, body: Settlement, request: Request) -> dict[str, Any]:
         item = queue.adjudicate(item_id, request.state.reviewer, dict(body.labels), note=body.note,
-                                version=body.version)
+                                version=body.version, force=body.force)
         waiting = [i.id for i in queue.items(ItemStatus.ADJUDICATION)]
         return {"status": item.status, "next": waiting[0] if waiting else None}
+
+    @app.post("/api/undo")
+    def api_undo(body: Undo, request: Request) -> dict[str, Any]:
+        current = (body.current, body.version) if body.current is not None and body.version is not None else None
+        return {"item": queue.undo(request.state.reviewer, current=current, lease_seconds=lease_seconds).id}
+
+    @app.post("/api/items/{item_id}/reopen")
+    def api_reopen(item_id: int, request: Request) -> dict[str, Any]:
+        return {"item": queue.reopen(item_id, request.state.reviewer, lease_seconds).id}
+
+    @app.post("/api/items/{item_id}/unskip")
+    def api_unskip(item_id: int, request: Request) -> dict[str, Any]:
+        queue.unskip(item_id, request.state.reviewer)
+        return {"item": item_id}
+
+    @app.post("/api/items/{item_id}/open")
+    def api_open(item_id: int, request: Request) -> dict[str, Any]:
+        """Take one item from the browse list (if nobody holds it and you have not reviewed it)."""
+        me = request.state.reviewer
+        item = queue.get(item_id)
+        if not (item.status == ItemStatus.CLAIMED.value and item.lease_owner == me):
+            if queue.claim(me, lease_seconds, item_id=item_id) is None:
+                raise ReviewError(f"item {item_id} is {item.status}: someone holds it, it is settled, or you"
+                                  " reviewed it already (reopen it from your history)", reason="state")
+        return {"item": item_id}
+
+    @app.get("/history", response_class=HTMLResponse)
+    def history_page(request: Request) -> Response:
+        return page("history.html", request, **history_view(queue, request.state.reviewer))
+
+    @app.get("/browse", response_class=HTMLResponse)
+    def browse_page(request: Request) -> Response:
+        return page("browse.html", request, **browse_view(queue, dict(request.query_params)))
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(_FAVICON, media_type="image/svg+xml")
 
     return app
 
@@ -368,62 +419,12 @@ def _start_session(request: Request, who: Identity, sessions: Sessions) -> Respo
     return response
 
 
-def _item_view(queue: ReviewQueue, item: Item, blind: bool, env: Environment,
-               lease_seconds: float) -> dict[str, Any]:
-    """Everything the item page shows: dialogue with the target turn and its context, fields, the proposal."""
-    task = queue.task(item.run_id)
-    fields = queue.fields(item)
-    proposal = item.proposal or {}
-    language = proposal.get("language", "en")
-    window = task.context.window
-    lo, hi = item.turn_index - window, item.turn_index + 1
-    turns = [{**t, "target": item.kind == "turn" and t["turn_index"] == item.turn_index,
-              "context": item.kind == "session" or lo <= t["turn_index"] <= hi}
-             for t in queue.dialogue(item)]
-    labels = fields.labels if fields else ()
-    field_views = [{"name": f.name, "multi": f.multi, "max": _most(f),
-                    "description": localize(f.description, language),
-                    "options": [{"name": o.name, "description": localize(o.description, language)}
-                                for o in f.options]}
-                   for f in labels]
-    shown = None if blind else proposal
-    data = {"id": item.id, "version": item.version, "blind": blind, "lease_seconds": lease_seconds,
-            "fields": [{"name": f.name, "multi": f.multi, "max": _most(f),
-                        "options": [o.name for o in f.options]} for f in labels],
-            "proposed": None if shown is None else shown.get("labels", {})}
-    return {"item": item, "turns": turns, "fields": field_views, "proposal": shown, "data": data,
-            "task": task, "risk": "risk_content" in item.reasons}
-
-
-def _adjudication_view(queue: ReviewQueue, item: Item, env: Environment, lease_seconds: float) -> dict[str, Any]:
-    """The item page's view plus every reviewer's answer, and a start: what all reviewers agree on, per field."""
-    view = _item_view(queue, item, False, env, lease_seconds)
-    reviews = queue.reviews(item.id)
-    start: dict[str, Any] = {}
-    for f in view["data"]["fields"]:
-        answers = [set(v if isinstance(v, list) else [v]) for r in reviews if (v := r["labels"].get(f["name"]))]
-        common = set.intersection(*answers) if answers else set()
-        start[f["name"]] = [o for o in f["options"] if o in common]
-    waiting = [i.id for i in queue.items(ItemStatus.ADJUDICATION)]
-    later = [i for i in waiting if i > item.id] or [i for i in waiting if i != item.id]
-    data = {"id": item.id, "version": item.version, "fields": view["data"]["fields"], "start": start,
-            "proposed": (item.proposal or {}).get("labels", {}),
-            "reviews": [{"reviewer": r["reviewer"], "labels": r["labels"]} for r in reviews],
-            "next": later[0] if later else None}
-    return {**view, "reviews": reviews, "data": data}
-
-
 def _malformed(e: RequestValidationError) -> str:
     """A request body of the wrong shape, in one line that names the field (``labels.emotion: ...``)."""
     first, *rest = e.errors() or [{"loc": (), "msg": "malformed request"}]
     where = ".".join(str(p) for p in first["loc"] if p not in ("body", "str", "list[str]"))
     more = f" (and {len(rest)} more)" if rest else ""
     return f"request refused: {where or 'body'}: {first['msg']}{more}"
-
-
-def _most(field: LabelField) -> int:
-    """How many options a reviewer may choose in this field."""
-    return field.max_selected or (len(field.options) if field.multi else 1)
 
 
 def is_loopback(host: str) -> bool:

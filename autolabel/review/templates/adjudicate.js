@@ -12,12 +12,18 @@
   function say(text, kind) {
     if (!message) return;
     message.textContent = text;
-    message.className = "message" + (kind ? " " + kind : "");
+    message.className = "message feedback" + (text ? " shown" : "") + (kind ? " " + kind : "");
   }
 
   function toggleHelp(show) {
     help.hidden = show === undefined ? !help.hidden : !show;
+    const close = help.querySelector("button.close");
+    if (!help.hidden && close) close.focus();
   }
+  help.querySelectorAll("button.close").forEach((b) => b.addEventListener("click", () => toggleHelp(false)));
+  help.addEventListener("keydown", (e) => {  // focus stays inside the dialog
+    if (e.key === "Tab") { e.preventDefault(); const close = help.querySelector("button.close"); if (close) close.focus(); }
+  });
 
   document.querySelectorAll('[data-action="help"]').forEach((b) => b.addEventListener("click", () => toggleHelp()));
   help.addEventListener("click", (e) => { if (e.target === help) toggleHelp(false); });
@@ -115,17 +121,24 @@
     window.location.assign(item.next === null ? "/adjudicate" : "/adjudicate/" + item.next);
   }
 
+  let force = false;
+
   async function settle() {
     if (busy) return;
     const chosen = labels();
     if (chosen === null) { say("Choose at least one option for " + item.fields[current].name + ".", "error"); return; }
+    if (item.took_part && !force) {
+      force = true;
+      say("You reviewed this item yourself. Press Enter again to settle it anyway (recorded as forced), or S to leave it to another adjudicator.", "error");
+      return;
+    }
     busy = true;
     try {
       const response = await fetch("/api/adjudicate/" + item.id, {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify({ version: item.version, labels: chosen, note: note.value || null }),
+        body: JSON.stringify({ version: item.version, labels: chosen, note: note.value || null, force }),
       });
       let payload = {};
       try { payload = await response.json(); } catch (e) { payload = {}; }
@@ -141,6 +154,7 @@
   function moveField(step) {
     current = (current + step + fieldsets.length) % fieldsets.length;
     render();
+    if (fieldsets[current]) fieldsets[current].scrollIntoView({ block: "nearest" });
   }
 
   fieldsets.forEach((fs, i) => {
@@ -175,8 +189,9 @@
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     const actions = {
       Enter: settle,
-      Tab: () => moveField(e.shiftKey ? -1 : 1),
-      f: () => moveField(1),
+      ArrowDown: () => moveField(1),
+      ArrowUp: () => moveField(-1),
+      f: () => moveField(e.shiftKey ? -1 : 1),
       r: takeReview,
       m: takeModel,
       s: later,
