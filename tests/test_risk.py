@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,27 +252,54 @@ PROSE = "I keep going over the same worries at night, my work is hard but my fam
 MB = 1_000_000
 
 
-def test_a_risk_phrase_at_the_end_of_a_megabyte_is_found_fast():
+def _cpu_growth(text_of: Callable[[int], str], language: str | None = None, big: int = MB) -> float:
+    """CPU time of ``detect_risk`` on ``text_of(big)`` over that on a tenth of it, the least of a few runs each:
+    about 10 when the time grows linearly with the text, about 100 when quadratically. A ratio measured on
+    one machine in one process, so a busy or slow machine does not fail it as an absolute limit would; the time
+    itself belongs in a benchmark."""
+    least = {}
+    small = big // 10
+    for size, runs in ((small, 5), (big, 2)):
+        text = text_of(size)
+        times = []
+        for _ in range(runs):
+            started = time.process_time()
+            detect_risk(text, language)
+            times.append(time.process_time() - started)
+        least[size] = min(times)
+    return least[big] / max(least[small], 1e-4)
+
+
+def test_a_risk_phrase_at_the_end_of_a_megabyte_is_found_in_linear_time():
     late = "\nThat is why I want to   kill myself. 最近我总想自杀。"
-    text = (PROSE * (MB // len(PROSE)))[:MB] + late
-    started = time.process_time()
-    hits = detect_risk(text)
-    seconds = time.process_time() - started
-    assert [(h.pattern_id, text[h.start : h.end]) for h in hits] == [
-        ("en.suicide.kill_myself", "kill myself"), ("zh.suicide.suicide", "自杀")
-    ]
-    assert min(h.start for h in hits) > MB
-    assert seconds < 1.0, f"{seconds:.2f} s of CPU for a megabyte"  # ~0.25 s (both tables); 1.3 s before
+
+    def text_of(size: int) -> str:
+        return (PROSE * (size // len(PROSE) + 1))[:size] + late
+
+    def check(text: str) -> None:
+        hits = detect_risk(text)
+        assert [(h.pattern_id, text[h.start : h.end]) for h in hits] == [
+            ("en.suicide.kill_myself", "kill myself"), ("zh.suicide.suicide", "自杀")
+        ]
+        assert min(h.start for h in hits) > len(text) - len(late)
+
+    check(text_of(MB))
+    growth = _cpu_growth(text_of)
+    assert growth < 30, f"10x the text took {growth:.0f}x the CPU: not linear"
 
 
 def test_a_megabyte_of_risk_phrases_is_not_quadratic():
     # every hit used to copy and count its line from the start to decide whether it is quoted: ~20 s for this text
-    text = ('"I want to die" ' * (MB // 16))[:MB]
-    started = time.process_time()
-    hits = detect_risk(text, "en")
-    seconds = time.process_time() - started
-    assert len(hits) == text.count("want to die") == MB // 16 and all(h.quoted for h in hits)
-    assert seconds < 6.0, f"{seconds:.2f} s of CPU for {len(hits)} hits"  # ~1.2 s
+    def text_of(size: int) -> str:
+        return ('"I want to die" ' * (size // 16))[:size]
+
+    def check(text: str) -> None:
+        hits = detect_risk(text, "en")
+        assert len(hits) == text.count("want to die") == len(text) // 16 and all(h.quoted for h in hits)
+
+    check(text_of(MB))
+    growth = _cpu_growth(text_of, "en", big=MB // 4)  # 25 KB and 250 KB: quadratic would be ~100x already
+    assert growth < 30, f"10x the phrases took {growth:.0f}x the CPU: not linear"
 
 
 # ---------------------------------------------------------------------------------------------- injection
