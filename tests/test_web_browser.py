@@ -267,8 +267,8 @@ def test_without_a_token_the_browser_gets_401_and_no_data(browser: Any, db: Path
 
 def test_two_reviewers_clear_the_queue_at_once_with_the_keyboard(browser: Any, db: Path) -> None:
     """alice and bob work side by side, each in their own browser session, with keys only: alice accepts
-    proposals (A), bob corrects them (one digit replaces the model's choice, then Enter). They never hold the same item, every item is reviewed
-    exactly once, and both end on the empty queue."""
+    proposals (A), bob corrects them (one digit replaces the model's choice, then Enter). They never hold the same
+    item, every item is reviewed exactly once, and both end on the empty queue."""
     from playwright.sync_api import expect
 
     with ReviewQueue.open(db) as q:
