@@ -248,10 +248,8 @@ def test_fault_retry_after_is_sent(faulty_client: openai.OpenAI) -> None:
 
 
 def test_timeout_fires_the_client_read_timeout(faulty_client: openai.OpenAI) -> None:
-    started = time.monotonic()
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(openai.APITimeoutError):  # the server sleeps 5 s: only the client's 0.5 s timeout raises this
         ask(faulty_client, FAULT_TIMEOUT)
-    assert time.monotonic() - started < 3
 
 
 def test_reset_drops_the_connection_mid_body(faulty: FakeOpenAIServer, faulty_client: openai.OpenAI) -> None:
@@ -418,7 +416,7 @@ def test_serves_64_concurrent_requests_with_seeded_latency() -> None:
     assert fake.stats["ok"] == 64 and len(draws) == 64
     seeded = random.Random(0)
     assert draws == [seeded.uniform(0.15, 0.25) for _ in range(64)]
-    assert 0.15 <= elapsed < 3
+    assert 0.15 <= elapsed < 64 * 0.15  # one at a time they would take at least 64 x 0.15 s, on any machine
 
 
 def test_files_and_batches_round_trip() -> None:

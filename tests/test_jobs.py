@@ -118,7 +118,7 @@ def test_the_heartbeat_keeps_a_dialogue_that_outlasts_its_lease(new_db: str, tmp
         while worker.is_alive():
             row = store._rows("SELECT worker, lease_expires FROM dialogues WHERE status='running'")
             if row:  # the worker holds it: from now on, try to take it over
-                expiries.append((row[0][0], row[0][1] - time.time()))
+                expiries.append((row[0][0], row[0][1] - time.time(), row[0][1]))
                 if (got := thief.claim(run_id, "thief", lease_seconds=lease)) is not None:
                     stolen.append(got.id)
             time.sleep(0.05)
@@ -126,9 +126,9 @@ def test_the_heartbeat_keeps_a_dialogue_that_outlasts_its_lease(new_db: str, tmp
     store.close()
     assert not failures, failures
     assert stolen == [], "a live worker's dialogue was taken over"
-    held = len(expiries) * 0.05
-    assert held > 3 * lease, f"the worker held the dialogue about {held:.1f} s: too short to need a heartbeat"
-    assert {w for w, _ in expiries} == {"slow-worker"} and all(left > 0 for _, left in expiries), expiries
+    renewed = len({expires for _, _, expires in expiries}) - 1  # a count, not a clock: a busy machine samples less
+    assert renewed >= 3, f"the lease was renewed {renewed} times: too short a hold to need a heartbeat"
+    assert {w for w, _, _ in expiries} == {"slow-worker"} and all(left > 0 for _, left, _ in expiries), expiries
     assert_every_turn_once(new_db, input)
 
 

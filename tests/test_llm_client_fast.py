@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +123,9 @@ def test_a_failed_first_attempt_is_retried_by_tenacity(tmp_path: Path) -> None:
 def test_the_retry_deadline_counts_from_the_first_attempt(tmp_path: Path, delay: float, deadline: float,
                                                           sent: int) -> None:
     backend = Scripted(server_error(), server_error(), server_error(), delay=delay)
-    started = time.monotonic()
     with pytest.raises(LLMError, match="HTTP 500"):
         ask(tmp_path, backend, max_retries=2, retry_deadline=deadline)
     assert len(backend.sent) == sent  # a first attempt that outlasted the deadline is not retried
-    assert time.monotonic() - started < 30
 
 
 def test_the_cache_key_is_the_sha256_of_the_sorted_request_json() -> None:
