@@ -86,7 +86,7 @@ def test_label_studio_config_parses_and_names_every_label_field(db: Path, tmp_pa
     (para,) = root.iter("Paragraphs")
     assert para.attrib | {} == {"name": "dialogue", "value": "$dialogue", "layout": "dialogue", "nameKey": "author",
                                 "textKey": "text"}
-    choices = {c.get("name"): c for c in root.iter("Choices")}
+    choices = {c.get("name"): c for c in root.iter("Choices") if c.get("name") != "role"}
     assert set(choices) == {f.name for f in TASK.labels}
     for f in TASK.labels:
         c = choices[f.name]
@@ -118,7 +118,7 @@ def test_label_studio_tasks_carry_the_dialogue_and_the_model_prediction(db: Path
         (pred,) = t["predictions"]
         assert pred["model_version"] == f"openai:test|psy-insight@{TASK.spec_hash[:12]}"
         assert pred["score"] == round(min(c["value"] for c in rec["confidence"].values()), 4)
-        got = {r["from_name"]: r["value"]["choices"] for r in pred["result"]}
+        got = {r["from_name"]: r["value"]["choices"] for r in pred["result"] if r["from_name"] != "role"}
         want = {k: v if isinstance(v, list) else [v] for k, v in rec["labels"].items()}
         assert got == want
         assert all(r["to_name"] == "dialogue" and r["type"] == "choices" for r in pred["result"])
@@ -287,3 +287,41 @@ def test_an_import_applies_the_valid_answers_and_lists_the_refused_ones(db: Path
     with ReviewQueue.open(db) as q:
         gold = {(g["dialogue_id"], g["turn_index"]): g["labels"] for g in q.gold_items()}
     assert gold == {key(good): {"emotion": ["Fear"]}}, "only the valid answer became gold"
+
+
+def test_label_studio_shows_each_role_its_fields_and_applies_the_valid_part_of_an_answer(db: Path,
+                                                                                        tmp_path: Path) -> None:
+    out = tmp_path / "tasks.json"
+    export(db, "label-studio", out)
+    root = ET.parse(tmp_path / "tasks.label_config.xml").getroot()
+    role = next(c for c in root.iter("Choices") if c.get("name") == "role")
+    assert [c.get("value") for c in role.iter("Choice")] == ["seeker", "supporter", "session"]
+    shown = {v.find("Choices").get("name"): v.get("whenChoiceValue") for v in root.iter("View")
+             if v.get("visibleWhen") == "choice-selected" and v.get("whenTagName") == "role"}
+    assert shown == {"emotion": "seeker", "strategy": "supporter", "psychotherapy": "session", "topic": "session"}
+    tasks = json.loads(out.read_text())
+    for t in tasks:  # every task pre-selects its role, which shows that role's fields only
+        (pred,) = t["predictions"]
+        roles = [r["value"]["choices"] for r in pred["result"] if r["from_name"] == "role"]
+        assert roles == [[t["data"]["role"] if t["data"]["kind"] == "turn" else "session"]]
+
+    records = final_records(db)
+    flagged = pick(records, "flagged")
+    t = next(t for t in tasks if (t["data"]["dialogue_id"], t["data"]["turn_index"]) == key(flagged)
+             and t["data"]["kind"] == "turn")
+    t["annotations"] = [  # a strategy ticked on a seeker turn beside a valid emotion; and a skipped task
+        {"completed_by": 3, "result": [
+            {"from_name": "role", "to_name": "dialogue", "type": "choices", "value": {"choices": ["seeker"]}},
+            {"from_name": "emotion", "to_name": "dialogue", "type": "choices", "value": {"choices": ["Fear"]}},
+            {"from_name": "strategy", "to_name": "dialogue", "type": "choices", "value": {"choices": ["Question"]}}]},
+        {"completed_by": 4, "was_cancelled": True, "result": []}]
+    reviewed = tmp_path / "reviewed.json"
+    reviewed.write_text(json.dumps(tasks))
+    result = import_reviews(db, reviewed)
+    assert (result.answers, result.applied, result.partial, result.cancelled) == (1, 1, 1, 1)
+    (error,) = result.errors
+    assert "applied emotion; refused $.labels.strategy: not a turn label for role 'seeker'" in error
+    assert any("label-studio:4 skipped (cancelled) it" in s for s in result.skipped)
+    with ReviewQueue.open(db) as q:
+        (gold,) = q.gold_items()
+    assert gold["labels"] == {"emotion": ["Fear"]}

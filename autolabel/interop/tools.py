@@ -11,8 +11,9 @@ without labels. The dialogue text is the point, so ``--no-text`` is refused.
 - **Label Studio**: a JSON list of tasks. ``data.dialogue`` is ``Paragraphs`` data (``[{"author", "text"}]``),
   ``data.target`` the turn index (null for a session), ``data.text`` the turn itself. Beside the file,
   ``<name>.label_config.xml`` is the matching labeling config: the dialogue (``layout="dialogue"``), the target
-  turn, one ``Choices`` per label field (``choice="multiple"`` for multi-label fields; the header names the
-  roles it applies to) and a ``note`` text area.
+  turn, a read-only ``role`` choice that each task's prediction pre-selects (the turn's role, or ``session``),
+  one ``Choices`` per label field (``choice="multiple"`` for multi-label fields) inside a ``View`` shown only
+  when ``role`` is one the field applies to (Label Studio's ``visibleWhen="choice-selected"``), and a ``note``.
 - **Argilla** (2.x): JSONL, one record per line in the shape of ``Record.to_dict()``: ``fields`` (the dialogue as
   text, the target turn marked ``▶``, and the target turn), ``metadata``, ``suggestions`` per question with
   ``value``, ``score``, ``agent`` and ``type``. Beside it ``<name>.settings.json`` in the shape of
@@ -28,7 +29,10 @@ as in the web UI. A turn the model had accepted (or failed) is not in the queue:
 each annotation that is not cancelled, by ``completed_by``. Argilla: each user's responses, unless draft or
 discarded; ``decision`` is not read (the labels say whether the model was corrected). The reviewer is
 ``label-studio:<user>`` / ``argilla:<user id>`` unless a name is given for all. Re-importing is harmless: a
-reviewer's second answer to the same item, and items already settled, are skipped and reported.
+reviewer's second answer to the same item, and items already settled, are skipped and reported. Every answer passes
+``record_problems``, the model's check: an answer with some refused fields (e.g. a strategy ticked on a seeker
+turn) is applied with its valid fields when they make a whole answer, and the refused ones are listed; skipped
+(cancelled) Label Studio tasks and discarded Argilla responses are counted, not applied.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ from autolabel.tasks import LabelField, RoleFields, TaskSpec, localize
 SESSION_TEXT = "(the whole session)"
 NOTE = "note"
 DECISION = "decision"
-LS_RESERVED = ("dialogue", "turn", NOTE)
+ROLE = "role"
+LS_RESERVED = ("dialogue", "turn", NOTE, ROLE)
+SESSION_ROLE = "session"
 ARGILLA_RESERVED = ("dialogue", "target", NOTE, DECISION)
 
 
@@ -141,10 +147,18 @@ def label_studio_config(task: TaskSpec) -> str:
                   textKey="text")
     ET.SubElement(view, "Header", value="Target")
     ET.SubElement(view, "Text", name="turn", value="$text")
+    # who the unit is for, pre-selected by each task's prediction: each field shows only for its roles
+    roles = ET.SubElement(view, "Choices", name=ROLE, toName="dialogue", choice="single-radio", showInline="true",
+                          readonly="true")
+    for r in [*task.roles, SESSION_ROLE]:
+        ET.SubElement(roles, "Choice", value=r)
     for f, who in label_fields(task):
         how = f"choose up to {f.max_selected or len(f.options)}" if f.multi else "choose one"
-        ET.SubElement(view, "Header", value=f"{f.name}: for {who}, {how}")
-        choices = ET.SubElement(view, "Choices", name=f.name, toName="dialogue",
+        shown_for = [SESSION_ROLE] if f.scope == "session" else list(f.roles or task.roles)
+        group = ET.SubElement(view, "View", visibleWhen="choice-selected", whenTagName=ROLE,
+                              whenChoiceValue=",".join(shown_for))
+        ET.SubElement(group, "Header", value=f"{f.name}: for {who}, {how}")
+        choices = ET.SubElement(group, "Choices", name=f.name, toName="dialogue",
                                 choice="multiple" if f.multi else "single-radio", showInline="true")
         for o in f.options:
             attrs = {"value": o.name}
@@ -172,12 +186,14 @@ def label_studio_task(unit: Unit, task: TaskSpec) -> dict[str, Any]:
     result = [{"id": f.name, "from_name": f.name, "to_name": "dialogue", "type": "choices",
                "value": {"choices": v if isinstance(v, list) else [v]}}
               for f in (fields.labels if fields else ()) if (v := r["labels"].get(f.name)) is not None]
-    if result:
-        agent, score, _ = _agent(r, task)
-        prediction: dict[str, Any] = {"model_version": agent, "result": result}
-        if score is not None:
-            prediction["score"] = round(score, 4)
-        out["predictions"] = [prediction]
+    role = SESSION_ROLE if r["kind"] == "session" else r.get("role")
+    agent, score, _ = _agent(r, task)
+    prediction: dict[str, Any] = {"model_version": agent, "result": [
+        *result, {"id": ROLE, "from_name": ROLE, "to_name": "dialogue", "type": "choices",
+                  "value": {"choices": [role]}}]}
+    if result and score is not None:
+        prediction["score"] = round(score, 4)
+    out["predictions"] = [prediction]
     return out
 
 
@@ -284,6 +300,8 @@ class Answer:
     reviewer: str
     labels: dict[str, Any]
     note: str | None = None
+    cancelled: bool = False
+    """Skipped in the tool (Label Studio ``was_cancelled``, an Argilla ``discarded`` response): counted only."""
 
 
 @dataclass
@@ -296,7 +314,13 @@ class ImportResult:
     """Of the applied: turns that were not in the review queue (the model had accepted them)."""
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    """Answers refused whole, and the refused fields of answers applied in part (``where: applied ...;
+    refused ...``)."""
     reviewers: set[str] = field(default_factory=set)
+    cancelled: int = 0
+    """Skipped (cancelled) Label Studio annotations, and discarded Argilla responses: not answers."""
+    partial: int = 0
+    """Of the applied: answers whose valid fields were applied and the others refused."""
 
 
 def read_answers(path: str | Path, format: ImportFormat | str | None = None,
@@ -327,8 +351,10 @@ def read_answers(path: str | Path, format: ImportFormat | str | None = None,
 def import_reviews(db: str | Path, path: str | Path, *, format: ImportFormat | str | None = None,
                    reviewer: str | None = None) -> ImportResult:
     """Apply the reviews of a reviewed Label Studio or Argilla export as reviews (module docstring)."""
-    answers = read_answers(path, format, reviewer)
-    result = ImportResult(answers=len(answers))
+    read = read_answers(path, format, reviewer)
+    answers = [a for a in read if not a.cancelled]
+    result = ImportResult(answers=len(answers), cancelled=len(read) - len(answers))
+    result.skipped += [f"{a.where}: {a.reviewer} skipped (cancelled) it" for a in read if a.cancelled]
     with ReviewQueue.open(db) as queue:
         for a in answers:
             try:
@@ -347,8 +373,12 @@ def _apply(queue: ReviewQueue, a: Answer, result: ImportResult) -> None:
     fields = unit_fields(task, proposal)
     labels = _shaped(a.labels, fields)
     problems = record_problems({**proposal, "status": "reviewed", "labels": labels}, task)
-    if problems:
-        raise ReviewError(f"labels refused: {'; '.join(problems[:3])}")
+    if problems:  # keep the valid fields when they make a whole answer without the refused ones
+        refused = {n for n in labels for p in problems if p.startswith(f"$.labels.{n}:")}
+        kept = {n: v for n, v in labels.items() if n not in refused}
+        if not refused or not kept or record_problems({**proposal, "status": "reviewed", "labels": kept}, task):
+            raise ReviewError(f"labels refused: {'; '.join(problems[:3])}")
+        labels = kept
     if item is not None and item.status in (ItemStatus.DONE.value, ItemStatus.ADJUDICATION.value):
         result.skipped.append(f"{a.where}: already {item.status} ({a.dialogue_id}/{a.turn_index})")
         return
@@ -367,6 +397,9 @@ def _apply(queue: ReviewQueue, a: Answer, result: ImportResult) -> None:
     except ReviewError:
         queue.release(claimed.id, a.reviewer, claimed.version)
         raise
+    if problems:
+        result.partial += 1
+        result.errors.append(f"{a.where}: applied {', '.join(labels)}; refused {'; '.join(problems)}")
     result.applied += 1
     result.queued += queued
     result.reviewers.add(a.reviewer)
@@ -413,20 +446,25 @@ def _ls_answers(task: dict[str, Any], where: str, reviewer: str | None) -> list[
     key = _key(where, task.get("data") or {})
     out = []
     for a in task.get("annotations") or []:
-        if a.get("was_cancelled") or not a.get("result"):
+        user = a.get("completed_by")
+        if isinstance(user, dict):
+            user = user.get("email") or user.get("id")
+        who = reviewer or f"label-studio:{user}"
+        if a.get("was_cancelled"):
+            out.append(Answer(where, **key, reviewer=who, labels={}, cancelled=True))
+            continue
+        if not a.get("result"):
             continue
         labels: dict[str, Any] = {}
         note = None
         for r in a["result"]:
             value = r.get("value") or {}
-            if r.get("type") == "choices":
+            if r.get("type") == "choices" and r.get("from_name") != ROLE:
                 labels[r["from_name"]] = list(value.get("choices", []))
             elif r.get("type") == "textarea" and r.get("from_name") == NOTE:
                 note = "\n".join(value.get("text", [])) or None
-        user = a.get("completed_by")
-        if isinstance(user, dict):
-            user = user.get("email") or user.get("id")
-        out.append(Answer(where, **key, reviewer=reviewer or f"label-studio:{user}", labels=labels, note=note))
+        if labels:
+            out.append(Answer(where, **key, reviewer=who, labels=labels, note=note))
     return out
 
 
@@ -438,12 +476,16 @@ def _argilla_answers(record: dict[str, Any], where: str, reviewer: str | None) -
         meta = {"run_id": run_id, "dialogue_id": dialogue_id, "kind": kind, "turn_index": index}
     key = _key(where, meta)
     by_user: dict[str, dict[str, Any]] = defaultdict(dict)
+    discarded: set[str] = set()
     for question, responses in (record.get("responses") or {}).items():
         for resp in responses or []:
+            if resp.get("status") == "discarded":
+                discarded.add(str(resp.get("user_id")))
             if resp.get("status") in ("draft", "discarded") or resp.get("value") is None:
                 continue
             by_user[str(resp.get("user_id"))][question] = resp["value"]
-    out = []
+    out = [Answer(where, **key, reviewer=reviewer or f"argilla:{user}", labels={}, cancelled=True)
+           for user in sorted(discarded - set(by_user))]
     for user, values in by_user.items():
         note = values.pop(NOTE, None)
         values.pop(DECISION, None)
