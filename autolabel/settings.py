@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,6 +12,21 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_LOCAL_MODEL = "local:qwen2.5-0.5b"
+
+
+class StructuredMode(str, Enum):
+    """How a request asks the endpoint for JSON valid for the task's schema (``autolabel.llm.structured``)."""
+
+    AUTO = "auto"
+    """json_schema first; a mode the endpoint refuses steps down to the next, for the rest of the run"""
+    JSON_SCHEMA = "json_schema"
+    """``response_format: {type: json_schema}`` (OpenAI structured outputs, vLLM, llama.cpp's llama-server)"""
+    JSON_OBJECT = "json_object"
+    """``response_format: {type: json_object, schema}`` and the schema in the system message (llama-cpp-python)"""
+    TOOLS = "tools"
+    """one forced function call whose parameters are the schema"""
+    PROMPT = "prompt"
+    """nothing but the schema in the system message; the JSON is read from the answer's text"""
 
 
 class Settings(BaseSettings):
@@ -54,6 +70,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="cache folder for local model files")
     local_threads: int | None = Field(None, ge=1)
     review_token: SecretStr | None = None
+    structured_mode: StructuredMode = Field(StructuredMode.AUTO, description="how structured output is asked for: "
+                                            "auto (json_schema, stepping down when the endpoint refuses), "
+                                            "json_schema, json_object, tools or prompt")
     batch_api: bool = Field(False, description="send the calls through the provider's batch API (openai: models)")
     batch_poll: float = Field(30.0, gt=0, description="seconds between polls of a submitted batch")
     batch_wait: float = Field(2.0, gt=0, description="a batch is submitted once no new request came for this long")

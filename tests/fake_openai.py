@@ -16,8 +16,14 @@ How one chat request is answered, in order:
 3. ``replies(body)`` if given: a ``str`` is the content as-is, a ``dict`` is JSON-dumped, a ``Fault`` is
    injected, ``None`` falls through to the default.
 4. Only when there is no scripted reply: a random fault from ``fault_kinds`` with probability ``fault_rate``.
-5. Default content: a JSON object synthesized for the requested JSON Schema (``response_format``), or a
-   short sentence; deterministic from ``seed`` and a hash of the messages.
+5. Default content: a JSON object synthesized for the requested JSON Schema, or a short sentence; deterministic
+   from ``seed`` and a hash of the messages. The schema is the one in ``response_format`` (``json_schema``, or
+   ``json_object`` with a ``schema``), or of the forced function in ``tools`` (answered as a tool call), or else a
+   JSON Schema that ends the system message (answered in a ```json fence, as a model told to would).
+
+``structured`` names the structured output the server takes (default: all of ``STRUCTURED_KINDS``). A request
+asking for another is refused before anything else, as servers do: ``response_format`` of a type not taken with
+``refusal_status`` (default 500, llama-cpp-python's server's status and message), ``tools`` with 400.
 
 ``replies`` runs on the server's event-loop thread. Token counts use tiktoken's ``o200k_base``, built offline
 by ``autolabel.llm.tokens`` (no download).
@@ -80,6 +86,8 @@ CONTENT_FAULTS = (
     FAULT_MALFORMED_JSON, FAULT_TRUNCATED_JSON, FAULT_BAD_LABELS, FAULT_WRONG_TYPES, FAULT_EMPTY,
 )
 ALL_FAULTS = HTTP_FAULTS + CONTENT_FAULTS
+
+STRUCTURED_KINDS = ("json_schema", "json_object", "tools")
 
 BAD_LABEL = "NotAnOption"
 DEFAULT_RETRY_AFTER = 0.05
@@ -342,12 +350,57 @@ def _wrong_types(value: Any) -> Any:
 
 
 def requested_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON Schema a chat request asks for in ``response_format``, if any."""
+    """The JSON Schema a chat request asks for: in ``response_format``, in the function ``tool_choice`` forces,
+    or at the end of the system message (a prompt-only request); None if none."""
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         return (fmt.get("json_schema") or {}).get("schema")
     if fmt.get("type") == "json_object":
         return fmt.get("schema")
+    tool = forced_tool(body)
+    if tool is not None:
+        return tool.get("parameters")
+    if not fmt and not body.get("tools"):
+        return _schema_in_prompt(body.get("messages") or [])
+    return None
+
+
+def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function definition that ``tool_choice`` forces the answer to call, if any."""
+    choice = body.get("tool_choice")
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    for tool in body.get("tools") or []:
+        function = tool.get("function") or {} if isinstance(tool, dict) else {}
+        if name is not None and function.get("name") == name:
+            return function
+    return None
+
+
+def _schema_in_prompt(messages: list[Any]) -> dict[str, Any] | None:
+    """A JSON Schema (an object with ``properties``) that ends the system message."""
+    first = messages[0] if messages and isinstance(messages[0], dict) else {}
+    text = _text(first.get("content")).rstrip() if first.get("role") == "system" else ""
+    decoder = json.JSONDecoder()
+    for start in (i for i, char in enumerate(text) if char == "{"):
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if end == len(text) and isinstance(value, dict) and "properties" in value:
+            return value
+    return None
+
+
+def _refusal(body: dict[str, Any], taken: Sequence[str], status: int) -> JSONResponse | None:
+    """The error a server that takes only ``taken`` structured output sends for ``body``, or None."""
+    kind = (body.get("response_format") or {}).get("type")
+    if kind not in (None, "text") and kind not in taken:
+        allowed = " or ".join(repr(k) for k in ("text", *(k for k in taken if k != "tools")))
+        detail = {"type": "literal_error", "loc": ("body", "response_format", "type"),
+                  "msg": f"Input should be {allowed}", "input": kind}
+        return _error(status, f"1 validation error:\n  {detail}\n")
+    if body.get("tools") and "tools" not in taken:
+        return _error(400, "tools are not supported by this server", param="tools")
     return None
 
 
@@ -415,10 +468,15 @@ class FakeOpenAIServer:
                  fault_rate: float = 0.0, fault_kinds: Sequence[str] = ALL_FAULTS,
                  logprob: float | Callable[[str], float] = -0.01, timeout_sleep: float = 30.0,
                  supports_logprobs: bool = True, batch_delay: float | None = None, port: int = 0,
-                 embedding_faults: Sequence[str] = ()) -> None:
+                 embedding_faults: Sequence[str] = (), structured: Sequence[str] = STRUCTURED_KINDS,
+                 refusal_status: int = 500) -> None:
         for kind in (*fault_kinds, *embedding_faults):
             Fault(kind)
         self.embedding_faults = list(embedding_faults)
+        unknown = set(structured) - set(STRUCTURED_KINDS)
+        if unknown:
+            raise ValueError(f"unknown structured output kinds {sorted(unknown)}; expected some of {STRUCTURED_KINDS}")
+        self.structured, self.refusal_status = tuple(structured), refusal_status
         self.embedding_requests: list[dict] = []
         self.replies, self.seed, self.latency = replies, seed, latency
         self.max_concurrency, self.rate_limit_per_min = max_concurrency, rate_limit_per_min
@@ -537,6 +595,10 @@ class FakeOpenAIServer:
             return _error(400, "'messages' is a required property", param="messages")
         if body.get("stream"):
             return _error(400, "streaming is not supported by the fake server", param="stream")
+        refused = _refusal(body, self.structured, self.refusal_status)
+        if refused is not None:
+            self._count("refused")
+            return refused
         if body.get("logprobs") and not self.supports_logprobs:
             return _error(400, "logprobs is not supported", param="logprobs")
         wait = self._admit()
@@ -635,6 +697,8 @@ class FakeOpenAIServer:
         fmt = (body.get("response_format") or {}).get("type")
         if schema is not None:
             value: Any = synthesize(schema, rng, bad_labels=fault == FAULT_BAD_LABELS)
+            if not fmt and forced_tool(body) is None and fault is None:  # told in the prompt: a fenced answer
+                return f"```json\n{json.dumps(value)}\n```"
         elif fmt in ("json_object", "json_schema"):
             value = {"answer": BAD_LABEL if fault == FAULT_BAD_LABELS else _sentence(rng)}
         else:
@@ -658,11 +722,18 @@ class FakeOpenAIServer:
                 content = self._content(body, index, fault)
             completion_tokens += len(_tokens(content))
             logprobs = None
-            if body.get("logprobs") and self.supports_logprobs:
-                logprobs = _logprobs(content, self.logprob, top_n)
-            message = {"role": "assistant", "content": content, "refusal": None}
-            choices.append({"index": index, "message": message, "logprobs": logprobs, 
-                            "finish_reason": "stop"})
+            tool = forced_tool(body)
+            if tool is not None:  # the answer is the forced function's arguments
+                call = {"id": _new_id("call"), "type": "function",
+                        "function": {"name": tool.get("name"), "arguments": content}}
+                message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None,
+                                           "tool_calls": [call]}
+            else:
+                if body.get("logprobs") and self.supports_logprobs:
+                    logprobs = _logprobs(content, self.logprob, top_n)
+                message = {"role": "assistant", "content": content, "refusal": None}
+            choices.append({"index": index, "message": message, "logprobs": logprobs,
+                            "finish_reason": "tool_calls" if tool is not None else "stop"})
         prompt_tokens = count_prompt_tokens(body.get("messages") or [])
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens,

@@ -36,7 +36,7 @@ from openai.types.chat import ChatCompletion
 from sqlalchemy import text
 
 from autolabel.errors import AutolabelError, ConfigError, LLMError, RequestRefused
-from autolabel.llm.client import Backend, BackendKind, cache_key, cached_reply, current_trace
+from autolabel.llm.client import BackendKind, NamedBackend, cache_key, cached_reply
 from autolabel.persistence.store import Store, now
 from autolabel.settings import Settings
 
@@ -57,7 +57,7 @@ class _Request:
     attempts: int = 0
 
 
-def batch_backend(settings: Settings, store: Store, run_id: str) -> Backend:
+def batch_backend(settings: Settings, store: Store, run_id: str) -> NamedBackend:
     if settings.family != BackendKind.OPENAI.value:
         raise ConfigError(f"--batch-api needs an openai: model (a provider's batch endpoint), not {settings.model}")
     return BatchBackend(settings, store, run_id)
@@ -90,7 +90,11 @@ class BatchBackend:
 
     # -- the Backend protocol ---------------------------------------------------------------------------------
     async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
-        key = cache_key(self.model, kwargs)
+        return await self.complete_named(kwargs, name="-/-/call", key=cache_key(self.model, kwargs))
+
+    async def complete_named(self, kwargs: dict[str, Any], *, name: str, key: str) -> ChatCompletion:
+        """Queue the request ``kwargs`` (``name``: what it is for, ``dialogue/turn/purpose``; ``key``: its cache key,
+        given by ``LLMClient``) and wait for its result."""
         req = self._requests.get(key)
         if req is None and key in self._collected:  # collected after the caller looked in the cache
             cached = await asyncio.to_thread(self.store.cache_get, key)
@@ -100,10 +104,7 @@ class BatchBackend:
             req = self._requests[key] = _Request(key, "", {})
             self._queue(req)
         if not req.body:  # new, or resumed from the store (which keeps keys, not bodies)
-            trace = current_trace.get()
-            where = (f"{trace.dialogue_id}/{'session' if trace.turn_index is None else trace.turn_index}/"
-                     f"{trace.purpose}" if trace else "-/-/call")
-            req.custom_id = req.custom_id or f"{self.run_id}/{where}/{key[:12]}"
+            req.custom_id = req.custom_id or f"{self.run_id}/{name}/{key[:12]}"
             req.body = {"model": self.model, **kwargs}
         future: asyncio.Future[ChatCompletion] = asyncio.get_running_loop().create_future()
         req.waiters.append(future)

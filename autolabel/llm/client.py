@@ -10,7 +10,11 @@ Layers, from the wire up:
 - **instructor** asks for structured output against the task's generated schema and re-asks with the validation
   errors when the answer does not validate (``max_reasks``). Its re-ask loop (``instructor.core.retry_async``, what
   ``instructor.patch``'s wrapper calls for every request) is called directly with the request prepared once per
-  schema (``structured.response_format``): the wrapper would prepare the model and the request again on every call.
+  schema (``structured.request_parts``): the wrapper would prepare the model and the request again on every call.
+- the **structured-output mode** (``Settings.structured_mode``; ``structured.py``): json_schema, json_object, tools
+  or prompt. With ``auto`` a request starts in json_schema; an endpoint that refuses a mode (an HTTP 4xx, or a 500,
+  whose body names the field it did not take, e.g. ``response_format``) is not retried: the client steps down to
+  the next mode and keeps it for the rest of the run (``LLMClient.mode``).
 
 Every call that reaches a backend is written to the store's call log (model, parameter hash, tokens, latency,
 outcome). Dialogue text is never logged.
@@ -30,14 +34,12 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache, cached_property
 from typing import Any, Protocol, cast
 
 import httpx
-import instructor
 import openai
 import pydantic
 from instructor.core import retry_async
@@ -49,8 +51,17 @@ from tenacity.stop import stop_base
 from autolabel.errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
 from autolabel.llm.budget import Budget
 from autolabel.llm.limits import AdaptiveLimit
-from autolabel.llm.structured import SchemaAnswer, response_format, response_model, schema_digest
-from autolabel.settings import Settings
+from autolabel.llm.structured import (
+    FALLBACK,
+    INSTRUCTOR_MODES,
+    RequestParts,
+    SchemaAnswer,
+    request_parts,
+    response_model,
+    schema_digest,
+    with_instruction,
+)
+from autolabel.settings import Settings, StructuredMode
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,13 @@ class Backend(Protocol):
     async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion: ...
 
     async def aclose(self) -> None: ...
+
+
+class NamedBackend(Backend, Protocol):
+    """A backend that wants to know what each request is for and its cache key (the batch API names its lines by
+    them): ``LLMClient`` calls ``complete_named`` instead of ``complete``."""
+
+    async def complete_named(self, kwargs: dict[str, Any], *, name: str, key: str) -> ChatCompletion: ...
 
 
 class CallLog(Protocol):
@@ -295,6 +313,11 @@ class CallTrace:
     outputs: list[str] = field(default_factory=list)
     last: ChatCompletion | None = None
 
+    @property
+    def name(self) -> str:
+        """What the request is for: ``dialogue/turn/purpose`` (``session`` for a dialogue's session call)."""
+        return f"{self.dialogue_id}/{'session' if self.turn_index is None else self.turn_index}/{self.purpose}"
+
 
 @dataclass
 class Structured:
@@ -314,10 +337,6 @@ class Structured:
     @property
     def attempts(self) -> int:
         return len(self.trace.outputs)
-
-
-current_trace: ContextVar[CallTrace | None] = ContextVar("current_trace", default=None)
-"""The trace of the call a backend is answering (set by ``LLMClient`` around ``Backend.complete``)."""
 
 
 def cached_reply(completion: ChatCompletion) -> dict[str, Any]:
@@ -341,37 +360,47 @@ def cached_reply(completion: ChatCompletion) -> dict[str, Any]:
             "usage": completion.usage.model_dump(mode="json", exclude_unset=True) if completion.usage else None}
 
 
-def cache_key(model: str, kwargs: dict[str, Any]) -> str:
-    """sha256 of the request as sorted JSON (``json.dumps(..., sort_keys=True, ensure_ascii=False, default=str)``)."""
-    return hashlib.sha256(_request_json({"model": model, **kwargs}).encode()).hexdigest()
+def cache_key(model: str, kwargs: dict[str, Any], parts: RequestParts | None = None) -> str:
+    """sha256 of the request as sorted JSON (``json.dumps(..., sort_keys=True, ensure_ascii=False, default=str)``).
+    ``parts``: the structured-output fields the request carries, whose JSON is already made."""
+    return hashlib.sha256(_request_json({"model": model, **kwargs}, parts).encode()).hexdigest()
 
 
 def _sorted_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
-_FORMAT_JSON: dict[int, tuple[Any, str]] = {}
-"""Sorted JSON of response formats by identity (each kept alive while here, so its id is not reused): the graph
-sends the same format object for every call of a schema (``structured.response_format``), the largest part of a
-request, which is serialised once instead of twice per call (cache key, parameter hash)."""
-
-
-def _request_json(fields: dict[str, Any]) -> str:
-    """Exactly ``_sorted_json(fields)``, with the response format's JSON computed once per format object."""
-    parts = []
+def _request_json(fields: dict[str, Any], parts: RequestParts | None) -> str:
+    """Exactly ``_sorted_json(fields)``; a field that is the very object ``parts`` holds (the schema, the largest
+    part of a request) takes the JSON ``parts`` made once per schema instead of being serialised again."""
+    if parts is None:
+        return _sorted_json(fields)
+    out = []
     for k in sorted(fields):
         v = fields[k]
-        if k == "response_format" and isinstance(v, dict):
-            hit = _FORMAT_JSON.get(id(v))
-            if hit is None or hit[0] is not v:
-                if len(_FORMAT_JSON) >= 512:
-                    _FORMAT_JSON.clear()
-                hit = _FORMAT_JSON[id(v)] = (v, _sorted_json(v))
-            text = hit[1]
-        else:
-            text = _sorted_json(v)
-        parts.append(f"{_sorted_json(k)}: {text}")
-    return "{" + ", ".join(parts) + "}"
+        text = parts.fields_json[k] if k in parts.fields_json and parts.fields[k] is v else _sorted_json(v)
+        out.append(f"{_sorted_json(k)}: {text}")
+    return "{" + ", ".join(out) + "}"
+
+
+class _ModeRefused(Exception):
+    """The endpoint refused the request's structured-output mode (caught by ``LLMClient.structured``)."""
+
+    def __init__(self, mode: StructuredMode, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.mode, self.status, self.detail = mode, status, detail
+
+
+def refuses_mode(exc: BaseException, parts: RequestParts | None) -> bool:
+    """True when ``exc`` is the endpoint's refusal of the structured-output mode of ``parts``: an HTTP 4xx (not
+    408/409/425/429) or 500 whose body names a field the mode added (llama-cpp-python's server answers 500 with
+    ``response_format.type: Input should be 'text' or 'json_object'``). Not a transient fault: not retried."""
+    if parts is None or not isinstance(exc, openai.APIStatusError):
+        return False
+    if not (400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 425, 429) or exc.status_code == 500):
+        return False
+    text = f"{exc.message} {exc.body}"
+    return any(name in text for name in parts.refused_by)
 
 
 class LLMClient:
@@ -395,48 +424,82 @@ class LLMClient:
         self._log_writer: asyncio.Task[None] | None = None
         self._log_error: StoreError | None = None
         self._log_now = asyncio.Event()  # set by flush(): write what has gathered without waiting
+        self.mode = settings.structured_mode
+        """The structured-output mode requests use now: ``auto`` starts as json_schema and steps down when the
+        endpoint refuses a mode (``_step_down``); kept for the run, as the client serves one endpoint."""
+        if self.mode is StructuredMode.AUTO:
+            self.mode = StructuredMode.JSON_SCHEMA
+        named = cast(NamedBackend, backend)
+        self._named = named.complete_named if hasattr(backend, "complete_named") else None
 
     async def structured(self, messages: list[dict[str, str]], schema: dict[str, Any], *, name: str,
                          trace: CallTrace, temperature: float | None = None, seed: int | None = None,
                          max_tokens: int | None = None) -> Structured:
         """Ask for a JSON answer valid for ``schema``; raises RetryExhausted or LLMError. ``max_tokens`` overrides
         the setting (an answer for several turns gets the setting's allowance per turn)."""
-        # the request as instructor.patch would prepare it in JSON_SCHEMA mode; a list of our own, which re-asks extend
-        kwargs: dict[str, Any] = {
-            "messages": list(messages),
-            "temperature": self.settings.temperature if temperature is None else temperature,
-            "max_tokens": max_tokens or self.settings.max_tokens,
-        }
-        if seed is not None:
-            kwargs["seed"] = seed
         model_cls = response_model(f"{name}_{schema_digest(schema)}", schema)
-        kwargs["response_format"] = response_format(model_cls)
-        kwargs["_trace"] = trace
-        try:
-            parsed = cast(SchemaAnswer, await retry_async(
-                func=self._complete, response_model=model_cls, args=(), kwargs=kwargs,
-                max_retries=self.settings.max_reasks, strict=True, mode=instructor.Mode.JSON_SCHEMA))
-        except IncompleteOutputException:  # the answer hit max_tokens: an invalid output for this item, not a crash
-            raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
-                                 usage={"prompt_tokens": trace.prompt_tokens,
-                                        "completion_tokens": trace.completion_tokens},
-                                 detail=f"output cut at max_tokens={kwargs['max_tokens']}") from None
-        except InstructorRetryException as e:
-            if isinstance(e.__cause__, LLMError | BudgetExceeded | StoreError):  # not the output's fault: no re-ask
-                raise e.__cause__ from None
-            raise RetryExhausted(attempts=len(trace.outputs), last_output=trace.outputs[-1] if trace.outputs else None,
-                                 usage={"prompt_tokens": trace.prompt_tokens,
-                                        "completion_tokens": trace.completion_tokens},
-                                 detail=_validation_detail(e)) from None
+        while True:
+            parts = request_parts(model_cls, self.mode)
+            # the request as instructor.patch would prepare it in this mode; a list of our own, which re-asks extend
+            kwargs: dict[str, Any] = {
+                "messages": list(messages) if parts.instruction is None else with_instruction(messages,
+                                                                                              parts.instruction),
+                "temperature": self.settings.temperature if temperature is None else temperature,
+                "max_tokens": max_tokens or self.settings.max_tokens,
+            }
+            if seed is not None:
+                kwargs["seed"] = seed
+            kwargs.update(parts.fields)
+            kwargs["_trace"], kwargs["_parts"] = trace, parts
+            try:
+                parsed = cast(SchemaAnswer, await retry_async(
+                    func=self._complete, response_model=model_cls, args=(), kwargs=kwargs,
+                    max_retries=self.settings.max_reasks, strict=True, mode=INSTRUCTOR_MODES[parts.mode]))
+                break
+            except IncompleteOutputException:  # the answer hit max_tokens: an invalid output, not a crash
+                raise RetryExhausted(attempts=len(trace.outputs),
+                                     last_output=trace.outputs[-1] if trace.outputs else None,
+                                     usage={"prompt_tokens": trace.prompt_tokens,
+                                            "completion_tokens": trace.completion_tokens},
+                                     detail=f"output cut at max_tokens={kwargs['max_tokens']}") from None
+            except InstructorRetryException as e:
+                if isinstance(e.__cause__, _ModeRefused):
+                    self._step_down(e.__cause__)  # or RequestRefused; then the same request in the next mode
+                    continue
+                if isinstance(e.__cause__, LLMError | BudgetExceeded | StoreError):  # not the output's fault
+                    raise e.__cause__ from None
+                raise RetryExhausted(attempts=len(trace.outputs),
+                                     last_output=trace.outputs[-1] if trace.outputs else None,
+                                     usage={"prompt_tokens": trace.prompt_tokens,
+                                            "completion_tokens": trace.completion_tokens},
+                                     detail=_validation_detail(e)) from None
         completion = trace.last
         raw = trace.outputs[-1] if trace.outputs else ""
         return Structured(parsed.answer(), raw, completion, trace)
 
-    async def _complete(self, _trace: CallTrace, **kwargs: Any) -> ChatCompletion:
+    def _step_down(self, refused: _ModeRefused) -> None:
+        """After the endpoint refused ``refused.mode``: with ``auto``, use the next mode of ``FALLBACK`` for the
+        rest of the run (once for concurrent refusals of the same mode); otherwise, or with no mode left, the
+        request is refused (RequestRefused)."""
+        detail = f"HTTP {refused.status}: {refused.detail[:200]}"
+        if self.settings.structured_mode is not StructuredMode.AUTO:
+            raise RequestRefused(f"the endpoint refused --structured-mode {refused.mode.value} ({detail}); try "
+                                 "another (auto finds one)")
+        if refused.mode is not self.mode:
+            return  # another call has stepped down already
+        later = FALLBACK[FALLBACK.index(refused.mode) + 1:]
+        if not later:
+            raise RequestRefused(f"the endpoint refused every structured-output mode ({detail})")
+        log.warning("the endpoint does not take structured output as %s (%s): using %s for this run "
+                    "(--structured-mode %s skips this probe)", refused.mode.value, detail, later[0].value,
+                    later[0].value)
+        self.mode = later[0]
+
+    async def _complete(self, _trace: CallTrace, _parts: RequestParts, **kwargs: Any) -> ChatCompletion:
         if self.logprobs:
             kwargs.setdefault("logprobs", True)
             kwargs.setdefault("top_logprobs", 5)
-        key = cache_key(self.backend.model, kwargs)
+        key = cache_key(self.backend.model, kwargs, _parts)
         cached = await asyncio.to_thread(self.calls.cache_get, key) if self.settings.cache else None
         if cached is not None:
             completion = ChatCompletion.model_validate(cached)
@@ -444,15 +507,14 @@ class LLMClient:
             self.totals.cache_hits += 1
             self._record(_trace, completion, counted=False)
             return completion
-        completion = await self._call_with_retries(kwargs, key, _trace)
+        completion = await self._call_with_retries(kwargs, key, _trace, _parts)
         if self.settings.cache:
             await asyncio.to_thread(self.calls.cache_put, key, self.backend.model, cached_reply(completion))
         self._record(_trace, completion, counted=True)
         return completion
 
     def _record(self, trace: CallTrace, completion: ChatCompletion, *, counted: bool) -> None:
-        content = completion.choices[0].message.content if completion.choices else None
-        trace.outputs.append(content or "")
+        trace.outputs.append(_answer_text(completion))
         trace.last = completion
         if counted and completion.usage is not None:
             p, c = completion.usage.prompt_tokens, completion.usage.completion_tokens
@@ -461,16 +523,17 @@ class LLMClient:
                 t.completion_tokens += c
             self.cost_usd += self.pricer(p, c)
 
-    async def _call_with_retries(self, kwargs: dict[str, Any], key: str, trace: CallTrace) -> ChatCompletion:
+    async def _call_with_retries(self, kwargs: dict[str, Any], key: str, trace: CallTrace,
+                                 parts: RequestParts | None) -> ChatCompletion:
         s = self.settings
         started = time.monotonic()
         try:
             try:  # the first attempt without tenacity: most calls succeed at once, and need no retry state
-                return await self._one_call(kwargs, key, trace, 1)
+                return await self._one_call(kwargs, key, trace, 1, parts)
             except Exception as e:
                 failed: Exception | None = e
             retrying = AsyncRetrying(
-                retry=retry_if_exception(_transient),
+                retry=retry_if_exception(lambda e: _transient(e) and not refuses_mode(e, parts)),
                 stop=_Stop(s.max_retries) | _Deadline(started, s.retry_deadline),
                 wait=_Wait(rng_seed=int(key[:8], 16)),
                 reraise=True,
@@ -480,27 +543,26 @@ class LLMClient:
                     if failed is not None:  # attempt 1's outcome: tenacity decides whether and when to retry it
                         first, failed = failed, None
                         raise first
-                    return await self._one_call(kwargs, key, trace, attempt.retry_state.attempt_number)
-        except openai.BadRequestError as e:
-            if "logprobs" in kwargs and "logprob" in str(e).lower():
+                    return await self._one_call(kwargs, key, trace, attempt.retry_state.attempt_number, parts)
+        except openai.APIStatusError as e:
+            if isinstance(e, openai.BadRequestError) and "logprobs" in kwargs and "logprob" in str(e).lower():
                 log.warning("the endpoint does not return logprobs; confidence will use the other signals")
                 self.logprobs = False
                 kwargs = {k: v for k, v in kwargs.items() if k not in ("logprobs", "top_logprobs")}
-                return await self._call_with_retries(kwargs, cache_key(self.backend.model, kwargs), trace)
-            raise RequestRefused(f"the endpoint refused the request: {_first_line(str(e))}") from None
-        except openai.AuthenticationError as e:
-            raise LLMError(f"the endpoint refused the API key ({e.status_code})") from None
-        except openai.NotFoundError as e:
-            raise LLMError(f"model {self.backend.model!r} or endpoint not found ({e.status_code})") from None
+                return await self._call_with_retries(kwargs, cache_key(self.backend.model, kwargs, parts), trace,
+                                                     parts)
+            if parts is not None and refuses_mode(e, parts):
+                message = e.body.get("message") if isinstance(e.body, dict) else None
+                raise _ModeRefused(parts.mode, e.status_code, " ".join(str(message or e.message).split())) from None
+            raise _status_error(e, self.backend.model) from None
         except openai.APIConnectionError as e:
             raise LLMError(f"cannot reach the endpoint after retries: {_first_line(str(e))}") from None
-        except openai.APIStatusError as e:
-            raise LLMError(f"the endpoint kept failing (HTTP {e.status_code}) after retries") from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, GarbledReply, httpx.TransportError) as e:
             raise LLMError(f"the endpoint kept sending unreadable replies: {type(e).__name__}") from None
         raise LLMError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
-    async def _one_call(self, kwargs: dict[str, Any], key: str, trace: CallTrace, attempt: int) -> ChatCompletion:
+    async def _one_call(self, kwargs: dict[str, Any], key: str, trace: CallTrace, attempt: int,
+                        parts: RequestParts | None) -> ChatCompletion:
         if self._log_error is not None:  # the call log could not be written: stop, as on any store failure
             raise self._log_error
         started_round = await self.limit.acquire()
@@ -513,13 +575,10 @@ class LLMClient:
         outcome = "ok"
         completion: ChatCompletion | None = None
         try:
-            # what the request is for (the batch backend names its lines by it); reset after, so that the caller's
-            # context does not keep the trace, and with it the answer, alive
-            token = current_trace.set(trace)
-            try:
+            if self._named is not None:  # the batch API names its lines by what each request is for
+                completion = await self._named(kwargs, name=trace.name, key=key)
+            else:
                 completion = await self.backend.complete(kwargs)
-            finally:
-                current_trace.reset(token)
             return completion
         finally:
             failed = sys.exc_info()[0] if completion is None else None
@@ -535,7 +594,7 @@ class LLMClient:
             self.totals.calls += 1
             self._log(dict(
                 run_id=self.run_id, dialogue_id=trace.dialogue_id, turn_index=trace.turn_index,
-                purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs),
+                purpose=trace.purpose, model=self.backend.model, params_hash=_params_hash(kwargs, parts),
                 cache_key=key, attempt=attempt, prompt_tokens=p, completion_tokens=c,
                 latency_ms=round((time.perf_counter() - started) * 1000, 2), outcome=outcome,
                 cost_usd=cost,
@@ -571,9 +630,33 @@ class LLMClient:
             raise self._log_error
 
 
-def _params_hash(kwargs: dict[str, Any]) -> str:
+def _params_hash(kwargs: dict[str, Any], parts: RequestParts | None = None) -> str:
     """What the call asked for besides the messages (sampling parameters, response format), for the call log."""
-    return hashlib.sha256(_request_json({k: v for k, v in kwargs.items() if k != "messages"}).encode()).hexdigest()[:16]
+    fields = {k: v for k, v in kwargs.items() if k != "messages"}
+    return hashlib.sha256(_request_json(fields, parts).encode()).hexdigest()[:16]
+
+
+def _status_error(e: openai.APIStatusError, model: str) -> LLMError:
+    """The one-line error for an HTTP error status that retries did not cure (or that is not retried)."""
+    if isinstance(e, openai.BadRequestError):
+        return RequestRefused(f"the endpoint refused the request: {_first_line(str(e))}")
+    if isinstance(e, openai.AuthenticationError):
+        return LLMError(f"the endpoint refused the API key ({e.status_code})")
+    if isinstance(e, openai.NotFoundError):
+        return LLMError(f"model {model!r} or endpoint not found ({e.status_code})")
+    return LLMError(f"the endpoint kept failing (HTTP {e.status_code}) after retries")
+
+
+def _answer_text(completion: ChatCompletion) -> str:
+    """The answer's text: the message content, or the arguments of its first tool call (tools mode)."""
+    if not completion.choices:
+        return ""
+    message = completion.choices[0].message
+    if message.content:
+        return message.content
+    calls = message.tool_calls or []
+    function = getattr(calls[0], "function", None) if calls else None
+    return str(getattr(function, "arguments", None) or "")
 
 
 def _validation_detail(e: InstructorRetryException) -> str:

@@ -9,7 +9,10 @@ Rules, in order:
    ``openai`` for OpenAI's own endpoint, or by the ``--base-url`` of another provider genai-prices knows
    (OpenRouter, Groq, ...). Prompt tokens served from the provider's cache are billed at its cache-read price
    where the data has one.
-4. Anything else has no known price: the cost is unknown (``None``, shown as ``n/a`` with a note), never a
+4. An ``openai:`` model that genai-prices does not know, served on this machine (a ``--base-url`` on loopback:
+   llama.cpp, vLLM, Ollama run locally) costs nothing, as ``local:`` models do; the source line says so (no
+   warning on every run). ``--price-in/--price-out`` price it (a local proxy to a paid API).
+5. Anything else has no known price: the cost is unknown (``None``, shown as ``n/a`` with a note), never a
    guessed number. A run with ``--max-cost`` then refuses to start, since it could not keep the budget.
 
 ``pricer(settings)`` is what ``LLMClient`` takes; ``price(settings)`` is the full answer (``plan``, the CLI).
@@ -120,6 +123,9 @@ def _openai(settings: Settings) -> Price:
         usage = genai_prices.Usage(input_tokens=MILLION, cache_read_tokens=MILLION)
         cached = genai_prices.calc_price(usage, model, **where)
     except LookupError as e:
+        if settings.base_url is not None and not settings.is_remote():
+            return Price(f"{settings.model} is served on this machine ({settings.endpoint_host()}): no cost "
+                         "(--price-in/--price-out price it)", lambda prompt, completion, cached: 0.0)
         return _unknown(settings, f"genai-prices {version('genai-prices')}: {e}")
 
     def calc(prompt: int, completion: int, cached_tokens: int) -> float:
