@@ -57,7 +57,7 @@
   function lost(detail) {
     leaseLost = true;
     document.body.classList.add("lease-lost");
-    say("You no longer hold this item (" + detail + "). It went back to the queue; your labels here were not saved. "
+    say("You no longer hold this item — " + detail + ". It went back to the queue; your labels here were not saved. "
         + "Press Enter for your next item.", "error");
   }
 
