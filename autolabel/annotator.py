@@ -37,7 +37,9 @@ from autolabel.graphs.annotate.graph import build_graph
 from autolabel.graphs.annotate.state import InputState
 from autolabel.llm import pricing
 from autolabel.llm.batch import batch_backend
+from autolabel.llm.budget import Budget
 from autolabel.llm.client import LLMClient, make_backend
+from autolabel.llm.limits import AdaptiveLimit
 from autolabel.models import (
     Dialogue,
     DialogueResult,
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact",
                  "few_shot")
 Progress = Callable[[DialogueResult, "RunState"], None]
+SharedLimits = Callable[[LLMClient], tuple[AdaptiveLimit, Budget]]
+"""Makes the limit and budget a run shares with other processes (``Annotator.shared_limits``)."""
 CHECKPOINT_SETUP_LOCK = 724514  # PostgreSQL advisory lock key: one process at a time sets up LangGraph's tables
 
 
@@ -80,8 +84,12 @@ class Annotator:
     """Annotate dialogues with a task spec and a model. See the module docstring."""
 
     def __init__(self, task: TaskSpec | str | Path, model: str | None = None, *, db: str | Path | None = None,
-                 settings: Settings | None = None, **overrides: Any) -> None:
+                 settings: Settings | None = None, shared_limits: SharedLimits | None = None,
+                 **overrides: Any) -> None:
         self.task = task if isinstance(task, TaskSpec) else load_task(task)
+        self.shared_limits = shared_limits
+        """For a run spread over processes (``autolabel.scale.ray``): called with each run's LLM client, returns the
+        concurrency limit and the budget the whole run shares, used instead of the client's own."""
         base = settings or Settings()
         updates = {k: v for k, v in {"model": model, "db": str(db) if db else None, **overrides}.items()
                    if v is not None}
@@ -229,6 +237,8 @@ class Annotator:
         run_id = self.start_run(store, input_name)
         backend = batch_backend(s, store, run_id) if s.batch_api else make_backend(s)
         llm = LLMClient(s, backend, store, run_id=run_id, pricer=cost)
+        if self.shared_limits is not None:
+            llm.limit, llm.budget = self.shared_limits(llm)
         state: RunState | None = None
         picker = None
         try:
