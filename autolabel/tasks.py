@@ -310,16 +310,20 @@ class TaskSpec(BaseModel):
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
     def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
-        """The critic's answer: reason first, then verdict, then revised labels (null unless revising)."""
+        """The critic's answer: reason first, then verdict, then revised labels (null unless revising). A "revise"
+        must carry valid revised labels (``if``/``then``)."""
+        labels = self.labels_schema(fields)
         return {
             "type": "object",
             "properties": {
                 "reason": {"type": "string", "minLength": 1, "maxLength": 600},
                 "verdict": {"type": "string", "enum": list(VERDICTS)},
-                "revised": {"anyOf": [self.labels_schema(fields), {"type": "null"}]},
+                "revised": {"anyOf": [labels, {"type": "null"}]},
             },
             "required": ["reason", "verdict", "revised"],
             "additionalProperties": False,
+            "if": {"properties": {"verdict": {"const": "revise"}}, "required": ["verdict"]},
+            "then": {"properties": {"revised": labels}, "required": ["revised"]},
         }
 
     def decode(self, fields: RoleFields, answer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
