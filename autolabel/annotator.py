@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from langgraph.graph.state import CompiledStateGraph
 from autolabel.errors import BudgetExceeded, InputError, LeaseLost, StoreError
 from autolabel.examples import few_shot_picker
 from autolabel.graphs.annotate.context import Context
+from autolabel.graphs.annotate.excerpt import Excerpt
 from autolabel.graphs.annotate.graph import build_graph
 from autolabel.graphs.annotate.state import InputState
 from autolabel.llm import pricing
@@ -311,6 +313,7 @@ class Annotator:
         s = run.summary
         s.dialogues += 1
         s.turns += len(r.turns)
+        s.critic_inconsistent += sum(1 for t in r.turns if t.critique and t.critique.get("inconsistent"))
         for k, v in r.counts().items():
             setattr(s, k, getattr(s, k) + v)
         self._totals(run)
@@ -372,10 +375,37 @@ class _GcTuning:
 _frozen_heap = _GcTuning()
 
 
+COMPRESS_BYTES = 2048
+"""Checkpoint payloads at least this long are stored zlib-compressed (a chunk's results, a long dialogue)."""
+
+
+class _Serde(JsonPlusSerializer):
+    """LangGraph's serializer, restricted to our records, compressing large payloads.
+
+    Checkpoints hold our pydantic records; only these types may be rebuilt from a checkpoint. A chunk's results and
+    the dialogue thread's state are msgpack with every record's class path and field names, which zlib shrinks about
+    fivefold at level 1 (tens of microseconds per chunk): a long dialogue's checkpoints are most of its store while it
+    runs."""
+
+    def __init__(self) -> None:
+        super().__init__(allowed_msgpack_modules=[
+            Dialogue, Turn, Excerpt, TurnAnnotation, SessionAnnotation, FieldConfidence, Status])
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        kind, data = super().dumps_typed(obj)
+        if len(data) >= COMPRESS_BYTES:
+            return f"{kind}+zlib", zlib.compress(data, 1)
+        return kind, data
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        kind, payload = data
+        if kind.endswith("+zlib"):
+            return super().loads_typed((kind.removesuffix("+zlib"), zlib.decompress(payload)))
+        return super().loads_typed(data)
+
+
 def _serde() -> JsonPlusSerializer:
-    """Checkpoints hold our pydantic records; only these types may be rebuilt from a checkpoint."""
-    return JsonPlusSerializer(allowed_msgpack_modules=[
-        Dialogue, Turn, TurnAnnotation, SessionAnnotation, FieldConfidence, Status])
+    return _Serde()
 
 
 class _SqliteSaver(AsyncSqliteSaver):
@@ -397,8 +427,23 @@ class _SqliteSaver(AsyncSqliteSaver):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def aput(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
-        return self._counted(super().aput(*args, **kwargs))
+    def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Coroutine[Any, Any, Any]:
+        return self._counted(self._put_latest(config, checkpoint, metadata, new_versions))
+
+    async def _put_latest(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        """Save a checkpoint, then drop the thread's older ones and their writes: a run resumes from the latest
+        checkpoint and its pending writes only, and SQLite stores each checkpoint whole, so a dialogue's history of
+        checkpoints (the dialogue in each, its turns' results in the last ones) made its store grow several times
+        over while it ran."""
+        saved = await super().aput(config, checkpoint, metadata, new_versions)
+        keep = saved["configurable"]
+        where = "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id != ?"
+        args = (str(keep["thread_id"]), keep["checkpoint_ns"], keep["checkpoint_id"])
+        async with self.lock, self.conn.cursor() as cur:
+            await cur.execute(f"DELETE FROM checkpoints {where}", args)
+            await cur.execute(f"DELETE FROM writes {where}", args)
+            await self.conn.commit()
+        return saved
 
     def aput_writes(self, config: Any, writes: Any, task_id: str,
                     task_path: str = "") -> Coroutine[Any, Any, Any]:  # its parameters: LangGraph inspects them

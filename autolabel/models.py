@@ -115,6 +115,8 @@ class RunSummary(BaseModel):
     resumed_dialogues: int = Field(default=0, description="dialogues an earlier run had begun, continued from their "
                                    "checkpoint: their finished chunks of turns were not redone")
     input_errors: int = 0
+    critic_inconsistent: int = Field(default=0, description="critiques that said \"revise\" without valid revised "
+                                     "labels, even after re-asks: kept as \"unsure\" (the turn is flagged)")
     calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0

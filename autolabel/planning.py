@@ -2,11 +2,10 @@
 
 How each number is made:
 
-- **Prompts.** The first ``sample_dialogues`` dialogues of the input are read (streamed), and for each the
-  messages the ``annotate`` graph would send are built with the graph's own prompt functions
-  (``prompts.label_system``/``turn_user``, ``critique_system``/``critique_user``, ``session_system``/
-  ``session_user``), with the same language detection, speaker roles, context window and option shuffling
-  as ``graphs/annotate/nodes.py``. No model is called.
+- **Prompts.** The first ``sample_dialogues`` dialogues of the input are read (streamed), and for each every
+  request the ``annotate`` graph would send is built by the graph's own request builder
+  (``graphs/annotate/requests.py``: label, samples, critique, session; per turn or per window of
+  ``turns_per_call`` turns), with the same language detection and speaker roles. No model is called.
 - **Prompt tokens.** ``openai:`` models: OpenAI's cookbook formula over tiktoken's encoding for the model
   (``autolabel.llm.tokens``; exact for OpenAI's models, o200k_base assumed for others). ``local:`` models: the
   model's own chat template and tokenizer (``autolabel.llm.local.count_tokens``); when the model is not installed,
@@ -41,9 +40,8 @@ from typing import Any
 from sqlalchemy import text as sql
 
 from autolabel.errors import ConfigError
-from autolabel.graphs.annotate import prompts
-from autolabel.graphs.annotate.multi import labeled_roles, shuffled_roles
-from autolabel.graphs.annotate.nodes import sample_rng, shuffle_options
+from autolabel.graphs.annotate.excerpt import Excerpt
+from autolabel.graphs.annotate.requests import Request, RequestBuilder
 from autolabel.llm.client import BackendKind
 from autolabel.llm.pricing import Price, price
 from autolabel.llm.tokens import count_chat_tokens, encoding, encoding_for_model
@@ -142,8 +140,9 @@ def plan(input: str | Path, task: TaskSpec | str | Path, settings: Settings, sam
     rows = {p: CallPlan(p) for p in Purpose}
     sample_costs: dict[Purpose, float | None] = dict.fromkeys(Purpose, 0.0)
     estimates: dict[tuple[Purpose, str, str], int] = {}  # (purpose, role, language) -> completion tokens
+    requests = RequestBuilder(spec, settings)
     for d in sampled:
-        for purpose, messages, estimate_key in _calls(spec, settings, d):
+        for purpose, messages, estimate_key in _calls(requests, d):
             row = rows[purpose]
             if estimate_key not in estimates:
                 estimates[estimate_key] = text_tokens(_answer_json(spec, *estimate_key))
@@ -192,76 +191,55 @@ def _cost_with(cost: Price, row: CallPlan, completion_per_call: float) -> float 
     return None if one is None else one * row.sample_calls
 
 
-# -- the calls a dialogue makes (mirrors graphs/annotate/nodes.py) ------------------------------------------
+# -- the calls a dialogue makes (the graph's own request builder) ----------------------------------------------
 
 Call = tuple[Purpose, Messages, tuple[Purpose, str, str]]
 
 
-def _calls(task: TaskSpec, settings: Settings, d: Dialogue) -> list[Call]:
+def _calls(requests: RequestBuilder, d: Dialogue) -> list[Call]:
     """(purpose, messages, completion-estimate key) of every call the graph makes for ``d``, re-asks aside."""
+    task, settings = requests.task, requests.settings
     lang = detect_language([t.text for t in d.turns], task.languages)
-    window = settings.window if settings.window is not None else task.context.window
-    limit = task.context.max_turn_chars
+    ex = Excerpt(dialogue_id=d.id, turns=d.turns)
     out: list[Call] = []
     k = settings.turns_per_call
-    turns = d.turns if k == 1 else ()
     for start in range(0, len(d.turns) if k > 1 else 0, k):
-        out += _window_calls(task, settings, d, [t.index for t in d.turns[start:start + k]], lang, window)
-    for turn in turns:
-        fields = task.fields_for(task.role_of(turn.speaker))
+        out += _window_calls(requests, ex, [t.index for t in d.turns[start:start + k]], lang)
+    for turn in d.turns if k == 1 else ():
+        fields = requests.fields(task.role_of(turn.speaker))
         if fields is None:
             continue  # unknown speaker, or nothing to label for the role: no call
-        user = prompts.turn_user(d, turn.index, fields.role, window, limit, lang, None, task, fields)
-        system = prompts.label_system(task, fields, lang)
         key = (Purpose.LABEL, fields.role, lang)
-        out.append((Purpose.LABEL, _pair(system, user), key))
-        for k in range(1, settings.samples):
-            shuffled = shuffled_fields(fields, d.id, turn.index, k)
-            system = prompts.label_system(task, shuffled, lang)
-            out.append((Purpose.SAMPLE, _pair(system, user), key))
+        label = requests.label(ex, turn.index, fields, lang)
+        out += [_call(r, key) for r in (label, *requests.samples(label, fields, d.id, turn.index, lang))]
         if settings.critique and fields.labels:
-            proposal = representative_answer(task, fields, lang)
-            out.append((Purpose.CRITIQUE, _pair(prompts.critique_system(task, fields, lang),
-                                                prompts.critique_user(user, proposal, lang)),
-                        (Purpose.CRITIQUE, fields.role, lang)))
-    session = task.session_fields()
+            critique = requests.critique(label.user, fields, representative_answer(task, fields, lang), lang)
+            out.append(_call(critique, (Purpose.CRITIQUE, fields.role, lang)))
+    session = requests.session_fields()
     if session is not None:
-        user, _ = prompts.session_user(d, limit, lang)
-        system = prompts.session_system(task, session, lang)
-        out.append((Purpose.SESSION, _pair(system, user), (Purpose.SESSION, "session", lang)))
+        out.append(_call(requests.session(ex, session, lang)[0], (Purpose.SESSION, "session", lang)))
     return out
 
 
-def _window_calls(task: TaskSpec, settings: Settings, d: Dialogue, indices: list[int], lang: str,
-                  window: int) -> list[Call]:
-    """The calls of one window of ``turns_per_call`` turns (mirrors graphs/annotate/multi.py)."""
-    targets = {i: f for i in indices if (f := task.fields_for(task.role_of(d.turns[i].speaker))) is not None}
+def _window_calls(requests: RequestBuilder, ex: Excerpt, indices: list[int], lang: str) -> list[Call]:
+    """The calls of one window of ``turns_per_call`` turns."""
+    task = requests.task
+    targets = {i: f for i in indices if (f := requests.fields(task.role_of(ex.turn(i).speaker))) is not None}
     if not targets:
         return []
-    roles = labeled_roles(task)
-    user = prompts.group_user(d, targets, indices, window, task.context.max_turn_chars, lang, None, task)
-    key = WINDOW + ",".join(f.role for f in targets.values())
-    out: list[Call] = [(Purpose.LABEL, _pair(prompts.group_system(task, roles, lang), user),
-                        (Purpose.LABEL, key, lang))]
-    for k in range(1, settings.samples):
-        system = prompts.group_system(task, shuffled_roles(roles, d.id, indices[0], k), lang)
-        out.append((Purpose.SAMPLE, _pair(system, user), (Purpose.LABEL, key, lang)))
+    key = (Purpose.LABEL, WINDOW + ",".join(f.role for f in targets.values()), lang)
+    label = requests.window_label(ex, indices, targets, lang)
+    out = [_call(r, key) for r in (label, *requests.window_samples(label, ex.dialogue_id, indices[0], lang))]
     labeled = {i: f for i, f in targets.items() if f.labels}
-    if settings.critique and labeled:
+    if requests.settings.critique and labeled:
         proposals = {str(i): representative_answer(task, f, lang) for i, f in labeled.items()}
-        out.append((Purpose.CRITIQUE, _pair(prompts.group_critique_system(task, roles, lang),
-                                            prompts.critique_user(user, proposals, lang)),
-                    (Purpose.CRITIQUE, WINDOW + ",".join(f.role for f in labeled.values()), lang)))
+        out.append(_call(requests.window_critique(label.user, labeled, proposals, lang),
+                         (Purpose.CRITIQUE, WINDOW + ",".join(f.role for f in labeled.values()), lang)))
     return out
 
 
-def _pair(system: str, user: str) -> Messages:
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def shuffled_fields(fields: RoleFields, dialogue_id: str, index: int, k: int) -> RoleFields:
-    """The options of sample ``k`` in the shuffled order ``nodes._samples`` shows them (same seed)."""
-    return shuffle_options(fields, sample_rng(dialogue_id, index, k))
+def _call(request: Request, key: tuple[Purpose, str, str]) -> Call:
+    return Purpose(request.purpose), request.messages, key
 
 
 # -- representative answers (completion estimate, critique prompts) ------------------------------------------

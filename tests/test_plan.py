@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from autolabel.graphs.annotate import prompts
-from autolabel.graphs.annotate.multi import labeled_roles
+from autolabel.graphs.annotate.excerpt import Excerpt
+from autolabel.graphs.annotate.requests import RequestBuilder, labeled_roles
 from typer.testing import CliRunner
 
 from autolabel import (
@@ -144,7 +145,10 @@ def test_plan_counts_exactly_the_prompt_tokens_a_run_sends(tmp_path: Path) -> No
     assert rows[Purpose.LABEL].calls == rows[Purpose.CRITIQUE].calls == labelled < before.turns
     assert rows[Purpose.SESSION].calls == 6
     assert 0.5 < before.cacheable_share < 1.0
-    assert before.cost_usd is None and any("n/a" in n for n in before.notes)
+    cost = price(settings)  # a loopback endpoint with no known price: unknown, or free where pricing says so
+    assert before.price_source == cost.source
+    assert (before.cost_usd == 0.0) if cost.known else (before.cost_usd is None and any("n/a" in n
+                                                                                        for n in before.notes))
 
     after = plan(input, TASK, settings)  # the store now has this task and model's calls
     for row in after.calls:
@@ -227,17 +231,17 @@ def test_prices_come_from_genai_prices_overrides_or_nowhere() -> None:
     assert price(Settings(model="local:qwen2.5-0.5b")).cost(10**6, 10**6) == 0.0
     own = price(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1", price_in=1, price_out=3))
     assert own.cost(2_000_000, 1_000_000) == pytest.approx(5.0)
-    unknown = price(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1"))
+    unknown = price(Settings(model="openai:my-model", base_url="https://llm.example.org/v1"))  # loopback: no cost
     assert not unknown.known and unknown.cost(100, 100) is None and "--price-in" in unknown.source
     with pytest.raises(ConfigError, match="together"):
         price(Settings(model="openai:gpt-4o", price_in=1.0))
 
 
 def test_a_budget_needs_a_price() -> None:
-    fn, source = pricer(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1"))
+    fn, source = pricer(Settings(model="openai:my-model", base_url="https://llm.example.org/v1"))
     assert fn(1000, 1000) == 0.0 and "n/a" in source
     with pytest.raises(ConfigError, match="--max-cost"):
-        pricer(Settings(model="openai:my-model", base_url="http://127.0.0.1:9/v1", max_cost=1.0))
+        pricer(Settings(model="openai:my-model", base_url="https://llm.example.org/v1", max_cost=1.0))
 
 
 # -- --max-cost ---------------------------------------------------------------------------------------------
@@ -430,7 +434,7 @@ def test_cli_plan_prints_the_table_and_where_prices_come_from(tmp_path: Path) ->
                  "tiktoken o200k_base", "first 4 of 6"):
         assert text in r.output
     r = runner.invoke(app, ["plan", str(input), "--model", "openai:my-model", "--base-url",
-                            "http://127.0.0.1:9/v1", "--db", str(tmp_path / "n.db")], env={"COLUMNS": "200"})
+                            "https://llm.example.org/v1", "--db", str(tmp_path / "n.db")], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "n/a" in r.output and "--price-in" in r.output
     r = runner.invoke(app, ["plan", str(input), "--model", "openai:my-model", "--price-in", "1",
                             "--price-out", "2", "--db", str(tmp_path / "n.db")], env={"COLUMNS": "200"})
@@ -472,10 +476,8 @@ def test_plan_counts_a_local_models_prompts_with_its_own_tokenizer(tmp_path: Pat
     fields = TASK.fields_for("seeker")
     assert fields is not None
     d = next(read_dialogues(input))
-    messages = [{"role": "system", "content": prompts.label_system(TASK, fields, "en")},
-                {"role": "user", "content": prompts.turn_user(d, 0, "seeker", TASK.context.window,
-                                                              TASK.context.max_turn_chars, "en", None, TASK,
-                                                              fields)}]
+    messages = RequestBuilder(TASK, settings).label(Excerpt(dialogue_id=d.id, turns=d.turns), 0, fields,
+                                                    "en").messages
     label = next(c for c in p.calls if c.purpose == Purpose.LABEL)
     assert label.sample_prompt_tokens == local.count_tokens("smollm2-135m", messages, settings)
     assert label.sample_prompt_tokens != count_prompt_tokens(messages)  # not o200k's count

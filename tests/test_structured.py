@@ -96,7 +96,7 @@ def _stored_records() -> list[dict[str, Any]]:
     base = {"kind": "turn", "run_id": "r", "task": {"name": task.name, "version": task.version,
                                                    "hash": task.spec_hash},
             "model": "m", "dialogue_id": "d", "turn_index": 0, "speaker": "Seeker", "role": "seeker",
-            "language": "en", "status": "flagged", "labels": {"emotion": ["Anxiety"]}, "texts": {"reason": "r"},
+            "language": "en", "status": "flagged", "labels": {"emotion": ["Anxiety"]}, "texts": {"observation": "r"},
             "confidence": {"emotion": {"value": 0.4, "signals": {"logprob": 0.5, "critic": 0.5}}},
             "flags": ["critic_unsure"], "critique": {"verdict": "unsure", "reason": "r", "revised": None},
             "error": None, "raw_output": None, "attempts": 1}

@@ -340,6 +340,14 @@ class Redactor:
             return restored if isinstance(obj, list) else tuple(restored)
         return obj
 
+    @classmethod
+    def restoring(cls, mapping: dict[str, str]) -> Redactor:
+        """A Redactor that puts back the placeholders of ``mapping`` (a part of another one's :attr:`mapping`): what
+        restores the model's output where only some turns of a dialogue are at hand."""
+        r = cls()
+        r._backward.update(mapping)
+        return r
+
     @property
     def mapping(self) -> dict[str, str]:
         """Placeholder → original, for every placeholder handed out so far (a copy)."""

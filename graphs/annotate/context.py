@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from autolabel.graphs.annotate.requests import RequestBuilder
 
 from autolabel.llm.client import LLMClient
 from autolabel.persistence.store import Store
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -35,14 +35,8 @@ class Context:
     knn_agreement: Callable[[str, str, str, str, Any], float | None] | None = None
     """(role, language, text, field, proposed value) -> agreement with the majority label of the nearest reviewed
     turns: the ``knn_agreement`` confidence signal (None when no neighbour has the field)."""
-    _once: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+    requests: RequestBuilder = field(init=False, repr=False)
+    """The run's request builder (prompts and schemas built once per run)."""
 
-    def once(self, key: Hashable, build: Callable[[], T]) -> T:
-        """``build()``, made once per run for ``key``: what depends only on the task, a role and a language (a
-        system prompt, an output schema) is the same for every turn. A schema kept here is the same dict on every
-        call, which ``autolabel.llm.structured`` recognises without serialising it again."""
-        try:
-            return self._once[key]
-        except KeyError:
-            value = self._once[key] = build()
-            return value
+    def __post_init__(self) -> None:
+        self.requests = RequestBuilder(self.task, self.settings)

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import random
+import json
 from typing import Any
 
-from autolabel.graphs.annotate import prompts
 from autolabel.graphs.annotate.context import Context
-from autolabel.graphs.annotate.state import State, TurnState
+from autolabel.graphs.annotate.excerpt import Excerpt, cut
+from autolabel.graphs.annotate.requests import Request
+from autolabel.graphs.annotate.state import ChunkInput, SessionInput, State, TurnState
 from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
-from autolabel.llm.client import CallTrace, option_probabilities
-from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.llm.client import CallTrace, Structured, option_probabilities
+from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
-from autolabel.safety.redact import Redactor
 from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.tasks import RoleFields
 from autolabel.text import detect_language, truncate
@@ -30,156 +29,110 @@ DEFAULT_THRESHOLD = 0.5
 
 TURNS_PER_TASK = 32
 """Turns per ``Send`` branch (rounded up to whole windows of ``turns_per_call``): the branch runs their calls
-concurrently. A branch costs LangGraph a task (and the checkpointer the dialogue in its ``Send`` packet and a pending
-write): about 1 ms of CPU, as much as a third of the client's own CPU per call when each turn was a branch."""
+concurrently. A branch costs LangGraph a task and the checkpointer its packet (its turns and the context window
+before them) and a pending write: about 1 ms of CPU, as much as a third of the client's own CPU per call when each
+turn was a branch."""
 
 
 async def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Detect the dialogue's language (it picks prompts and descriptions); cut the turns into chunks, one ``Send``
-    branch each, each a whole number of ``turns_per_call`` windows."""
-    ctx = runtime.context
+    """Detect the dialogue's language (it picks prompts and descriptions)."""
     turns = state["dialogue"].turns
+    return {"language": detect_language([t.text for t in turns], runtime.context.task.languages)}
+
+
+def branches(state: State, ctx: Context) -> tuple[list[ChunkInput], SessionInput | None]:
+    """The turns cut into chunks, each a whole number of ``turns_per_call`` windows, each with the excerpt it needs
+    (its turns and the context window before them, ``--redact``'s placeholders in place); the session's input when
+    the task has session fields."""
+    d, lang = state["dialogue"], state["language"]
     k = ctx.settings.turns_per_call
     size = -(-TURNS_PER_TASK // k) * k
-    return {"language": detect_language([t.text for t in turns], ctx.task.languages),
-            "chunks": [[t.index for t in turns[i:i + size]] for i in range(0, len(turns), size)]}
+    chunks = [[t.index for t in d.turns[i:i + size]] for i in range(0, len(d.turns), size)]
+    parts, whole = cut(d, chunks, ctx.requests.window, ctx.settings.redact)
+    session = SessionInput(excerpt=whole, language=lang) if ctx.requests.session_fields() is not None else None
+    return [ChunkInput(excerpt=e, indices=c, language=lang) for e, c in zip(parts, chunks, strict=True)], session
 
 
-def _fields(runtime: Runtime[Context], role: str | None) -> RoleFields | None:
-    ctx = runtime.context
-    return ctx.once(("fields", role), lambda: ctx.task.fields_for(role))
+async def ask(ctx: Context, request: Request, trace: CallTrace) -> Structured:
+    """One structured call of ``request`` (raises RetryExhausted, RequestRefused, other LLMErrors)."""
+    return await ctx.llm.structured(request.messages, request.schema, name=request.name, trace=trace,
+                                    **request.options)
 
 
-def _schema(ctx: Context, fields: RoleFields, kind: str = "turn") -> dict[str, Any]:
-    """The output schema of a role's turns (``kind`` "turn") or of the session, built once per run."""
-    return ctx.once(("output_schema", kind, fields.role), lambda: ctx.task.output_schema(fields))
+def trace_of(state: TurnState, purpose: str) -> CallTrace:
+    return CallTrace(purpose=purpose, dialogue_id=state["excerpt"].dialogue_id, turn_index=state["index"])
 
 
-def _messages(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
-    task, lang = ctx.task, state["language"]
-    window = ctx.settings.window if ctx.settings.window is not None else task.context.window
-    turn = state["dialogue"].turns[state["index"]]
-    similar = ctx.examples(fields.role, lang, turn.text) if ctx.examples else None
-    dialogue, redactor = _sent(ctx, state["dialogue"])
-    if redactor is not None and similar:
-        similar = [_redacted_example(ex) for ex in similar]
-    user = prompts.turn_user(dialogue, state["index"], fields.role, window, task.context.max_turn_chars,
-                             lang, similar, task, fields)
-    system = ctx.once(("label_system", fields.role, lang), lambda: prompts.label_system(task, fields, lang))
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}], user
-
-
-async def _prompt(state: TurnState, ctx: Context, fields: RoleFields) -> tuple[list[dict[str, str]], str]:
-    """``_messages``, in a worker thread when similar examples are looked up (embedding is CPU work)."""
-    if ctx.examples is None:
-        return _messages(state, ctx, fields)
-    return await asyncio.to_thread(_messages, state, ctx, fields)
-
-
-# -- --redact: what the model sees is pseudonymised, what is stored is restored ----------------------------------
-
-def _sent(ctx: Context, d: Dialogue) -> tuple[Dialogue, Redactor | None]:
-    """The dialogue as the model sees it and the Redactor that can undo it (None without ``--redact``).
-
-    One Redactor per dialogue, primed with every turn, redacts the turns in order: the placeholders are the same in
-    every node and on every resume (the prompts, hence the cache keys, do not change), and nothing of it goes into a
-    checkpoint — each node rebuilds it from the dialogue (cached)."""
-    if not ctx.settings.redact:
-        return d, None
-    turns, redactor = _redact_turns(d.id, tuple((t.speaker, t.text) for t in d.turns))
-    return d.model_copy(update={"turns": tuple(t.model_copy(update={"speaker": speaker, "text": text})
-                                               for t, (speaker, text) in zip(d.turns, turns, strict=True))}), redactor
-
-
-@functools.lru_cache(maxsize=256)
-def _redact_turns(dialogue_id: str, turns: tuple[tuple[str, str], ...]
-                  ) -> tuple[tuple[tuple[str, str], ...], Redactor]:
-    redactor = Redactor()
-    redactor.prime(text for _, text in turns)
-    return tuple((redactor.redact(speaker), redactor.redact(text)) for speaker, text in turns), redactor
-
-
-def _redacted_example(ex: dict[str, Any]) -> dict[str, Any]:
-    """A reviewed example from another dialogue, pseudonymised on its own (its placeholders are never restored)."""
-    r = Redactor()
-    r.prime([ex["text"], *ex.get("texts", {}).values()])
-    return {**ex, "text": r.redact(ex["text"]), "texts": {k: r.redact(v) for k, v in ex.get("texts", {}).items()}}
-
-
-def _restore(ctx: Context, d: Dialogue, obj: Any) -> Any:
-    """Model output to be stored, with the originals back in place of ``--redact``'s placeholders."""
-    if not ctx.settings.redact:
-        return obj
-    return _redact_turns(d.id, tuple((t.speaker, t.text) for t in d.turns))[1].restore_obj(obj)
-
-
-def _trace(state: TurnState, purpose: str) -> CallTrace:
-    return CallTrace(purpose=purpose, dialogue_id=state["dialogue"].id, turn_index=state["index"])
+def restore(state: TurnState, obj: Any) -> Any:
+    return state["excerpt"].restore(obj)
 
 
 # -- turn level -------------------------------------------------------------------------------------------
 
+def unlabeled(state: TurnState, ctx: Context) -> tuple[str | None, RoleFields | None, dict[str, Any] | None]:
+    """The turn's role and fields; or the state update of a turn that takes no call (an unknown speaker fails, a
+    role with nothing to label is done)."""
+    turn = state["excerpt"].turn(state["index"])
+    role = ctx.task.role_of(turn.speaker)
+    if role is None:
+        return None, None, {"role": None,
+                            "failed": f"unknown_speaker: {turn.speaker!r} is not mapped to a role by the task"}
+    fields = ctx.requests.fields(role)
+    if fields is None:
+        return role, None, {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
+    return role, fields, None
+
+
+async def similar_examples(ctx: Context, role: str, language: str, text: str) -> list[dict[str, Any]] | None:
+    """Reviewed examples similar to ``text`` (few-shot), looked up in a worker thread (embedding is CPU work)."""
+    if ctx.examples is None:
+        return None
+    return await asyncio.to_thread(ctx.examples, role, language, text)
+
+
 async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """One structured call: explanation first, then labels as option codes, validated (re-asked by instructor)."""
     ctx = runtime.context
-    turn = state["dialogue"].turns[state["index"]]
-    role = ctx.task.role_of(turn.speaker)
-    fields = _fields(runtime, role)
-    if role is None:
-        return {"role": None, "failed": f"unknown_speaker: {turn.speaker!r} is not mapped to a role by the task"}
-    if fields is None:
-        return {"role": role, "answer": {}, "labels": {}, "texts": {}, "history": []}
-    messages, user = await _prompt(state, ctx, fields)
-    schema = _schema(ctx, fields)
-    trace = _trace(state, "label")
+    role, fields, done = unlabeled(state, ctx)
+    if done is not None or fields is None:
+        return done or {}
+    ex, lang = state["excerpt"], state["language"]
+    similar = await similar_examples(ctx, fields.role, lang, ex.turn(state["index"]).text)
+    request = ctx.requests.label(ex, state["index"], fields, lang, similar)
+    trace = trace_of(state, "label")
     try:
-        result = await ctx.llm.structured(messages, schema, name=f"label_{role}", trace=trace)
+        result = await ask(ctx, request, trace)
     except RetryExhausted as e:
-        return _restore(ctx, state["dialogue"], {"role": role, "failed": f"invalid_output: {e}",
-                                                 "raw": e.last_output or "", "history": _history("label", trace, e)})
+        return restore(state, {"role": role, "failed": f"invalid_output: {e}", "raw": e.last_output or "",
+                               "history": attempts("label", trace, e)})
     except RequestRefused as e:  # other LLMErrors (endpoint down, bad key) stop the run; it resumes later
-        return _restore(ctx, state["dialogue"], {"role": role, "failed": f"llm_error: {e}", "raw": "",
-                                                 "history": _history("label", trace, e)})
-    out = labeled(ctx, state["dialogue"], fields, result.answer, result.raw, result.tokens,
-                  _restore(ctx, state["dialogue"], _history("label", trace, None)))
-    out["prompt"] = user  # the critique shows the same turn prompt (built, examples looked up, once)
+        return restore(state, {"role": role, "failed": f"llm_error: {e}", "raw": "",
+                               "history": attempts("label", trace, e)})
+    out = labeled(ctx, ex, fields, result.answer, result.raw, result.tokens,
+                  restore(state, attempts("label", trace, None)))
+    out["prompt"] = request.user  # the critique shows the same turn prompt (built, examples looked up, once)
     if ctx.settings.samples > 1:
-        out["samples"] = await _samples(state, ctx, fields, messages, schema)
+        out["samples"] = await _samples(state, ctx, fields, request)
     return out
 
 
-def labeled(ctx: Context, d: Dialogue, fields: RoleFields, answer: dict[str, Any], raw: str,
+def labeled(ctx: Context, ex: Excerpt, fields: RoleFields, answer: dict[str, Any], raw: str,
             tokens: list[tuple[str, float]] | None, history: list[dict[str, Any]],
             scope: str | None = None) -> dict[str, Any]:
     """The state update of a labeled turn. ``answer`` and ``raw`` stay as the model saw them (the critique quotes the
     answer; logprobs spell the raw text); the texts are restored (``--redact``)."""
     labels, texts = ctx.task.decode(fields, answer)
     return {"role": fields.role, "answer": answer, "raw": raw, "tokens": tokens, "scope": scope, "labels": labels,
-            "texts": _restore(ctx, d, texts), "history": history}
+            "texts": ex.restore(texts), "history": history}
 
 
-def sample_rng(dialogue_id: str, index: int, k: int) -> random.Random:
-    """The random order of sample ``k`` of the turn (or window starting at) ``index``: the same on every resume."""
-    return random.Random(f"{dialogue_id}:{index}:{k}")
-
-
-def shuffle_options(fields: RoleFields, rng: random.Random) -> RoleFields:
-    """``fields`` with each label's options in an order drawn from ``rng`` (a sample sees them so)."""
-    return RoleFields(fields.role, fields.texts, tuple(
-        f.model_copy(update={"options": tuple(rng.sample(list(f.options), len(f.options)))}) for f in fields.labels))
-
-
-async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages: list[dict[str, str]],
-                   schema: dict[str, Any]) -> list[dict[str, Any]]:
+async def _samples(state: TurnState, ctx: Context, fields: RoleFields, label: Request) -> list[dict[str, Any]]:
     """k extra answers at temperature 0.7 with the options shown in a shuffled order (agreement signal)."""
     answers = []
-    for k in range(1, ctx.settings.samples):
-        shuffled = shuffle_options(fields, sample_rng(state["dialogue"].id, state["index"], k))
-        msgs = [{"role": "system", "content": prompts.label_system(ctx.task, shuffled, state["language"])},
-                messages[1]]
+    for request in ctx.requests.samples(label, fields, state["excerpt"].dialogue_id, state["index"],
+                                        state["language"]):
         try:
-            r = await ctx.llm.structured(msgs, schema, name=f"sample_{fields.role}", trace=_trace(state, "sample"),
-                                         temperature=0.7, seed=k)
+            r = await ask(ctx, request, trace_of(state, "sample"))
         except (RetryExhausted, RequestRefused):
             continue
         answers.append(r.answer)
@@ -189,31 +142,64 @@ async def _samples(state: TurnState, ctx: Context, fields: RoleFields, messages:
 async def critique(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """A second call reviews label + explanation: agree / revise (with new labels) / unsure."""
     ctx = runtime.context
-    fields = _fields(runtime, state["role"])
+    fields = ctx.requests.fields(state.get("role"))
     if fields is None or not ctx.settings.critique:
         return {"critique": None}
-    user = state.get("prompt") or (await _prompt(state, ctx, fields))[1]
     lang = state["language"]
-    system = ctx.once(("critique_system", fields.role, lang), lambda: prompts.critique_system(ctx.task, fields, lang))
-    msgs = [{"role": "system", "content": system},
-            {"role": "user", "content": prompts.critique_user(user, state["answer"], lang)}]
-    schema = ctx.once(("critique_schema", fields.role), lambda: ctx.task.critique_schema(fields))
-    trace = _trace(state, "critique")
+    user = state.get("prompt") or ctx.requests.label(state["excerpt"], state["index"], fields, lang).user
+    request = ctx.requests.critique(user, fields, state["answer"], lang)
+    trace = trace_of(state, "critique")
     history = list(state.get("history", []))
     try:
-        result = await ctx.llm.structured(msgs, schema, name=f"critique_{fields.role}", trace=trace)
+        result = await ask(ctx, request, trace)
     except (RetryExhausted, RequestRefused) as e:
-        history += _restore(ctx, state["dialogue"], _history("critique", trace, e))
-        return critique_failed(ctx, state, e, history)
-    history += _restore(ctx, state["dialogue"], _history("critique", trace, None))
+        history += restore(state, attempts("critique", trace, e))
+        last = last_answer(e)
+        if last is not None and unlabeled_revise(ctx, fields, last):
+            return inconsistent(state, last, history)
+        return critique_failed(state, e, history)
+    history += restore(state, attempts("critique", trace, None))
     return critiqued(ctx, state, fields, result.answer, history)
+
+
+INCONSISTENT = "revise without valid revised labels"
+"""Marks a critique whose "revise" came without valid labels (kept as "unsure"; ``RunSummary.critic_inconsistent``)."""
+
+
+def last_answer(error: Exception) -> dict[str, Any] | None:
+    """The last output of a call whose answer never validated, when it is a JSON object."""
+    raw = error.last_output if isinstance(error, RetryExhausted) else None
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def unlabeled_revise(ctx: Context, fields: RoleFields, answer: Any) -> bool:
+    """Is ``answer`` a "revise" verdict without valid revised labels? (The critique schema refuses it, so it is
+    re-asked; this is what still gets through.)"""
+    if not isinstance(answer, dict) or answer.get("verdict") != "revise":
+        return False
+    revised = answer.get("revised")
+    return not isinstance(revised, dict) or bool(validation_errors(ctx.requests.labels_schema(fields), revised))
+
+
+def inconsistent(state: TurnState, answer: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state update of a "revise" without valid labels: an "unsure" verdict, marked, the labels unchanged."""
+    reason = answer.get("reason")
+    return {"critique": {"verdict": "unsure", "revised": None, "inconsistent": INCONSISTENT,
+                         "reason": restore(state, reason if isinstance(reason, str) else "")},
+            "history": history}
 
 
 def critiqued(ctx: Context, state: TurnState, fields: RoleFields, answer: dict[str, Any],
               history: list[dict[str, Any]]) -> dict[str, Any]:
     """The state update of a critiqued turn: a "revise" verdict with revised labels replaces the labels (the
     proposal is kept in the critique)."""
-    crit = _restore(ctx, state["dialogue"], dict(answer))
+    if unlabeled_revise(ctx, fields, answer):
+        return inconsistent(state, answer, history)
+    crit = restore(state, dict(answer))
     update: dict[str, Any] = {"critique": crit, "history": history}
     if crit["verdict"] == "revise" and crit.get("revised"):
         revised = {**state["answer"], **crit["revised"]}
@@ -224,28 +210,26 @@ def critiqued(ctx: Context, state: TurnState, fields: RoleFields, answer: dict[s
     return update
 
 
-def critique_failed(ctx: Context, state: TurnState, error: Exception, history: list[dict[str, Any]]
-                    ) -> dict[str, Any]:
+def critique_failed(state: TurnState, error: Exception, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The state update when the critique could not be had: an "unsure" verdict that says why."""
-    return {"critique": {"verdict": "unsure", "revised": None,
-                         "reason": _restore(ctx, state["dialogue"], f"critique failed: {error}")},
+    return {"critique": {"verdict": "unsure", "revised": None, "reason": restore(state, f"critique failed: {error}")},
             "history": history}
 
 
 async def validate(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Final gate: the labels against the generated schema, the record against annotation.schema.json."""
     ctx = runtime.context
-    fields = _fields(runtime, state["role"])
+    fields = ctx.requests.fields(state["role"])
     if fields is None:
         return {}
     answer = {**state["answer"], **ctx.task.encode(fields, state["labels"])}
-    problems = validation_errors(_schema(ctx, fields), answer)
+    problems = validation_errors(ctx.requests.schema(fields), answer)
     if not problems:
         probe = _turn_annotation(state, Status.ACCEPTED)
         problems = _record_problems(ctx, probe)
     if not problems:
         return {}
-    return {"failed": f"invalid_output: {problems[0]}", "raw": _restore(ctx, state["dialogue"], state.get("raw", ""))}
+    return {"failed": f"invalid_output: {problems[0]}", "raw": restore(state, state.get("raw", ""))}
 
 
 async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -256,7 +240,7 @@ async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     documented placeholder, not a probability.
     """
     ctx = runtime.context
-    fields = _fields(runtime, state["role"])
+    fields = ctx.requests.fields(state["role"])
     if fields is None:
         return {"confidence": {}}
     crit = state.get("critique")
@@ -272,7 +256,7 @@ async def score(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
             signals["sample_agreement"] = _agreement(state["labels"].get(f.name), ctx, fields, f.name,
                                                      state["samples"])
         if ctx.knn_agreement is not None and f.name in state["labels"]:
-            turn = state["dialogue"].turns[state["index"]]
+            turn = state["excerpt"].turn(state["index"])
             knn = await asyncio.to_thread(ctx.knn_agreement, fields.role, state["language"], turn.text, f.name,
                                           state["labels"][f.name])
             if knn is not None:
@@ -302,7 +286,7 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     # a failed turn keeps them too (risk content, injection, truncation); a long turn is scanned in a thread so that
     # the other turns' calls go on meanwhile (~0.5 s per MB), a short one inline (a thread hop costs more than that)
-    if len(state["dialogue"].turns[state["index"]].text) > INLINE_SCAN_CHARS:
+    if len(state["excerpt"].turn(state["index"]).text) > INLINE_SCAN_CHARS:
         flags = await asyncio.to_thread(_content_flags, state, ctx)
     else:
         flags = _content_flags(state, ctx)
@@ -323,7 +307,7 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _content_flags(state: TurnState, ctx: Context) -> list[str]:
-    turn = state["dialogue"].turns[state["index"]]
+    turn = state["excerpt"].turn(state["index"])
     flags = []
     if detect_risk(turn.text, None):  # both tables: turns mix languages
         flags.append("risk_content")
@@ -335,10 +319,11 @@ def _content_flags(state: TurnState, ctx: Context) -> list[str]:
 
 
 def _turn_annotation(state: TurnState, status: Status) -> TurnAnnotation:
-    turn = state["dialogue"].turns[state["index"]]
+    turn = state["excerpt"].turn(state["index"])
     failed = status == Status.FAILED
     return TurnAnnotation(
-        dialogue_id=state["dialogue"].id, turn_index=state["index"], speaker=turn.speaker, role=state.get("role"),
+        dialogue_id=state["excerpt"].dialogue_id, turn_index=state["index"], speaker=turn.speaker,
+        role=state.get("role"),
         status=status, labels={} if failed else state.get("labels", {}), texts={} if failed else state.get("texts", {}),
         critique=state.get("critique"), confidence={} if failed else state.get("confidence", {}),
         flags=list(dict.fromkeys(state.get("flags", []))), error=state.get("failed"),
@@ -353,7 +338,9 @@ def _record_problems(ctx: Context, ann: TurnAnnotation) -> list[str]:
     return record_problems(rec, ctx.task)
 
 
-def _history(stage: str, trace: CallTrace, error: Exception | None) -> list[dict[str, Any]]:
+def attempts(stage: str, trace: CallTrace, error: Exception | None) -> list[dict[str, Any]]:
+    """The attempts of one call (its re-asks), as a turn's history records them: each raw output, and why it was
+    rejected (the last one's error is the call's, or None when it was accepted)."""
     n = len(trace.outputs)
     out = [{"stage": stage, "raw": raw, "error": None if i == n - 1 and error is None else "rejected"}
            for i, raw in enumerate(trace.outputs)]
@@ -367,30 +354,27 @@ def _history(stage: str, trace: CallTrace, error: Exception | None) -> list[dict
 
 # -- session level ----------------------------------------------------------------------------------------
 
-async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Session-level labels and texts (e.g. psychotherapy, topic, summary) from the whole dialogue."""
+async def session(state: SessionInput, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Session-level labels and texts (e.g. psychotherapy, topic, summary) from the whole dialogue; a branch of its
+    own, beside the chunks of turns."""
     ctx = runtime.context
-    fields = ctx.once("session_fields", ctx.task.session_fields)
-    d = state["dialogue"]
+    fields = ctx.requests.session_fields()
+    ex = state["excerpt"]
     if fields is None:
         return {"session": None}
-    lang = state["language"]
-    user, truncated = prompts.session_user(_sent(ctx, d)[0], ctx.task.context.max_turn_chars, lang)
-    system = ctx.once(("session_system", lang), lambda: prompts.session_system(ctx.task, fields, lang))
-    msgs = [{"role": "system", "content": system},
-            {"role": "user", "content": user}]
-    trace = CallTrace(purpose="session", dialogue_id=d.id)
+    request, truncated = ctx.requests.session(ex, fields, state["language"])
+    trace = CallTrace(purpose="session", dialogue_id=ex.dialogue_id)
     try:
-        r = await ctx.llm.structured(msgs, _schema(ctx, fields, "session"), name="session", trace=trace)
+        r = await ask(ctx, request, trace)
     except RetryExhausted as e:
-        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED,
-                                             error=_restore(ctx, d, f"invalid_output: {e}"),
-                                             raw_output=_restore(ctx, d, e.last_output))}
+        return {"session": SessionAnnotation(dialogue_id=ex.dialogue_id, status=Status.FAILED,
+                                             error=ex.restore(f"invalid_output: {e}"),
+                                             raw_output=ex.restore(e.last_output))}
     except RequestRefused as e:
-        return {"session": SessionAnnotation(dialogue_id=d.id, status=Status.FAILED,
-                                             error=_restore(ctx, d, f"llm_error: {e}"))}
+        return {"session": SessionAnnotation(dialogue_id=ex.dialogue_id, status=Status.FAILED,
+                                             error=ex.restore(f"llm_error: {e}"))}
     labels, texts = ctx.task.decode(fields, r.answer)
-    texts = _restore(ctx, d, texts)
+    texts = ex.restore(texts)
     conf = {}
     flags = ["truncated_input"] if truncated else []
     for f in fields.labels:
@@ -402,7 +386,7 @@ async def session(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if value < ctx.thresholds.get(f.name, DEFAULT_THRESHOLD):
             flags.append(f"low_confidence:{f.name}")
     status = Status.FLAGGED if flags else Status.ACCEPTED
-    return {"session": SessionAnnotation(dialogue_id=d.id, status=status, labels=labels, texts=texts,
+    return {"session": SessionAnnotation(dialogue_id=ex.dialogue_id, status=status, labels=labels, texts=texts,
                                          confidence=conf, flags=flags)}
 
 
@@ -444,7 +428,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations,
                             review_items=review,
                             task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
-    return {}
+    return {"turns": None}  # stored: the thread lets them go
 
 
 def _review_reasons(ann: TurnAnnotation) -> list[str]:

@@ -8,9 +8,10 @@ reviewed examples, the context window and the target turn, always inside tags as
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from autolabel.models import Dialogue
+from autolabel.models import Turn
 from autolabel.tasks import RoleFields, TaskSpec, localize
 from autolabel.text import as_data, truncate
 
@@ -155,21 +156,20 @@ def _turn_line(speaker: str, text: str, index: int, limit: int) -> str:
     return f"[{index}] {speaker}: {as_data(truncate(text, limit)[0])}"
 
 
-def turn_user(dialogue: Dialogue, index: int, role: str, window: int, limit: int, language: str,
+def turn_user(context: Sequence[Turn], target: Turn, role: str, limit: int, language: str,
               similar: list[dict[str, Any]] | None = None, task: TaskSpec | None = None,
               fields: RoleFields | None = None) -> str:
+    """The target turn after the turns of ``context`` (the window before it), as the model is to see them."""
     parts = []
     if similar and task is not None and fields is not None:
         parts.append(SIMILAR[_lang(language)])
         for ex in similar:
             answer = _answer_json(task, fields, ex["labels"], ex.get("texts", {}))
             parts.append(f"<example>{as_data(ex['text'])}</example> → {answer}")
-    start = max(0, index - window)
-    context = [_turn_line(t.speaker, t.text, t.index, limit) for t in dialogue.turns[start:index]]
-    if context:
-        parts.append("<context>\n" + "\n".join(context) + "\n</context>")
-    target = dialogue.turns[index]
-    parts.append(f'<target index="{index}" speaker="{as_data(target.speaker)}" role="{role}">\n'
+    lines = [_turn_line(t.speaker, t.text, t.index, limit) for t in context]
+    if lines:
+        parts.append("<context>\n" + "\n".join(lines) + "\n</context>")
+    parts.append(f'<target index="{target.index}" speaker="{as_data(target.speaker)}" role="{role}">\n'
                  f"{as_data(truncate(target.text, limit)[0])}\n</target>")
     parts.append(TARGET[_lang(language)])
     return "\n".join(parts)
@@ -197,10 +197,10 @@ def group_system(task: TaskSpec, all_fields: list[RoleFields], language: str) ->
     return text
 
 
-def group_user(dialogue: Dialogue, targets: dict[int, RoleFields], indices: list[int], window: int, limit: int,
+def group_user(context: Sequence[Turn], turns: Sequence[Turn], targets: dict[int, RoleFields], limit: int,
                language: str, similar: dict[str, list[dict[str, Any]]] | None = None,
                task: TaskSpec | None = None) -> str:
-    """The turns ``indices`` (consecutive) after ``window`` turns of context; those in ``targets`` are to be labeled
+    """The window's ``turns`` (consecutive) after the turns of ``context``; those in ``targets`` are to be labeled
     (with their role's fields), the others are shown as context where they stand."""
     parts = []
     if similar and task is not None:
@@ -212,12 +212,11 @@ def group_user(dialogue: Dialogue, targets: dict[int, RoleFields], indices: list
             for ex in examples:
                 answer = _answer_json(task, fields, ex["labels"], ex.get("texts", {}))
                 parts.append(f"<example>{as_data(ex['text'])}</example> → {answer}")
-    first = indices[0]
-    context = [_turn_line(t.speaker, t.text, t.index, limit) for t in dialogue.turns[max(0, first - window):first]]
-    if context:
-        parts.append("<context>\n" + "\n".join(context) + "\n</context>")
-    for i in indices:
-        turn = dialogue.turns[i]
+    lines = [_turn_line(t.speaker, t.text, t.index, limit) for t in context]
+    if lines:
+        parts.append("<context>\n" + "\n".join(lines) + "\n</context>")
+    for turn in turns:
+        i = turn.index
         if i in targets:
             parts.append(f'<target index="{i}" speaker="{as_data(turn.speaker)}" role="{targets[i].role}">\n'
                          f"{as_data(truncate(turn.text, limit)[0])}\n</target>")
@@ -247,13 +246,13 @@ def session_system(task: TaskSpec, fields: RoleFields, language: str) -> str:
         keys=_keys(fields))
 
 
-def session_user(dialogue: Dialogue, limit: int, language: str) -> tuple[str, bool]:
+def session_user(turns: Sequence[Turn], limit: int, language: str) -> tuple[str, bool]:
     """The whole session, each turn capped, the whole capped at SESSION_CHARS (head and tail kept); True when
     anything was cut."""
-    per_turn = max(200, min(limit, SESSION_CHARS // max(1, len(dialogue.turns))))
-    lines = [_turn_line(t.speaker, t.text, t.index, per_turn) for t in dialogue.turns]
+    per_turn = max(200, min(limit, SESSION_CHARS // max(1, len(turns))))
+    lines = [_turn_line(t.speaker, t.text, t.index, per_turn) for t in turns]
     body, truncated = truncate("\n".join(lines), SESSION_CHARS)
-    truncated = truncated or any(len(t.text) > per_turn for t in dialogue.turns)
+    truncated = truncated or any(len(t.text) > per_turn for t in turns)
     return f"<dialogue>\n{body}\n</dialogue>\n{SESSION_ASK[_lang(language)]}", truncated
 
 

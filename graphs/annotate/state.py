@@ -5,9 +5,16 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any
 
+from autolabel.graphs.annotate.excerpt import Excerpt
 from typing_extensions import TypedDict
 
 from autolabel.models import Dialogue, SessionAnnotation, TurnAnnotation
+
+
+def gather(done: list[TurnAnnotation], new: list[TurnAnnotation] | None) -> list[TurnAnnotation]:
+    """The branches' results, appended in any order; ``None`` (from ``finalize``, once they are stored) lets them go,
+    so the last checkpoint of a dialogue does not hold them again."""
+    return [] if new is None else done + new
 
 
 class InputState(TypedDict):
@@ -17,31 +24,36 @@ class InputState(TypedDict):
 
 
 class State(InputState, total=False):
-    """The whole dialogue thread."""
+    """The whole dialogue thread. The dialogue is here once; each branch gets only its excerpt."""
 
     language: str
     """``en`` or ``zh``: picks the prompts and the descriptions shown to the model."""
-    chunks: list[list[int]]
-    """The turn indices of each ``Send`` branch: consecutive turns, in order."""
-    turns: Annotated[list[TurnAnnotation], operator.add]
+    turns: Annotated[list[TurnAnnotation], gather]
     """One final annotation per turn; the ``Send`` branches append here in any order."""
     session: SessionAnnotation | None
     """Session-level labels and texts, when the task has any."""
 
 
-class TurnsInput(TypedDict):
-    """Consecutive turns of a dialogue (a ``Send`` branch's chunk, or a window labeled by one call): the dialogue,
-    which of its turns, and the language."""
+class ChunkInput(TypedDict):
+    """A ``Send`` branch: consecutive turns to annotate (``indices``) and the excerpt that holds them and the
+    context window before them."""
 
-    dialogue: Dialogue
+    excerpt: Excerpt
     indices: list[int]
     language: str
 
 
-class TurnInput(TypedDict):
-    """One turn of a window: the dialogue, which turn, and the language."""
+class SessionInput(TypedDict):
+    """The session branch: the whole dialogue as one excerpt."""
 
-    dialogue: Dialogue
+    excerpt: Excerpt
+    language: str
+
+
+class TurnInput(TypedDict):
+    """One turn of a chunk: the excerpt, which turn, and the language."""
+
+    excerpt: Excerpt
     index: int
     language: str
 
