@@ -129,6 +129,9 @@ def run(
     progress_every: Annotated[float, typer.Option(help="Seconds between progress lines when stderr is not a "
                                                        "terminal (a log, a pipe); a line also comes every 5% of the "
                                                        "turns.", min=0.01)] = PROGRESS_EVERY,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Spread the run over a Ray cluster: "
+                                            "local (a Ray instance on this machine), auto, or the head's host:port "
+                                            "(needs --db postgresql://...).")] = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
@@ -145,6 +148,10 @@ def run(
     from autolabel.llm.pricing import price
 
     annotator = Annotator(task, settings=s)
+    if ray is not None:  # the same run, spread over a Ray cluster
+        from autolabel.scale.ray import on_ray
+
+        annotator = on_ray(annotator, ray)
     cost = price(s)
     console.print(cost.source, markup=False)
     summary, errors = run_with_progress(annotator, input, on_invalid.value, total_turns=total_turns,
