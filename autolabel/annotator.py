@@ -169,6 +169,10 @@ class Annotator:
                     if progress:
                         progress(item, run)
                     yield item
+            except asyncio.CancelledError:  # stopped from outside (Ctrl-C, SIGTERM): the run is left resumable
+                run.summary.stopped_reason = run.summary.stopped_reason or "interrupted"
+                self._totals(run)
+                raise
             finally:
                 driver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

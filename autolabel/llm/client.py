@@ -583,8 +583,9 @@ class LLMClient:
         finally:
             failed = sys.exc_info()[0] if completion is None else None
             self.limit.release(started_round, rate_limited=failed is openai.RateLimitError)
-            if completion is None:
-                outcome = f"error:{failed.__name__ if failed else 'cancelled'}"
+            if completion is None:  # a call abandoned when the run was stopped (CancelledError) is not an error
+                outcome = ("cancelled" if failed is None or issubclass(failed, asyncio.CancelledError)
+                           else f"error:{failed.__name__}")
             usage = completion.usage if completion is not None else None
             p = usage.prompt_tokens if usage else 0
             c = usage.completion_tokens if usage else 0
