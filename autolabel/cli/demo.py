@@ -1,14 +1,13 @@
-"""``autolabel demo``: the bundled demo dialogues on the embedded model, offline."""
+"""``autolabel demo``: the bundled demo dialogues on the embedded model, offline, then a few labeled turns."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
+from rich.table import Table
 
-if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
-    pass
-from autolabel.cli.app import OnInvalid, app, console, out, settings_from  # noqa: F401
+from autolabel.cli.app import app, out, settings_from
 from autolabel.cli.run import print_summary, run_with_progress
 
 
@@ -19,11 +18,16 @@ def demo_cmd(
 ) -> None:
     """Label the bundled demo dialogues (English and Chinese) offline on the embedded model."""
     from autolabel.annotator import Annotator
-    from autolabel.demo import demo_path
+    from autolabel.demo import demo_path, review_command, showcase
 
     annotator = Annotator("psy-insight", settings=settings_from(model=model, db=db))
     summary, _ = run_with_progress(annotator, demo_path(), "skip")
     print_summary(summary)
+    table = Table("turn", "label", "confidence", "result", title="a few labeled turns")
+    for t in showcase(db, summary.run_id):
+        result = t.status if not t.reasons else f"{t.status}: {', '.join(t.reasons)}"
+        conf = f"{t.confidence:.2f}" if t.confidence is not None else "-"
+        table.add_row(f"{t.dialogue_id} #{t.turn_index} {t.speaker}\n{t.text}", t.labels or "-", conf, result)
+    out.print(table)
+    out.print(f"review the flagged turns:  {review_command(db)}")
     out.print(f"export: autolabel export --db {db} --format jsonl --out demo-labels.jsonl")
-
-

@@ -1,0 +1,57 @@
+"""``autolabel demo`` ends by showing what it did (issue 18 item 4): a short table of labeled turns (turn, label,
+confidence, accepted or flagged with the reason) and the command that opens them in the review UI.
+
+The demo dialogues go to the scripted loopback server (``--model openai:test``, its URL from the environment as a
+user would set it), so the test checks the command's output, not the embedded model's labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autolabel.cli import app
+from autolabel.demo import review_command, showcase
+from tests.fake_openai import FakeOpenAIServer
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def demo_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeOpenAIServer) -> tuple[Path, str]:
+    monkeypatch.setenv("AUTOLABEL_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("AUTOLABEL_FEW_SHOT", "0")
+    db = tmp_path / "demo.db"
+    r = runner.invoke(app, ["demo", "--db", str(db), "--model", "openai:test"])
+    assert r.exit_code == 0, r.output
+    return db, r.output
+
+
+def test_the_demo_ends_with_labeled_turns_and_the_review_command(demo_run: tuple[Path, str]) -> None:
+    db, output = demo_run
+    tail = output[output.index("a few labeled turns"):]
+    assert "confidence" in tail and "label" in tail
+    assert "risk_content" in tail  # the session with a risk sentence: flagged for a human, and said why
+    assert "accepted" in tail or "flagged" in tail
+    assert review_command(str(db)) in " ".join(tail.split())
+
+
+def test_showcase_mixes_accepted_and_flagged_turns_in_dialogue_order(demo_run: tuple[Path, str]) -> None:
+    db, _ = demo_run
+    from autolabel.persistence.store import Store
+
+    store = Store.open(str(db))
+    run_id = store.run()["id"]
+    store.close()
+    shown = showcase(str(db), run_id, limit=6)
+    assert 1 <= len(shown) <= 6
+    assert [(t.dialogue_id, t.turn_index) for t in shown] == sorted((t.dialogue_id, t.turn_index) for t in shown)
+    flagged = [t for t in shown if t.status == "flagged"]
+    assert flagged and all(t.reasons for t in flagged)  # a flagged turn says why
+    assert any("risk_content" in t.reasons for t in shown)
+    for t in shown:
+        assert t.labels and t.confidence is not None and 0.0 <= t.confidence <= 1.0
+        assert len(t.text) <= 60
