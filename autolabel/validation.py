@@ -47,24 +47,22 @@ def compile_schema_json(schema_json: str) -> Compiled:
                     Draft202012Validator(schema), fast_check(schema))
 
 
-_SEEN: dict[int, tuple[Any, Compiled]] = {}
-"""Schemas already compiled, by identity: the graph passes the same dict object for every turn of a role, and this
-spares serialising it again per call. Each entry keeps its schema alive, so an id is not reused while it is here.
-Schemas are never changed in place once built (``TaskSpec`` builds a new dict on every call)."""
-_SEEN_MAX = 256
+class Schema(dict[str, Any]):
+    """A JSON Schema that carries its compiled form: built once (the request builder makes one per role and run) and
+    validated against on every call without serialising it again. Never changed in place."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        super().__init__(schema)
+        # key order kept: it is the order the model is asked to write the fields in (texts first, then labels)
+        self.compiled = compile_schema_json(json.dumps(schema))
 
 
 def compile_schema(schema: dict[str, Any]) -> Compiled:
-    """The compiled form of ``schema`` (cached by content, and by identity for a schema passed again)."""
-    seen = _SEEN.get(id(schema))
-    if seen is not None and seen[0] is schema:
-        return seen[1]
-    # key order kept: it is the order the model is asked to write the fields in (texts first, then labels)
-    compiled = compile_schema_json(json.dumps(schema))
-    if len(_SEEN) >= _SEEN_MAX:
-        _SEEN.clear()
-    _SEEN[id(schema)] = (schema, compiled)
-    return compiled
+    """The compiled form of ``schema``: its own for a :class:`Schema`, else compiled from its JSON (cached by
+    content)."""
+    if isinstance(schema, Schema):
+        return schema.compiled
+    return compile_schema_json(json.dumps(schema))
 
 
 def schema_digest(schema: dict[str, Any]) -> str:

@@ -328,7 +328,9 @@ def _turn_annotation(state: TurnState, status: Status) -> TurnAnnotation:
         critique=state.get("critique"), confidence={} if failed else state.get("confidence", {}),
         flags=list(dict.fromkeys(state.get("flags", []))), error=state.get("failed"),
         raw_output=state.get("raw") if failed else None, attempts=len(state.get("history", [])),
-        history=state.get("history", []))
+        # an accepted attempt's raw text is its answer, held by the record: only rejected ones keep theirs (they are
+        # stored as attempts), so a dialogue's checkpoints and memory hold no second copy of every answer
+        history=[h if h["error"] is not None else {**h, "raw": None} for h in state.get("history", [])])
 
 
 def _record_problems(ctx: Context, ann: TurnAnnotation) -> list[str]:

@@ -3,8 +3,8 @@ label, samples, critique — built from the task, the run's settings and an exce
 
 The graph's nodes, the windowed mode (``multi.py``) and ``autolabel plan`` all build their requests here; plan counts
 the tokens of exactly what a run would send. What depends only on the task, a role and a language (a system prompt,
-an output schema) is built once per builder (one builder per run): a schema kept here is the same dict on every call,
-which the validator recognises without serialising it again.
+an output schema) is built once per builder (one builder per run); a schema is a ``validation.Schema``, compiled once
+and validated against on every call without serialising it again.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from autolabel.graphs.annotate.excerpt import Excerpt, redact_example
 
 from autolabel.settings import Settings
 from autolabel.tasks import RoleFields, TaskSpec
+from autolabel.validation import Schema
 
 T = TypeVar("T")
 Messages = list[dict[str, str]]
@@ -88,20 +89,20 @@ class RequestBuilder:
 
     def schema(self, fields: RoleFields, kind: str = "turn") -> dict[str, Any]:
         """The output schema of a role's turns (``kind`` "turn") or of the session."""
-        return self.once(("output_schema", kind, fields.role), lambda: self.task.output_schema(fields))
+        return self.once(("output_schema", kind, fields.role), lambda: Schema(self.task.output_schema(fields)))
 
     def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
-        return self.once(("critique_schema", fields.role), lambda: self.task.critique_schema(fields))
+        return self.once(("critique_schema", fields.role), lambda: Schema(self.task.critique_schema(fields)))
 
     def labels_schema(self, fields: RoleFields) -> dict[str, Any]:
         """A role's labels alone, as option codes (a critic's revised labels)."""
-        return self.once(("labels_schema", fields.role), lambda: self.task.labels_schema(fields))
+        return self.once(("labels_schema", fields.role), lambda: Schema(self.task.labels_schema(fields)))
 
     def group_schema(self, targets: dict[int, RoleFields], kind: str = "label") -> dict[str, Any]:
         """The answer for a window: one object per target turn, keyed by its index, with the role's own schema."""
         one = self.critique_schema if kind == "critique" else self.schema
         props = {str(i): one(f) for i, f in targets.items()}
-        return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+        return Schema({"type": "object", "properties": props, "required": list(props), "additionalProperties": False})
 
     # -- one turn ------------------------------------------------------------------------------------------
     def label(self, ex: Excerpt, index: int, fields: RoleFields, language: str,
