@@ -19,9 +19,11 @@ from sklearn.metrics import (
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from autolabel.quality.metrics import (
+    _confidence_values,
     aurc,
     auroc_errors,
     bootstrap_ci,
+    bootstrap_many,
     brier,
     classification_report,
     confidence_report,
@@ -327,3 +329,37 @@ def test_confidence_report_bundles_everything():
     assert len(rep["reliability"]) == 10 and sum(b["count"] for b in rep["reliability"]) == 400
     with pytest.raises(ValueError, match="group ids"):
         confidence_report(correct, conf, groups[:-1])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_pass_bootstrap_values_equal_the_public_functions(seed: int) -> None:
+    """``confidence_report`` computes every replicate's numbers from one sort; they equal the public functions
+    (ties in input order, equal-mass bins), and the numpy AUROC equals scikit-learn's with ties."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    correct = rng.random(n) < rng.uniform(0.2, 0.95)
+    conf = np.round(rng.random(n), int(rng.integers(1, 3)))  # one or two decimals: many ties
+    values = _confidence_values(correct, conf, (0.1, 0.2, 0.3), 10)
+    assert values["accuracy"] == pytest.approx(correct.mean())
+    assert values["brier"] == pytest.approx(brier(correct, conf))
+    assert values["aurc"] == pytest.approx(aurc(correct, conf))
+    assert values["ece"] == pytest.approx(ece(correct, conf))
+    auroc = auroc_errors(correct, conf)
+    if correct.all() or not correct.any():
+        assert math.isnan(values["auroc"]) and math.isnan(auroc)
+    else:
+        assert values["auroc"] == pytest.approx(auroc) == pytest.approx(roc_auc_score(~correct, 1 - conf))
+    for budget in (0.1, 0.2, 0.3):
+        expected = error_recall_at_budget(correct, conf, budget)
+        for key, name in (("recall", "error_recall"), ("residual", "residual_error_rate")):
+            got, want = values[f"{key}@{budget}"], expected[name]
+            assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want)
+
+
+def test_bootstrap_many_gives_each_metric_the_interval_bootstrap_ci_gives_it() -> None:
+    rng = np.random.default_rng(3)
+    correct, groups = rng.random(80) < 0.7, np.repeat([f"d{i}" for i in range(16)], 5)
+    both = bootstrap_many(lambda idx: {"acc": float(correct[idx].mean()), "n": float(idx.size)}, groups,
+                          n_boot=200, seed=5)
+    assert both["acc"] == bootstrap_ci(lambda idx: float(correct[idx].mean()), groups, n_boot=200, seed=5)
+    assert both["n"] == bootstrap_ci(lambda idx: float(idx.size), groups, n_boot=200, seed=5)

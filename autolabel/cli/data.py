@@ -69,7 +69,8 @@ def eval_cmd(
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json and report.html.")]
     = Path("report"),
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples (by dialogue) for 95% intervals.")] = 1000,
+    n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples (by dialogue) for 95% intervals "
+                                                    "(default 1000; 200 under 40 dialogues).")] = None,
 ) -> None:
     """Evaluate a run against gold: label quality, coverage, confidence quality; JSON + HTML report."""
     from autolabel.quality.evaluate import evaluate
@@ -77,13 +78,13 @@ def eval_cmd(
 
     report = evaluate(db, gold, run_id=run_id, out_dir=out_dir, n_boot=n_boot)
     table = Table(title=f"run {report['run']['id']} against {report['gold']['source']}")
-    for col in ("field", "n", "accuracy*", "macro-F1", "AUROC", "ECE", "error recall@20%"):
+    for col in ("field", "n", "accuracy*", "macro-F1", "κ*", "AUROC", "ECE", "error recall@20%"):
         table.add_column(col, justify="left" if col == "field" else "right", no_wrap=col == "field")
     for r in summary_rows(report):
-        table.add_row(r["field"], str(r["n"]), *(_fmt(r[k]) for k in ("accuracy", "macro_f1", "auroc", "ece",
-                                                                        "error_recall_20")))
+        table.add_row(r["field"], str(r["n"]), *(_fmt(r[k]) for k in ("accuracy", "macro_f1", "kappa", "auroc",
+                                                                        "ece", "error_recall_20")))
     out.print(table)
-    out.print("* exact match for multi-label fields", style="dim")
+    out.print("* multi-label fields: accuracy is exact match, κ the mean of the options' Cohen's κ", style="dim")
     for kind, c in report["coverage"].items():
         if c["total"]:
             out.print(f"{kind}s: {c['accepted']} accepted, {c['flagged']} flagged, {c['reviewed']} reviewed, "

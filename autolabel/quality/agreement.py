@@ -40,12 +40,10 @@ _MASI_OVERLAP = 0.33
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
     """Cohen's kappa between two raters who labelled the same items (``a[i]`` and ``b[i]`` for item ``i``).
 
-    Backed by scikit-learn (imported here: the review queue imports this module, and a command that never
-    computes kappa should not pay for loading scikit-learn). NaN when chance agreement is 1 (both raters used one
-    and the same label throughout), where kappa is 0/0.
+    ``(p_o - p_e) / (1 - p_e)`` from the two raters' contingency table, in numpy (scikit-learn's
+    ``cohen_kappa_score`` gives the same; an evaluation need not load it). NaN when chance agreement is 1 (both
+    raters used one and the same label throughout), where kappa is 0/0.
     """
-    from sklearn.metrics import cohen_kappa_score
-
     if len(a) != len(b):
         raise ValueError(f"cohen_kappa: {len(a)} labels against {len(b)}")
     if len(a) == 0:
@@ -53,7 +51,12 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
     labels = sorted(set(a) | set(b), key=str)
     if len(labels) < 2:
         return math.nan
-    return float(cohen_kappa_score(list(a), list(b), labels=labels))
+    index = {label: j for j, label in enumerate(labels)}
+    k, n = len(labels), len(a)
+    table = np.bincount([index[x] * k + index[y] for x, y in zip(a, b, strict=True)], minlength=k * k).reshape(k, k)
+    observed = np.trace(table) / n
+    chance = float(table.sum(axis=1) @ table.sum(axis=0)) / n**2
+    return float((observed - chance) / (1 - chance))
 
 
 def fleiss_kappa(table: Sequence[Sequence[int]] | np.ndarray) -> float:

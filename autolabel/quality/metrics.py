@@ -17,18 +17,17 @@ Undefined values (AUROC with a single class, recall with no errors) are NaN; mal
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from autolabel.quality.agreement import cohen_kappa
-
 __all__ = [
     "aurc",
     "auroc_errors",
     "bootstrap_ci",
+    "bootstrap_many",
     "brier",
     "classification_report",
     "confidence_report",
@@ -59,6 +58,13 @@ def _per_option(labels: list[str], precision: np.ndarray, recall: np.ndarray, f1
     }
 
 
+def _ratio(num: np.ndarray, den: np.ndarray, undefined: float = 0.0) -> np.ndarray:
+    """``num / den`` elementwise, ``undefined`` where ``den`` is 0 (scikit-learn's ``zero_division``)."""
+    out = np.full(np.shape(num), undefined, dtype=float)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
 def classification_report(y_true: Sequence[str], y_pred: Sequence[str],
                           labels: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy, macro/micro F1, Cohen's kappa, per-option scores and the confusion matrix.
@@ -67,37 +73,32 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str],
     Macro F1 averages over the options that occur in gold or prediction; an option that occurs in
     neither is listed with zeros but does not pull the average down. Per-option precision (recall) is 0
     when the option is never predicted (never in gold). ``confusion["matrix"][i][j]`` counts items with gold
-    ``labels[i]`` predicted as ``labels[j]``.
+    ``labels[i]`` predicted as ``labels[j]``. Computed from the confusion matrix in numpy, as scikit-learn
+    defines these scores (the tests check them against it); an evaluation does not load scikit-learn.
     """
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} gold labels against {len(y_pred)} predictions")
     if not y_true:
         raise ValueError("no items")
-    # scikit-learn is imported where it is used: a run imports this module (``evaluate.load_routing``) and
-    # never computes these
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
     order = _labels_for(set(y_true) | set(y_pred), labels)
-    truth, pred = list(y_true), list(y_pred)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, pred, labels=order, zero_division=0.0)
+    index = {label: j for j, label in enumerate(order)}
+    k = len(order)
+    codes = np.array([index[t] * k + index[p] for t, p in zip(y_true, y_pred, strict=True)])
+    cm = np.bincount(codes, minlength=k * k).reshape(k, k)
+    tp, gold, predicted = np.diag(cm).astype(float), cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
+    present = gold + predicted > 0
+    n = len(y_true)
+    pe = float(gold @ predicted) / n**2
     return {
-        "n": len(truth),
-        "accuracy": float(accuracy_score(truth, pred)),
-        "macro_f1": float(f1_score(truth, pred, labels=order, average="macro", zero_division=np.nan)),
-        "micro_f1": float(f1_score(truth, pred, labels=order, average="micro", zero_division=0.0)),
-        "cohen_kappa": cohen_kappa(truth, pred),
-        "per_option": _per_option(order, precision, recall, f1, support),
-        "confusion": {"labels": order, "matrix": _confusion(truth, pred, order)},
+        "n": n,
+        "accuracy": float(tp.sum() / n),
+        "macro_f1": float(np.mean(2 * tp[present] / (gold + predicted)[present])),
+        "micro_f1": float(tp.sum() / n),
+        "cohen_kappa": math.nan if present.sum() < 2 else float((tp.sum() / n - pe) / (1 - pe)),
+        "per_option": _per_option(order, _ratio(tp, predicted), _ratio(tp, gold), _ratio(2 * tp, gold + predicted),
+                                  gold),
+        "confusion": {"labels": order, "matrix": cm.tolist()},
     }
-
-
-def _confusion(truth: list[str], pred: list[str], order: list[str]) -> list[list[int]]:
-    if len(order) == 1:  # scikit-learn warns about a 1×1 matrix; with one option it is just the count
-        return [[len(truth)]]
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(truth, pred, labels=order).tolist()
 
 
 def multilabel_report(y_true: Sequence[Collection[str]], y_pred: Sequence[Collection[str]],
@@ -106,7 +107,7 @@ def multilabel_report(y_true: Sequence[Collection[str]], y_pred: Sequence[Collec
 
     Each item is a collection of option names. Jaccard of two empty sets counts as 1 (full agreement).
     Macro F1 averages over options that occur in gold or prediction. ``per_option[o]["confusion"]`` holds
-    the option's 2×2 counts ``tp``, ``fp``, ``fn``, ``tn`` over items.
+    the option's 2×2 counts ``tp``, ``fp``, ``fn``, ``tn`` over items. In numpy, as scikit-learn defines them.
     """
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} gold label sets against {len(y_pred)} predictions")
@@ -115,22 +116,27 @@ def multilabel_report(y_true: Sequence[Collection[str]], y_pred: Sequence[Collec
     truth_sets = [set(s) for s in y_true]
     pred_sets = [set(s) for s in y_pred]
     order = _labels_for(set().union(*truth_sets, *pred_sets), labels)
-    from sklearn.metrics import f1_score, jaccard_score, multilabel_confusion_matrix, precision_recall_fscore_support
-    from sklearn.preprocessing import MultiLabelBinarizer
-
-    binarizer = MultiLabelBinarizer(classes=order)
-    truth = binarizer.fit_transform(truth_sets)
-    pred = binarizer.transform(pred_sets)
-    precision, recall, f1, support = precision_recall_fscore_support(truth, pred, zero_division=0.0)
-    per_option = _per_option(order, precision, recall, f1, support)
-    for label, ((tn, fp), (fn, tp)) in zip(order, multilabel_confusion_matrix(truth, pred), strict=True):
-        per_option[label]["confusion"] = {"tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn)}
+    index = {label: j for j, label in enumerate(order)}
+    truth = np.zeros((len(truth_sets), len(order)), dtype=bool)
+    pred = np.zeros_like(truth)
+    for row, (ts, ps) in enumerate(zip(truth_sets, pred_sets, strict=True)):
+        truth[row, [index[o] for o in ts]] = True
+        pred[row, [index[o] for o in ps]] = True
+    tp, fp = (truth & pred).sum(axis=0).astype(float), (~truth & pred).sum(axis=0).astype(float)
+    fn, tn = (truth & ~pred).sum(axis=0).astype(float), (~truth & ~pred).sum(axis=0).astype(float)
+    per_option = _per_option(order, _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn),
+                             tp + fn)
+    for j, label in enumerate(order):
+        per_option[label]["confusion"] = {"tp": int(tp[j]), "fp": int(fp[j]), "fn": int(fn[j]), "tn": int(tn[j])}
+    present = tp + fp + fn > 0
+    union = (truth | pred).sum(axis=1)
+    denominator = 2 * tp.sum() + fp.sum() + fn.sum()
     return {
         "n": len(truth_sets),
         "exact_match": float(np.mean([t == p for t, p in zip(truth_sets, pred_sets, strict=True)])),
-        "jaccard": float(jaccard_score(truth, pred, average="samples", zero_division=1.0)),
-        "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=np.nan)),
-        "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0.0)),
+        "jaccard": float(np.mean(_ratio((truth & pred).sum(axis=1), union, undefined=1.0))),
+        "macro_f1": float(np.mean(2 * tp[present] / (2 * tp + fp + fn)[present])) if present.any() else math.nan,
+        "micro_f1": float(2 * tp.sum() / denominator) if denominator else 0.0,
         "per_option": per_option,
     }
 
@@ -159,11 +165,20 @@ def auroc_errors(correct: ArrayLike, confidence: ArrayLike) -> float:
     are wrong.
     """
     ok, conf = _arrays(correct, confidence)
-    if ok.all() or not ok.any():
-        return math.nan
-    from sklearn.metrics import roc_auc_score
+    return _auroc(ok, conf)
 
-    return float(roc_auc_score(~ok, 1.0 - conf))
+
+def _auroc(ok: np.ndarray, conf: np.ndarray) -> float:
+    """``auroc_errors`` on checked arrays: the Mann–Whitney statistic with tied scores at their mean rank (what
+    scikit-learn's ``roc_auc_score`` computes), in numpy, as it runs once per bootstrap resample."""
+    errors = ~ok
+    n_errors = int(errors.sum())
+    if n_errors in (0, ok.size):
+        return math.nan
+    _, tie, counts = np.unique(-conf, return_inverse=True, return_counts=True)  # the least confident ranks last
+    mean_rank = (np.cumsum(counts) - (counts - 1) / 2.0)[tie.ravel()]
+    n_right = ok.size - n_errors
+    return float((mean_rank[errors].sum() - n_errors * (n_errors + 1) / 2.0) / (n_errors * n_right))
 
 
 def _descending_blocks(ok: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,11 +210,17 @@ def aurc(correct: ArrayLike, confidence: ArrayLike) -> float:
     """
     ok, conf = _arrays(correct, confidence)
     _, sizes, errors = _descending_blocks(ok, conf)
+    return _aurc_of_blocks(sizes, errors)
+
+
+def _aurc_of_blocks(sizes: np.ndarray, errors: np.ndarray) -> float:
+    """AURC from the blocks of tied confidence, most confident first: sizes and errors per block."""
+    n = int(sizes.sum())
     block = np.repeat(np.arange(sizes.size), sizes)
-    within = np.arange(ok.size) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
+    within = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes) + 1
     errors_before = np.repeat(np.cumsum(errors) - errors, sizes)
     cum_errors = errors_before + within * errors[block] / sizes[block]
-    return float(np.mean(cum_errors / np.arange(1, ok.size + 1)))
+    return float(np.mean(cum_errors / np.arange(1, n + 1)))
 
 
 def reliability_bins(correct: ArrayLike, confidence: ArrayLike,
@@ -264,6 +285,15 @@ def bootstrap_ci(metric: Callable[[np.ndarray], float], groups: Sequence[str] | 
     replacement, and takes all items of every drawn group. Replicates where the metric is NaN are skipped;
     if all are, the interval is ``(nan, nan)``. Deterministic for a given ``seed``.
     """
+    return bootstrap_many(lambda idx: {"m": metric(idx)}, groups, n_boot=n_boot, alpha=alpha, seed=seed)["m"]
+
+
+def bootstrap_many(metrics: Callable[[np.ndarray], Mapping[str, float]], groups: Sequence[str] | np.ndarray,
+                   n_boot: int = 1000, alpha: float = 0.05,
+                   seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """``bootstrap_ci`` for several metrics computed together (``metrics(indices)`` returns them by name) on the
+    same resamples: one call per replicate instead of one per metric and replicate. The resamples are those
+    ``bootstrap_ci`` draws for the same groups and seed, so each metric's interval is the same as there."""
     if n_boot < 1:
         raise ValueError("n_boot must be at least 1")
     if not 0.0 < alpha < 1.0:
@@ -271,23 +301,60 @@ def bootstrap_ci(metric: Callable[[np.ndarray], float], groups: Sequence[str] | 
     codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
     if codes.size == 0:
         raise ValueError("no items")
-    point = float(metric(np.arange(codes.size)))
+    point = {k: float(v) for k, v in metrics(np.arange(codes.size)).items()}
     members = np.argsort(codes, kind="stable")
     sizes = np.bincount(codes)
     starts = np.cumsum(sizes) - sizes
     rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
+    values = np.empty((n_boot, len(point)))
     for b in range(n_boot):
         drawn = rng.integers(0, sizes.size, size=sizes.size)
         lengths = sizes[drawn]
         # positions start[g], start[g]+1, ... for every drawn group g, concatenated
         offsets = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
-        values[b] = metric(members[offsets + np.arange(lengths.sum())])
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return point, math.nan, math.nan
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return point, float(low), float(high)
+        replicate = metrics(members[offsets + np.arange(lengths.sum())])
+        values[b] = [replicate[k] for k in point]
+    out = {}
+    for j, key in enumerate(point):
+        kept = values[:, j][~np.isnan(values[:, j])]
+        if kept.size == 0:
+            out[key] = (point[key], math.nan, math.nan)
+            continue
+        low, high = np.quantile(kept, [alpha / 2, 1 - alpha / 2])
+        out[key] = (point[key], float(low), float(high))
+    return out
+
+
+def _confidence_values(ok: np.ndarray, conf: np.ndarray, budgets: Sequence[float],
+                       n_bins: int) -> dict[str, float]:
+    """Every bootstrapped number of ``confidence_report`` from one sort of the items (as the public functions
+    define them: ties in input order, equal-mass bins), for one replicate."""
+    n = ok.size
+    order = np.argsort(conf, kind="stable")  # least confident first, ties in input order
+    conf_up, wrong_up = conf[order], ~ok[order]
+    values, starts, counts = np.unique(conf_up, return_index=True, return_counts=True)
+    block_errors = np.add.reduceat(wrong_up.astype(float), starts)
+    n_errors = float(block_errors.sum())
+    out = {"accuracy": float(ok.mean()), "brier": float(np.mean((conf - ok) ** 2))}
+    if n_errors in (0.0, float(n)):
+        out["auroc"] = math.nan
+    else:  # Mann–Whitney: the errors' mean ranks when the least confident ranks highest
+        rank_down = n + 1 - (np.cumsum(counts) - (counts - 1) / 2.0)
+        out["auroc"] = float((block_errors @ rank_down - n_errors * (n_errors + 1) / 2.0) / (n_errors * (n - n_errors)))
+    out["aurc"] = _aurc_of_blocks(counts[::-1], block_errors[::-1])
+    k = min(n_bins, n)  # equal-mass bins as np.array_split cuts them: the first n % k hold one more
+    bin_sizes = np.full(k, n // k) + (np.arange(k) < n % k)
+    bin_starts = np.cumsum(bin_sizes) - bin_sizes
+    bin_conf = np.add.reduceat(conf_up, bin_starts) / bin_sizes
+    bin_acc = 1.0 - np.add.reduceat(wrong_up.astype(float), bin_starts) / bin_sizes
+    out["ece"] = float(np.sum(bin_sizes / n * np.abs(bin_acc - bin_conf)))
+    flagged_errors = np.concatenate(([0.0], np.cumsum(wrong_up)))
+    for budget in budgets:
+        n_flagged = int(math.floor(budget * n + 1e-9))
+        caught = float(flagged_errors[n_flagged])
+        out[f"recall@{budget}"] = caught / n_errors if n_errors else math.nan
+        out[f"residual@{budget}"] = (n_errors - caught) / (n - n_flagged) if n > n_flagged else math.nan
+    return out
 
 
 def confidence_report(correct: ArrayLike, confidence: ArrayLike, groups: Sequence[str] | np.ndarray,
@@ -304,33 +371,29 @@ def confidence_report(correct: ArrayLike, confidence: ArrayLike, groups: Sequenc
     group_arr = np.asarray(groups)
     if group_arr.size != ok.size:
         raise ValueError(f"{group_arr.size} group ids against {ok.size} items")
+    for budget in budgets:
+        if not 0.0 <= budget <= 1.0:
+            raise ValueError(f"budget must lie in [0, 1], got {budget}")
+    if n_bins < 1:
+        raise ValueError("n_bins must be at least 1")
+    boot = bootstrap_many(lambda idx: _confidence_values(ok[idx], conf[idx], budgets, n_bins), group_arr,
+                          n_boot=n_boot, alpha=alpha, seed=seed)
 
-    def interval(fn: Callable[[np.ndarray], float]) -> dict[str, float]:
-        point, low, high = bootstrap_ci(fn, group_arr, n_boot=n_boot, alpha=alpha, seed=seed)
+    def interval(key: str) -> dict[str, float]:
+        point, low, high = boot[key]
         return {"value": point, "low": low, "high": high}
-
-    def on(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray], float]:
-        return lambda idx: fn(ok[idx], conf[idx])
-
-    def budget_entry(budget: float) -> dict[str, Any]:
-        def part(key: str) -> Callable[[np.ndarray, np.ndarray], float]:
-            return lambda c, s: float(error_recall_at_budget(c, s, budget)[key])
-        return {
-            "budget": float(budget),
-            "n_flagged": error_recall_at_budget(ok, conf, budget)["n_flagged"],
-            "error_recall": interval(on(part("error_recall"))),
-            "residual_error_rate": interval(on(part("residual_error_rate"))),
-        }
 
     return {
         "n": int(ok.size),
         "n_groups": int(np.unique(group_arr).size),
-        "accuracy": interval(lambda idx: float(ok[idx].mean())),
-        "auroc": interval(on(auroc_errors)),
-        "aurc": interval(on(aurc)),
-        "ece": interval(on(lambda c, s: ece(c, s, n_bins))),
-        "brier": interval(on(brier)),
+        "accuracy": interval("accuracy"),
+        "auroc": interval("auroc"),
+        "aurc": interval("aurc"),
+        "ece": interval("ece"),
+        "brier": interval("brier"),
         "reliability": [{"mean_confidence": m, "accuracy": a, "count": k}
                         for m, a, k in reliability_bins(ok, conf, n_bins)],
-        "budgets": [budget_entry(b) for b in budgets],
+        "budgets": [{"budget": float(b), "n_flagged": int(math.floor(b * ok.size + 1e-9)),
+                     "error_recall": interval(f"recall@{b}"), "residual_error_rate": interval(f"residual@{b}")}
+                    for b in budgets],
     }

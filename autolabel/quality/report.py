@@ -21,14 +21,23 @@ __all__ = ["summary_rows", "write_report"]
 
 
 def summary_rows(report: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Per field: n, accuracy (exact match for multi-label), macro-F1, AUROC, ECE and error recall at 20%."""
+    """Per field: n, accuracy (exact match for multi-label), macro-F1, Cohen's κ (multi-label: the mean of the
+    options' presence κ), AUROC, ECE and error recall at 20%."""
     for name, f in report["fields"].items():
         q, c = f["quality"] or {}, f["confidence"] or {}
         at20 = next((b for b in c.get("budgets", []) if math.isclose(b["budget"], 0.2)), None)
         yield {"field": name, "n": f["n_labeled"], "accuracy": q.get("accuracy"),
-               "macro_f1": q.get("macro_f1"), "auroc": (c.get("auroc") or {}).get("value"),
+               "macro_f1": q.get("macro_f1"), "kappa": _kappa(q), "auroc": (c.get("auroc") or {}).get("value"),
                "ece": (c.get("ece") or {}).get("value"),
                "error_recall_20": at20["error_recall"]["value"] if at20 else None}
+
+
+def _kappa(quality: Mapping[str, Any]) -> float | None:
+    """Cohen's κ of a field; of a multi-label field, the mean of its options' presence κ (defined ones)."""
+    if "cohen_kappa" in quality:
+        return quality["cohen_kappa"]
+    kappas = [o["cohen_kappa"] for o in quality.get("per_option", {}).values() if o.get("cohen_kappa") is not None]
+    return sum(kappas) / len(kappas) if kappas else None
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
@@ -44,12 +53,17 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------- plots
 
-def _png(draw: Any, size: tuple[float, float] = (4.2, 3.6)) -> str:
-    """Run ``draw(figure)`` on a fresh Agg figure; the PNG as a base64 data URI."""
+def _png(draw: Any, size: tuple[float, float] = (4.2, 3.6), margins: tuple[float, float] = (0.6, 0.5)) -> str:
+    """Run ``draw(figure)`` on a fresh Agg figure; the PNG as a base64 data URI.
+
+    Fixed margins (``margins``: left and bottom, in inches) instead of a layout engine, which draws every figure
+    twice to measure it: half the time of a small evaluation went there."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    fig = Figure(figsize=size, dpi=100)
+    fig.subplots_adjust(left=margins[0] / size[0], bottom=margins[1] / size[1], right=1 - 0.25 / size[0],
+                        top=1 - 0.35 / size[1])
     FigureCanvasAgg(fig)
     draw(fig)
     buf = io.BytesIO()
@@ -87,6 +101,7 @@ def _confusion(confusion: Mapping[str, Any], title: str) -> str:
     labels = [labels[i] for i in used]
     matrix = [[matrix[i][j] for j in used] for i in used]
     side = max(3.6, 0.45 * len(labels) + 2.2)
+    margin = 0.35 + 0.055 * max(map(len, labels), default=0)  # room for the rotated option names at 7 pt
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
@@ -101,7 +116,7 @@ def _confusion(confusion: Mapping[str, Any], title: str) -> str:
                     ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
                             color="white" if v > top / 2 else "black")
         ax.set(xlabel="predicted", ylabel="gold", title=title)
-    return _png(draw, (side, side))
+    return _png(draw, (side + margin, side + margin), (margin + 0.3, margin + 0.3))
 
 
 # ------------------------------------------------------------------------------------------------ HTML
