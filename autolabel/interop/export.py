@@ -3,11 +3,17 @@
 Formats are registered in ``EXPORTERS`` keyed by ``ExportFormat``; each writes to an open text file and returns
 the number of records written.
 
+Sub-codes keep both levels: a label field whose options have children carries the leaf in ``labels`` and its
+parent beside it — ``parents: {field: parent}`` in a JSONL record (a list of parents, in the leaves' order, for a
+multi-label field), a ``<field>_parent`` column after the field's column in CSV, under ``autolabel.parents`` in
+the Psy-Insight shape. A parent answered as such (``allow_parent``) is its own parent. Fields without sub-codes get
+neither, so their exports are as before.
+
 CSV (for spreadsheets): one row per turn — ``dialogue_id, turn_index, speaker, role, text, status, flags``,
-then one column per label field (several options joined with ``|``), one per text field, and
-``<field>_confidence`` per label field. Each dialogue's session-level record follows its turns as a row with
-an empty ``turn_index`` and the role ``session``. UTF-8; ``bom=True`` starts the file with a byte order mark
-so that Excel reads Chinese text correctly.
+then one column per label field (several options joined with ``|``; a sub-coded field followed by
+``<field>_parent``), one per text field, and ``<field>_confidence`` per label field. Each dialogue's
+session-level record follows its turns as a row with an empty ``turn_index`` and the role ``session``. UTF-8;
+``bom=True`` starts the file with a byte order mark so that Excel reads Chinese text correctly.
 
 Label Studio tasks and Argilla records (for reviewing there, and importing the reviews back): see ``interop``.
 """
@@ -39,10 +45,28 @@ class ExportFormat(str, Enum):
 Exporter = Callable[[Store, str, TaskSpec, IO[str], bool], int]
 
 
+def parents(task: TaskSpec, labels: dict[str, Any]) -> dict[str, str | list[str]]:
+    """The upper level of each sub-coded label: field -> parent (multi-label: the distinct parents in order)."""
+    out: dict[str, str | list[str]] = {}
+    for name, value in labels.items():
+        f = next((f for f in task.labels if f.name == name), None)
+        if f is None or not f.has_children:
+            continue
+        if isinstance(value, list):
+            out[name] = list(dict.fromkeys(f.parent_of(v) for v in value))
+        else:
+            out[name] = f.parent_of(value)
+    return out
+
+
 def checked_records(store: Store, run_id: str, task: TaskSpec, include_text: bool = True) -> Iterator[dict[str, Any]]:
+    """The run's final records, each with ``parents`` where it has sub-coded labels, validated on the way out."""
     for rec in store.final_records(run_id):
         if not include_text:
             rec.pop("text", None)
+        upper = parents(task, rec["labels"])
+        if upper:
+            rec["parents"] = upper
         problems = record_problems(rec, task)
         if problems:
             raise StoreError(f"record {rec['dialogue_id']}/{rec.get('turn_index', 'session')} fails its schema: "
@@ -72,12 +96,14 @@ def export_psy_insight(store: Store, run_id: str, task: TaskSpec, out: IO[str], 
             values = {keys.get(k, k): v for k, v in {**rec["labels"], **rec["texts"]}.items()}
             if rec["kind"] == "session":
                 session.update(values)
-                session["autolabel"] = {"status": rec["status"], "flags": rec["flags"]}
+                session["autolabel"] = {"status": rec["status"], "flags": rec["flags"],
+                                        **({"parents": rec["parents"]} if "parents" in rec else {})}
                 continue
             turn = {"speaker": rec["speaker"], "content": rec.get("text", "") if include_text else "",
                     "id": rec["turn_index"], **values,
                     "autolabel": {"status": rec["status"], "flags": rec["flags"],
-                                  "confidence": {k: v["value"] for k, v in rec["confidence"].items()}}}
+                                  "confidence": {k: v["value"] for k, v in rec["confidence"].items()},
+                                  **({"parents": rec["parents"]} if "parents" in rec else {})}}
             dialog.append(turn)
         session["dialog"] = dialog
         out.write(("," if n else "") + "\n" + json.dumps(session, ensure_ascii=False))
@@ -101,8 +127,12 @@ def csv_fields(task: TaskSpec) -> tuple[list[LabelField], list[TextField]]:
 
 def csv_header(task: TaskSpec) -> list[str]:
     labels, texts = csv_fields(task)
-    return [*CSV_BASE, *(f.name for f in labels), *(t.name for t in texts),
-            *(f"{f.name}_confidence" for f in labels)]
+    columns = [c for f in labels for c in ((f.name, f"{f.name}_parent") if f.has_children else (f.name,))]
+    return [*CSV_BASE, *columns, *(t.name for t in texts), *(f"{f.name}_confidence" for f in labels)]
+
+
+def _cell(value: Any) -> Any:
+    return MULTI_SEPARATOR.join(value) if isinstance(value, list) else value
 
 
 def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
@@ -116,8 +146,9 @@ def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_
                           "session" if session else rec.get("role") or "", rec.get("text", ""), rec["status"],
                           MULTI_SEPARATOR.join(rec["flags"])]
         for f in labels:
-            value = rec["labels"].get(f.name, "")
-            row.append(MULTI_SEPARATOR.join(value) if isinstance(value, list) else value)
+            row.append(_cell(rec["labels"].get(f.name, "")))
+            if f.has_children:
+                row.append(_cell(rec.get("parents", {}).get(f.name, "")))
         row += [rec["texts"].get(t.name, "") for t in texts]
         for f in labels:
             conf = rec["confidence"].get(f.name)
