@@ -363,8 +363,9 @@ def _example_problems(raw: dict[str, Any], roles: list[str], labels: list[dict[s
                     known = sorted(str(o.get("name")) for _, o, _ in _options(f))
                     out.append((where, f"{v!r} is not {kind} of {field!r} ({_suggest(str(v), known)}"
                                 f"names match whatever their case)"))
+        explain = [k for k, on in _dict(raw.get("explain")).items() if on is True]
         for name in _dict(ex.get("texts")):
-            if name not in text_names and name != "explanation":
+            if name not in text_names and name != "explanation" and name not in explain:
                 out.append((("examples", i, "texts", name), f"no text field is called {name!r} "
                             f"(texts: {', '.join(text_names) or 'none'})"))
     return out

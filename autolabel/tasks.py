@@ -12,6 +12,11 @@ special for any of them: a field's ``options`` are what the model may answer, on
 - **ratings**: ``scale: {1: anchor, ..., 5: anchor}``; each point becomes one option (name ``"3"``, code ``R3``,
   the anchor as its description), ``ordinal`` is set and ``rank`` gives a point's number.
 
+Explanations: a turn's answer writes its text fields before its labels (the spec's ``texts``, or one generated
+``explanation``). ``explain: {evidence: true, rule: true}`` puts two generated fields first — ``evidence``, a short
+quote of the turn, and ``rule``, the option description it matches — so that the explanation is not the place the
+turn gets copied to, and is grounded in the options (``benchmarks/bench_explanations.py`` measures the effect).
+
 ``option_key`` is the one rule by which gold values, example labels and reviewers' answers find their option:
 trimmed, case-insensitive, aliases included, a rating point as a number or text (``4``, ``"4"``, ``4.0``).
 """
@@ -245,6 +250,31 @@ EXPLANATION = TextField(name="explanation", scope="turn", max_chars=400,
                                      "zh": "一句话：该轮次中支持标签的依据"})
 
 
+EVIDENCE = TextField(name="evidence", scope="turn", max_chars=200,
+                     description={"en": "the words of the target turn the labels rest on, quoted exactly: a short "
+                                        "span of a few words, not the whole turn",
+                                  "zh": "标签所依据的目标轮次原话，逐字引用：几个词的短片段，不要整轮照抄"})
+RULE = TextField(name="rule", scope="turn", max_chars=300,
+                 description={"en": "for each label, the option whose description the evidence matches and why, in "
+                                    "your own words (do not repeat the turn)",
+                              "zh": "对每个标签，说明依据符合哪个选项的描述及原因，用你自己的话（不要重复原话）"})
+
+
+class ExplainSettings(BaseModel):
+    """Grounds each turn's answer gives before its explanation and labels: a quote of the turn, and the option
+    description it matches. Copying the turn then has a place of its own (the evidence), and the explanation that
+    follows is asked in the annotator's own words."""
+
+    model_config = ConfigDict(frozen=True)
+    evidence: bool = False
+    rule: bool = False
+
+    def fields(self, texts: tuple[TextField, ...]) -> tuple[TextField, ...]:
+        """The generated text fields to put before ``texts`` (a spec field of the same name is used instead)."""
+        names = {t.name for t in texts}
+        return tuple(t for t, on in ((EVIDENCE, self.evidence), (RULE, self.rule)) if on and t.name not in names)
+
+
 class TaskSpec(BaseModel):
     """A validated task spec. Build with :func:`load_task`."""
 
@@ -259,6 +289,7 @@ class TaskSpec(BaseModel):
     guidelines: Localized | None = None
     examples: tuple[Example, ...] = ()
     context: ContextSettings = ContextSettings()
+    explain: ExplainSettings = ExplainSettings()
     source: str = ""
     spec_hash: str = ""
 
@@ -283,7 +314,8 @@ class TaskSpec(BaseModel):
         if not labels:
             return None
         texts = tuple(f for f in self.texts if f.scope == "turn" and (f.roles is None or role in f.roles))
-        return RoleFields(role, texts or (EXPLANATION,), labels)
+        texts = texts or (EXPLANATION,)
+        return RoleFields(role, (*self.explain.fields(texts), *texts), labels)
 
     def session_fields(self) -> RoleFields | None:
         labels = tuple(f for f in self.labels if f.scope == "session")
