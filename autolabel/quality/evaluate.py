@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text
 
 from autolabel.errors import ConfigError, InputError
-from autolabel.persistence.store import Store, is_postgres, now
+from autolabel.persistence.quality import QualityStore
+from autolabel.persistence.store import Store, is_postgres
 from autolabel.quality import metrics
 from autolabel.quality.agreement import cohen_kappa, fleiss_kappa_from_ratings, krippendorff_alpha
 from autolabel.quality.calibration import CalibrationMethod, Calibrator, certify_threshold
@@ -99,10 +99,8 @@ def _gold_value(f: LabelField, meta: Mapping[str, Any]) -> Any:
 
 def _store_gold(store: Store, task: TaskSpec) -> Gold:
     """Reviewed labels of this task from the review queue's ``gold`` table; later rows override."""
-    rows = store._rows("SELECT dialogue_id, kind, turn_index, labels_json FROM gold WHERE task_name = :t"
-                       " ORDER BY id", t=task.name)
     gold: Gold = {}
-    for dialogue_id, kind, turn_index, labels_json in rows:
+    for dialogue_id, kind, turn_index, labels_json in QualityStore(store).gold(task.name):
         key = (dialogue_id, SESSION if kind == "session" or turn_index is None else int(turn_index))
         for name, value in _normalised(task, labels_json):
             gold.setdefault(key, {})[name] = value
@@ -167,24 +165,21 @@ def _collect(store: Store, run_id: str, task: TaskSpec, gold: Gold) -> tuple[lis
     The model's answer is the record the run wrote (attempt 0), also where a reviewer's record has since
     become final: a review must not grade itself."""
     items: list[Item] = []
-    sql = "SELECT record_json FROM annotations WHERE run_id=:r AND attempt=0 ORDER BY dialogue_id, turn_index"
-    with store.engine.connect() as conn:
-        for (rec_json,) in conn.execution_options(yield_per=500).execute(text(sql), {"r": run_id}):
-            rec = json.loads(rec_json)
-            key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
-            fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
-            asked = {f.name for f in fields.labels} if fields else set()
-            for name, g in gold.get(key, {}).items():
-                value = rec["labels"].get(name)
-                if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
-                    continue  # the field is not asked of this record (a failed record lost its labels)
-                multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
-                items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
-                                  None if value is None else _canon(value, multi), rec["status"],
-                                  conf.get("value"), dict(conf.get("signals") or {})))
+    rows = QualityStore(store)
+    for rec in rows.first_records(run_id):
+        key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
+        fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
+        asked = {f.name for f in fields.labels} if fields else set()
+        for name, g in gold.get(key, {}).items():
+            value = rec["labels"].get(name)
+            if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
+                continue  # the field is not asked of this record (a failed record lost its labels)
+            multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
+            items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
+                              None if value is None else _canon(value, multi), rec["status"],
+                              conf.get("value"), dict(conf.get("signals") or {})))
     coverage: dict[str, Counter[str]] = {"turn": Counter(), "session": Counter()}
-    for kind, status, n in store._rows("SELECT kind, status, COUNT(*) FROM annotations WHERE run_id=:r AND"
-                                       " is_final=1 GROUP BY kind, status", r=run_id):
+    for kind, status, n in rows.final_states(run_id):
         coverage[kind][status] += n
     states = ("accepted", "flagged", "reviewed", "failed")
     return items, {k: {**{s: c[s] for s in states}, "total": sum(c.values())} for k, c in coverage.items()}
@@ -387,12 +382,10 @@ def _key(value: Any) -> str:
 
 def _review_units(store: Store, task: TaskSpec, run_id: str | None) -> dict[str, dict[Any, dict[str, Any]]]:
     """{field: {item: {reviewer: normalised value}}} from the review queue's ``reviews``."""
-    sql = ("SELECT i.run_id, i.dialogue_id, i.kind, i.turn_index, v.reviewer, v.labels_json FROM reviews v"
-           " JOIN review_items i ON i.id = v.item_id" + (" WHERE i.run_id = :r" if run_id else ""))
     units: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
-    for run, dialogue_id, kind, turn_index, reviewer, labels_json in store._rows(sql, r=run_id):
+    for run, dialogue_id, kind, turn_index, reviewer, labels_json in QualityStore(store).ratings(run_id):
         for name, value in _normalised(task, labels_json):
-            units[name].setdefault((run, dialogue_id, kind, turn_index), {})[str(reviewer)] = value
+            units[name].setdefault((run, dialogue_id, kind, turn_index), {})[reviewer] = value
     return units
 
 
@@ -508,18 +501,11 @@ def signal_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _store_calibrator(store: Store, run: Mapping[str, Any], name: str, calibrator: Calibrator | None,
                       row: Mapping[str, Any]) -> int:
-    kept = ("method", "threshold", "alpha", "delta", "n", "k", "upper_bound", "coverage", "reason")
-    key = {"tn": run["task_name"], "th": run["task_hash"], "m": run["model"], "f": name}
     settings = signal_params(json.loads(run["params_json"] or "{}"))
-    store._write("INSERT INTO calibrators (task_name, task_hash, model, field, method, calibrator_json,"
-                 " threshold, alpha, delta, n, k, upper_bound, coverage, reason, created_at, signal_params_json)"
-                 " VALUES (:tn, :th, :m, :f, :method, :cj, :threshold, :alpha, :delta, :n, :k, :upper_bound,"
-                 " :coverage, :reason, :t, :sp)",
-                 {**key, **{k: row[k] for k in kept}, "t": now(), "sp": json.dumps(settings, sort_keys=True),
-                  "cj": json.dumps(calibrator.to_dict()) if calibrator else None})
-    rows = store._rows("SELECT MAX(id) FROM calibrators WHERE task_name=:tn AND task_hash=:th AND model=:m"
-                       " AND field=:f", **key)
-    return int(rows[0][0])
+    return QualityStore(store).add_calibrator(
+        task_name=run["task_name"], task_hash=run["task_hash"], model=run["model"], field=name,
+        calibrator_json=json.dumps(calibrator.to_dict()) if calibrator else None,
+        signal_params_json=json.dumps(settings, sort_keys=True), row=dict(row))
 
 
 def load_routing(store: Store, task: TaskSpec, model: str
@@ -530,9 +516,8 @@ def load_routing(store: Store, task: TaskSpec, model: str
     every label of it is flagged. A field stored without a calibrator is scored as without calibration (the
     mean of its signals). With nothing stored: ``({}, None)``, i.e. the graph's defaults.
     """
-    rows = store._rows("SELECT field, calibrator_json, threshold FROM calibrators WHERE task_name=:t AND"
-                       " task_hash=:h AND model=:m ORDER BY id", t=task.name, h=task.spec_hash, m=model)
-    latest = {name: (cal_json, threshold) for name, cal_json, threshold in rows}
+    rows = QualityStore(store).calibrators(task.name, task.spec_hash, model)
+    latest = {r.field: (r.calibrator_json, r.threshold) for r in rows}
     if not latest:
         return {}, None
     thresholds = {name: NEVER if t is None else float(t) for name, (_, t) in latest.items()}
@@ -551,9 +536,8 @@ def calibration_mismatch(store: Store, task: TaskSpec, model: str, params: Mappi
     """The signal settings (``SIGNAL_PARAMS``) in which a run with ``params`` differs from the runs its stored
     calibrators (the ones ``load_routing`` hands it) were fitted on, as ``name: fitted → this run``; empty when
     they agree or nothing is stored."""
-    rows = store._rows("SELECT field, signal_params_json FROM calibrators WHERE task_name=:t AND task_hash=:h AND"
-                       " model=:m ORDER BY id", t=task.name, h=task.spec_hash, m=model)
-    latest = dict(rows)  # per field, the newest (the one load_routing uses)
+    rows = QualityStore(store).calibrators(task.name, task.spec_hash, model)
+    latest = {r.field: r.signal_params_json for r in rows}  # per field, the newest (the one load_routing uses)
     mine = signal_params(params)
     out: dict[str, str] = {}
     for sp in latest.values():
