@@ -50,7 +50,7 @@ def _request(text: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=2)
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
     try:
         local.load_model(MODEL, s)
     except ConfigError as e:  # a clear failure, never a skip: CI installs the [local] extra
@@ -114,8 +114,8 @@ def test_without_logprobs_none_are_returned(backend: local.LocalBackend) -> None
 
 def test_the_model_is_loaded_once_per_process(backend: local.LocalBackend, settings: Settings) -> None:
     second = local.LocalBackend(settings)
-    assert second.llama is backend.llama
-    assert local.load_model(MODEL, settings).llama is backend.llama
+    assert second.engine is backend.engine
+    assert local.load_model(MODEL, settings).engine is backend.engine
 
 
 def test_a_prompt_longer_than_the_context_is_an_llm_error(backend: local.LocalBackend) -> None:

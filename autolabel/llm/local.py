@@ -5,14 +5,14 @@
 - ``model_path`` joins the parts once into ``<cache_dir>/models/<name>.gguf`` (temp file, then rename),
   checking the sha256 on that first join; later a file of the right size is trusted. A one-file model is used
   in place from its package (pip checked it against the wheel's RECORD).
-- ``load`` opens each file once per process: ``_LOADED`` maps (path, threads) to the ``Llama`` object and a
-  thread lock (one ``Llama`` is not thread-safe). All backends and ``count_tokens`` share it, so the prompt
-  prefix that consecutive calls share is reused from llama.cpp's KV cache.
+- ``load`` opens each file once per process into an ``Engine`` (``local_engine``): one llama.cpp context whose
+  sequences serve concurrent calls in one batch and keep the prompt prefixes they share in the KV cache. All
+  backends and ``count_tokens`` share it.
 - ``LocalBackend.complete`` answers OpenAI chat-completions keyword arguments with a ``ChatCompletion``. A
   ``json_schema`` response format becomes the grammar llama.cpp's ``json_object`` + schema would use, so the
-  schema constrains every token. Logprobs are read from each step's logits and renormalised over the tokens
-  the grammar allows there (as hosted APIs report them under strict structured output): a label code's
-  probability is its probability among the codes the schema permits.
+  schema constrains every token. Logprobs are renormalised over the tokens the grammar allows at each step (as
+  hosted APIs report them under strict structured output): a label code's probability is its probability among
+  the codes the schema permits. A cancelled call is abandoned within one prompt chunk or one token.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import codecs
-import ctypes
 import hashlib
 import importlib.util
 import json
@@ -30,22 +29,22 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 from openai.types.chat import ChatCompletion
-from scipy.special import logsumexp
 
 from autolabel.errors import ConfigError, LLMError
+from autolabel.llm.local_engine import Engine, Request
 from autolabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
-N_CTX = 8192  # a whole Psy-Insight session fits for the session-level call; KV cache stays under 250 MB
-TOP_N = 64  # candidates per step checked against the grammar (logprobs need no logits_all: see _Recorder)
+N_CTX = 8192  # cells shared by all sequences (a whole session fits); KV cache ~100 MB for qwen2.5-0.5b
+N_SLOTS = 8  # sequences decoded together: the run's default concurrency
 
 
 @dataclass(frozen=True)
@@ -155,16 +154,17 @@ def _join(files: list[Path], target: Path, spec: LocalModel) -> None:
 
 @dataclass
 class Loaded:
-    """One ``Llama`` object, the lock serialising its use, and the grammars llama.cpp has parsed for it."""
+    """A model loaded once per process: its ``Engine`` (context, sequences, worker thread) and chat template."""
 
-    llama: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    grammars: set[str] = field(default_factory=set)
+    engine: Engine
+    template: Any  # llama_chat_format.Jinja2ChatFormatter built from the GGUF's chat template
+    grammars: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def check(self, grammar: Any) -> None:  # LLMError unless it parses: a bad one would crash the sampler
-        if grammar is not None and grammar._grammar not in self.grammars:
-            _GrammarMirror(self.llama, grammar).close()
-            self.grammars.add(grammar._grammar)
+    def prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Tokens of the prompt exactly as the GGUF chat template lays out ``messages``."""
+        result = self.template(messages=cast(Any, messages))
+        return list(self.engine.model.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                               special=True))
 
 
 _LOADED: dict[tuple[str, int], Loaded] = {}
@@ -172,26 +172,33 @@ _LOADING = threading.Lock()
 
 
 def load(path: Path, threads: int) -> Loaded:
-    """The process-wide ``Llama`` for (path, threads), created on first use."""
+    """The process-wide model for (path, threads), created on first use."""
     with _LOADING:
         if (str(path), threads) not in _LOADED:
             try:
-                import llama_cpp
+                from llama_cpp import llama_chat_format
             except ImportError:
                 raise ConfigError('local models need llama-cpp-python: pip install "llama-cpp-python==0.3.36"'
                                   " (or install autolabel's [local] extra)") from None
             log.info("loading %s (%d threads)", path.name, threads)
             if not _LOADED:  # freed before the interpreter tears llama_cpp's module down (its __del__ fails then)
                 atexit.register(_unload_all)
-            _LOADED[(str(path), threads)] = Loaded(llama_cpp.Llama(
-                model_path=str(path), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False))
+            engine = Engine(str(path), threads, N_CTX, N_SLOTS)
+            template = engine.model.metadata().get("tokenizer.chat_template")
+            if template is None:
+                engine.close()
+                raise ConfigError(f"{path} has no chat template")
+            eos, bos = engine.model.token_eos(), engine.model.token_bos()
+            _LOADED[(str(path), threads)] = Loaded(engine, llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=engine.model.token_get_text(eos) if eos != -1 else "",
+                bos_token=engine.model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos]))
         return _LOADED[(str(path), threads)]
 
 
 def _unload_all() -> None:
     with _LOADING:
         for loaded in _LOADED.values():
-            loaded.llama.close()
+            loaded.engine.close()
         _LOADED.clear()
 
 
@@ -202,36 +209,20 @@ def load_model(name: str, settings: Settings) -> Loaded:
 def count_tokens(name: str, messages: list[dict[str, Any]], settings: Settings | None = None) -> int:
     """Prompt tokens of ``messages`` for local model ``name``: its chat template, then its own tokenizer."""
     loaded = load_model(name, settings or Settings.model_validate({}))  # reads AUTOLABEL_* too
-    with loaded.lock:
-        return len(_prompt_tokens(loaded.llama, messages))
+    return len(loaded.prompt_tokens(messages))
 
 
-def _prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """Tokens of the prompt exactly as ``create_chat_completion`` builds it from the GGUF chat template."""
-    from llama_cpp import llama_chat_format
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if template is None:
-        raise ConfigError(f"{llama.model_path} has no chat template")
-    eos, bos = llama.token_eos(), llama.token_bos()
-    formatter = llama_chat_format.Jinja2ChatFormatter(
-        template=template, eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-        bos_token=llama._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
-    result = formatter(messages=cast(Any, messages))
-    return list(llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
-
-
-# -- the backend --------------------------------------------------------------------------------------------
+# -- grammars -----------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=64)
-def _grammar(schema_json: str | None) -> Any:
-    """The llama.cpp grammar of a JSON Schema (None: any JSON object), built once per schema."""
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+def _grammar(schema_json: str | None) -> tuple[str, str]:
+    """The llama.cpp grammar (GBNF text, root rule) of a JSON Schema (None: any JSON object), built once."""
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if schema_json is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return JSON_GBNF, "root"
     try:
-        return LlamaGrammar.from_string(_schema_to_gbnf(json.loads(schema_json)), verbose=False)
+        return _schema_to_gbnf(json.loads(schema_json)), "root"
     except Exception as e:  # the converter raises bare Exceptions for unsupported keywords
         raise LLMError(f"llama.cpp cannot turn the response schema into a grammar: {e}") from None
 
@@ -257,7 +248,7 @@ def _schema_to_gbnf(schema: dict[str, Any]) -> str:
     return str(converter.format_grammar())
 
 
-def _response_grammar(fmt: dict[str, Any] | None) -> Any:
+def _response_grammar(fmt: dict[str, Any] | None) -> tuple[str, str] | None:
     """``json_schema`` (OpenAI) and ``json_object`` (+ ``schema``, llama.cpp) formats as one grammar."""
     kind = (fmt or {}).get("type", "text")
     if kind not in ("text", "json_schema", "json_object"):
@@ -268,142 +259,92 @@ def _response_grammar(fmt: dict[str, Any] | None) -> Any:
     return _grammar(json.dumps(schema) if schema is not None else None)  # property order matters
 
 
+# -- the backend --------------------------------------------------------------------------------------------
+
 class LocalBackend:
-    """An embedded llama.cpp model behind the same seam as ``OpenAIBackend``."""
+    """An embedded llama.cpp model behind the same seam as ``OpenAIBackend``.
+
+    Concurrent ``complete`` calls are decoded together by the model's ``Engine``. A call whose task is cancelled
+    (Ctrl-C, SIGTERM, a sibling's failure) is abandoned at the engine's next step; ``cancel()`` abandons every
+    call of this backend."""
 
     supports_logprobs = True
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.model_name
         self.loaded = load_model(self.model, settings)
-        self.llama = self.loaded.llama
-        self._turn = asyncio.Lock()  # one call in a worker thread at a time; the thread lock guards the rest
+        self.engine = self.loaded.engine
+        self._inflight: set[Request] = set()
 
     async def complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
-        async with self._turn:
-            return await asyncio.to_thread(self._complete, dict(kwargs))
+        request, top = self._request(dict(kwargs))
+        self._inflight.add(request)
+        try:
+            done = await asyncio.wrap_future(self.engine.submit(request))
+        except (asyncio.CancelledError, CancelledError):
+            self.engine.abandon(request)
+            raise asyncio.CancelledError from None
+        finally:
+            self._inflight.discard(request)
+        return self._completion(done, top)
+
+    def cancel(self) -> None:
+        """Abandon this backend's calls in flight: each stops within one prompt chunk or one token."""
+        for request in list(self._inflight):
+            self.engine.abandon(request)
 
     async def aclose(self) -> None:  # the model stays loaded for the process (see ``load``)
-        return None
+        self.cancel()
 
-    def _complete(self, kwargs: dict[str, Any]) -> ChatCompletion:
-        from llama_cpp import LogitsProcessorList
-
+    def _request(self, kwargs: dict[str, Any]) -> tuple[Request, int]:
         messages = kwargs.pop("messages")
         grammar = _response_grammar(kwargs.pop("response_format", None))
-        recorder = _Recorder() if kwargs.pop("logprobs", False) else None
+        logprobs = bool(kwargs.pop("logprobs", False))
         top = int(kwargs.pop("top_logprobs", None) or 0)
-        params = {k: kwargs.pop(k, default) for k, default in (
-            ("temperature", 1.0), ("max_tokens", None), ("seed", None), ("top_p", 1.0), ("stop", None))}
+        stop = kwargs.pop("stop", None)
+        request = Request(
+            prompt=self.loaded.prompt_tokens(messages), grammar=grammar, logprobs=logprobs,
+            max_tokens=int(kwargs.pop("max_tokens", None) or N_CTX), temperature=float(kwargs.pop("temperature", 1.0)),
+            top_p=float(kwargs.pop("top_p", 1.0)), seed=kwargs.pop("seed", None),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()))
+        request.max_tokens = min(request.max_tokens, N_CTX - len(request.prompt))
         if kwargs:
             log.debug("the local backend ignores %s", sorted(kwargs))
-        with self.loaded.lock:
-            self.loaded.check(grammar)
-            n_prompt = len(_prompt_tokens(self.llama, messages))
-            if n_prompt + (params["max_tokens"] or 0) > self.llama.n_ctx():
-                raise LLMError(f"prompt of {n_prompt} tokens plus max_tokens does not fit the "
-                               f"{self.llama.n_ctx()}-token context of {self.model}")
-            try:  # top_k 0 and min_p 0: sample from the whole allowed distribution, as OpenAI does
-                out = self.llama.create_chat_completion(
-                    messages=messages, grammar=grammar, repeat_penalty=1.0, top_k=0, min_p=0.0,
-                    logits_processor=LogitsProcessorList([recorder]) if recorder else None, **params)
-            except ValueError as e:
-                raise LLMError(f"llama.cpp refused the request: {e}") from None
-            choice = out["choices"][0]
-            content = choice["message"]["content"] or ""
-            logprobs = None
-            if recorder is not None and choice.get("finish_reason") == "stop":
-                logprobs = recorder.content(self.llama, grammar, content, top)
+        if len(request.prompt) >= N_CTX:
+            raise LLMError(f"prompt of {len(request.prompt)} tokens plus max_tokens does not fit the "
+                           f"{N_CTX}-token context of {self.model}")
+        return request, top
+
+    def _completion(self, r: Request, top: int) -> ChatCompletion:
+        raw = b"".join(self.engine.piece(t) for t in r.tokens)
+        content = raw.decode("utf-8", errors="ignore")
+        for s in r.stop:
+            content = content.split(s, 1)[0]
+        logprobs = _logprobs(self.engine, r, top, content) if r.logprobs and r.finish_reason == "stop" else None
         return ChatCompletion.model_validate({
             "id": f"chatcmpl-local-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
             "created": int(time.time()), "model": self.model,
-            "choices": [{"index": 0, "finish_reason": choice.get("finish_reason") or "stop",
+            "choices": [{"index": 0, "finish_reason": r.finish_reason,
                          "message": {"role": "assistant", "content": content},
                          "logprobs": {"content": logprobs} if logprobs is not None else None}],
-            "usage": {k: out["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "usage": {"prompt_tokens": len(r.prompt), "completion_tokens": len(r.tokens),
+                      "total_tokens": len(r.prompt) + len(r.tokens)},
         })
 
 
-# -- logprobs -----------------------------------------------------------------------------------------------
-
-class _Recorder:
-    """A logits processor that records each step's candidates; ``content`` turns them into OpenAI logprobs.
-    It sees a step's raw logits before the grammar masks them. The token chosen at a step is known at the next
-    step (the last input id then); the final step (end of turn) has none and is dropped."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[np.ndarray, np.ndarray, float]] = []  # (top ids, their logits, logsumexp)
-        self.chosen: list[tuple[int, float]] = []  # (token, its logit) of every step but the last
-        self._prev: np.ndarray | None = None
-
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        row = np.asarray(scores, dtype=np.float32)
-        if self._prev is not None:
-            self.chosen.append((int(input_ids[-1]), float(self._prev[int(input_ids[-1])])))
-        top = np.argpartition(row, -TOP_N)[-TOP_N:]
-        self.steps.append((top, row[top].copy(), float(logsumexp(row))))
-        self._prev = row.copy()
-        return scores
-
-    def content(self, llama: Any, grammar: Any, text: str, top: int) -> list[dict[str, Any]] | None:
-        mirror = _GrammarMirror(llama, grammar) if grammar is not None else None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out: list[dict[str, Any]] = []
-        try:
-            for (ids, logits, raw_norm), (token, logit) in zip(self.steps, self.chosen, strict=False):
-                if token not in ids:
-                    ids, logits = np.append(ids, token), np.append(logits, logit)
-                allowed = mirror.allowed(ids, logits, token) if mirror else None
-                if allowed is None:  # no grammar (or the mirror lost step): the raw distribution
-                    norm, cand = raw_norm, np.arange(len(ids))
-                else:
-                    norm, cand = float(logsumexp(logits[allowed])), allowed
-                order = cand[np.argsort(-logits[cand], kind="stable")][:top]
-                piece = bytes(llama.detokenize([token]))
-                pieces = [(bytes(llama.detokenize([int(ids[i])])), float(logits[i]) - norm) for i in order]
-                alts = [{"token": p.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(p)}
-                        for p, lp in pieces]
-                out.append({"token": decoder.decode(piece), "logprob": logit - norm, "bytes": list(piece),
-                            "top_logprobs": alts})
-        finally:
-            if mirror:
-                mirror.close()
-        if out:
-            out[-1]["token"] += decoder.decode(b"", final=True)
-        if "".join(t["token"] for t in out) != text:  # e.g. a stop string cut the text
-            log.debug("logprob tokens do not spell the content; logprobs dropped")
-            return None
-        return out
-
-
-class _GrammarMirror:
-    """A second grammar sampler fed the same tokens: which candidates does the grammar allow at each step?"""
-
-    def __init__(self, llama: Any, grammar: Any) -> None:
-        import llama_cpp
-
-        self._c = llama_cpp
-        self._smpl = llama_cpp.llama_sampler_init_grammar(
-            llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
-        if not self._smpl:
-            raise LLMError("llama.cpp could not parse the grammar made from the response schema")
-        self._lost = False
-
-    def allowed(self, ids: np.ndarray, logits: np.ndarray, token: int) -> np.ndarray | None:
-        """Indices into ``ids`` the grammar allows now (None once out of step); then accepts ``token``."""
-        if self._lost:
-            return None
-        c = self._c
-        data = (c.llama_token_data * len(ids))(*[c.llama_token_data(int(i), float(v), 0.0)
-                                                 for i, v in zip(ids, logits, strict=True)])
-        arr = c.llama_token_data_array(data=data, size=len(ids), selected=-1, sorted=False)
-        c.llama_sampler_apply(self._smpl, ctypes.byref(arr))
-        ok = np.array([np.isfinite(data[i].logit) for i in range(len(ids))])
-        if not ok[list(ids).index(token)]:
-            self._lost = True
-            return None
-        c.llama_sampler_accept(self._smpl, token)
-        return np.flatnonzero(ok)
-
-    def close(self) -> None:
-        self._c.llama_sampler_free(self._smpl)
+def _logprobs(engine: Engine, r: Request, top: int, content: str) -> list[dict[str, Any]] | None:
+    """OpenAI's ``logprobs.content`` from the engine's per-step records (None when they do not spell ``content``)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    piece_of = engine.piece
+    out: list[dict[str, Any]] = []
+    for token, logprob, alternatives in r.steps:
+        piece = piece_of(token)
+        alts = [{"token": p.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(p)}
+                for p, lp in ((piece_of(t), lp) for t, lp in alternatives[:top])]
+        out.append({"token": decoder.decode(piece), "logprob": logprob, "bytes": list(piece), "top_logprobs": alts})
+    if out:
+        out[-1]["token"] += decoder.decode(b"", final=True)
+    if "".join(t["token"] for t in out) != content:  # e.g. a stop string cut the text
+        log.debug("logprob tokens do not spell the content; logprobs dropped")
+        return None
+    return out

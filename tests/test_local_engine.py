@@ -1,0 +1,120 @@
+"""The embedded model's engine (issue 18; issue 15 item 8): concurrent calls share one llama.cpp context, prompt
+prefixes stay cached across alternating prompts, and a cancelled call is abandoned within a step or two.
+
+Runs the smallest real model (SmolLM2-135M); counts llama.cpp's work (decode steps, prompt tokens decoded or taken
+from the KV cache) instead of timing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from autolabel.errors import ConfigError
+from autolabel.llm import local
+from autolabel.settings import Settings
+
+MODEL = "smollm2-135m"
+SCHEMA = {"type": "object", "properties": {"feeling": {"type": "string", "enum": ["calm", "worried", "angry"]}},
+          "required": ["feeling"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> local.LocalBackend:
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    try:
+        return local.LocalBackend(s)
+    except ConfigError as e:  # a clear failure, never a skip: CI installs the [local] extra
+        pytest.fail(f"the [local] extra is not installed: {e}")
+
+
+def _label(system: str, text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            "temperature": 0.0, "max_tokens": 20, "logprobs": True, "top_logprobs": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": SCHEMA}}}
+
+
+LABEL = "You label how the speaker feels. " * 8 + "Answer with JSON."
+CRITIC = "You check another annotator's label of how the speaker feels. " * 8 + "Answer with JSON."
+TEXTS = ["I can't sleep before my exam.", "My neighbour keeps shouting at me.", "I had a quiet walk by the lake."]
+
+
+def test_concurrent_calls_are_decoded_together_and_each_is_valid(backend: local.LocalBackend) -> None:
+    engine = backend.engine
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(*(backend.complete(_label(LABEL, t)) for t in TEXTS))
+
+    steps = engine.steps
+    answers = asyncio.run(both())
+    for a in answers:
+        assert json.loads(a.choices[0].message.content)["feeling"] in {"calm", "worried", "angry"}
+        assert a.choices[0].logprobs is not None
+    generated = sum(a.usage.completion_tokens for a in answers)
+    # one llama_decode carried a token of every sequence: fewer steps than tokens generated one call at a time
+    assert engine.steps - steps < generated
+
+
+def test_alternating_prompts_keep_both_prefixes_cached(backend: local.LocalBackend) -> None:
+    engine = backend.engine
+    asyncio.run(backend.complete(_label(LABEL, TEXTS[0])))
+    asyncio.run(backend.complete(_label(CRITIC, TEXTS[0])))
+    for system in (LABEL, CRITIC):  # each prompt again, after the other one ran
+        shared = _shared_prefix(backend, _label(system, TEXTS[0]), _label(system, TEXTS[1]))
+        assert shared > 50  # the system prompt and the chat template's head
+        reused = engine.prompt_tokens_reused
+        asyncio.run(backend.complete(_label(system, TEXTS[1])))
+        assert engine.prompt_tokens_reused - reused >= shared  # taken from the KV cache, not decoded again
+
+
+def _shared_prefix(backend: local.LocalBackend, a: dict[str, Any], b: dict[str, Any]) -> int:
+    x, y = backend.loaded.prompt_tokens(a["messages"]), backend.loaded.prompt_tokens(b["messages"])
+    return next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+
+
+def test_a_cancelled_call_is_abandoned_within_a_step(backend: local.LocalBackend) -> None:
+    engine = backend.engine
+    story = {"messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
+             "temperature": 0.0, "max_tokens": 2000}
+
+    async def cancel_mid_answer() -> tuple[int, int]:
+        task = asyncio.ensure_future(backend.complete(dict(story)))
+        start = engine.steps
+        while engine.steps < start + 5:  # the prompt is in and a few tokens are out
+            await asyncio.sleep(0.01)
+        task.cancel()
+        at_cancel = engine.steps
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(3000):  # until the engine has let go of it (bounded; the assert is on steps, not time)
+            if engine.busy() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return at_cancel, engine.steps
+
+    at_cancel, after = asyncio.run(cancel_mid_answer())
+    assert engine.busy() == 0
+    assert after - at_cancel <= 2  # stopped at its next step, not after 2000 tokens
+
+
+def test_cancel_abandons_every_call_of_the_backend(backend: local.LocalBackend) -> None:
+    engine = backend.engine
+    story = {"messages": [{"role": "user", "content": "Tell me everything about the sea, at length."}],
+             "temperature": 0.0, "max_tokens": 2000}
+
+    async def run() -> list[Any]:
+        tasks = [asyncio.ensure_future(backend.complete(dict(story))) for _ in range(2)]
+        start = engine.steps
+        while engine.steps < start + 3:
+            await asyncio.sleep(0.01)
+        backend.cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert engine.busy() == 0
+    after = asyncio.run(backend.complete(_label(LABEL, TEXTS[2])))  # the engine goes on serving
+    assert json.loads(after.choices[0].message.content)["feeling"] in {"calm", "worried", "angry"}
