@@ -11,11 +11,13 @@ prompts, schemas, validation and routing as any run), then reports
 Usage::
 
     python benchmarks/bench_local.py [--models smollm2-135m,qwen2.5-0.5b] [--en 4] [--zh 3] [--critique]
-                                     [--turns-per-call 1,4]
+                                     [--turns-per-call 1,4] [--concurrency 8] [--threads N]
 
 ``--turns-per-call`` runs each model once per value (windowed multi-turn mode for values > 1); such an entry is
 keyed ``model@K``. Validity is reported as the turns that failed (invalid after re-asks) and the rejected answers
-(each a re-ask, or a window's answer before its turns fell back to one call each).
+(each a re-ask, or a window's answer before its turns fell back to one call each). Each entry also records the
+process's CPU seconds and peak RSS, and the engine's counters: prompt tokens decoded and taken from the KV cache,
+llama_decode steps (fewer steps than tokens: sequences decoded together).
 
 It prints a markdown table and merges its results into ``benchmarks/results/local.json`` (one entry per model,
 so models can be run separately). The data is read in place from ``--data``; nothing is copied into the repo.
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import tempfile
@@ -115,15 +118,17 @@ def _rejected(db: str) -> int:
 
 
 def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critique: bool, workdir: Path,
-                turns_per_call: int = 1) -> dict[str, Any]:
-    settings = Settings(model=f"local:{name}")
+                turns_per_call: int = 1, concurrency: int = 1, threads: int | None = None) -> dict[str, Any]:
+    settings = Settings(model=f"local:{name}", local_threads=threads)
     started = time.perf_counter()
-    load_model(name, settings)  # joined and loaded once, outside the timed part
+    engine = load_model(name, settings).engine  # joined and loaded once, outside the timed part
     load_seconds = time.perf_counter() - started
     db = str(workdir / f"{name}@{turns_per_call}.db")
     annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False,
-                          concurrency=1, turns_per_call=turns_per_call)
+                          concurrency=concurrency, turns_per_call=turns_per_call, local_threads=threads)
     load_avg = os.getloadavg()
+    counters = (engine.prompt_tokens_decoded, engine.prompt_tokens_reused, engine.steps)
+    cpu = time.process_time()
     started = time.perf_counter()
     results: dict[str, DialogueResult] = {}
     crashed: dict[str, str] = {}
@@ -134,6 +139,9 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
             crashed[d.id] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             results[d.id] = DialogueResult(dialogue_id=d.id, language="", turns=[])
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    decoded, reused, steps = (now - before for now, before in zip(
+        (engine.prompt_tokens_decoded, engine.prompt_tokens_reused, engine.steps), counters, strict=True))
     calls = _calls(db)
     latencies = sorted(c["latency_ms"] / 1000 for c in calls)
     turns = sum(len(d.turns) for d in dialogues)
@@ -144,6 +152,10 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
     return {
         "model": f"local:{name}", "upstream": MODELS[name].upstream, "load_seconds": round(load_seconds, 2),
         "seconds": round(seconds, 1), "turns": turns, "turns_per_minute": round(turns / seconds * 60, 2),
+        "cpu_seconds": round(cpu, 1), "cpu_seconds_per_turn": round(cpu / turns, 2),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "threads": settings.local_threads or os.cpu_count(), "concurrency": concurrency,
+        "prompt_tokens_decoded": decoded, "prompt_tokens_reused": reused, "decode_steps": steps,
         "calls": len(calls), "seconds_per_call_median": round(statistics.median(latencies), 2),
         "seconds_per_call_p90": round(latencies[int(0.9 * (len(latencies) - 1))], 2),
         "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
@@ -157,10 +169,11 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
 
 
 def table(models: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | turns/call | sample | turns/min | s/call (median, p90) | tokens/turn (prompt, completion) "
+    lines = ["| model | turns/call | sample | turns/min | CPU s/turn | peak RSS MB | s/call (median, p90) "
+             "| tokens/turn (prompt, completion) "
              "| emotion EM / macro-F1 | strategy EM / macro-F1 | psychotherapy acc / macro-F1 | topic acc / macro-F1 "
              "| accepted / flagged / failed / crashed | rejected answers |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pair(a: dict[str, Any], f: str, first: str) -> str:
         return f"{a[f][first]:.2f} / {a[f]['macro_f1']:.2f} (n={a[f]['n']})"
@@ -169,6 +182,7 @@ def table(models: dict[str, dict[str, Any]]) -> str:
         a, s, sample = r["agreement"], r["statuses"], r.get("sample") or {}
         where = f"{sample.get('en')} EN + {sample.get('zh')} ZH, {sample.get('turns')} turns"
         lines.append(f"| {r['model']} | {r.get('turns_per_call', 1)} | {where} | {r['turns_per_minute']:.1f} | "
+                     f"{r.get('cpu_seconds_per_turn', '')} | {r.get('peak_rss_mb', '')} | "
                      f"{r['seconds_per_call_median']:.1f}, "
                      f"{r['seconds_per_call_p90']:.1f} | {r['prompt_tokens'] / r['turns']:.0f}, "
                      f"{r['completion_tokens'] / r['turns']:.0f} | {pair(a, 'emotion', 'exact_match')} | "
@@ -185,6 +199,8 @@ def main() -> None:
     parser.add_argument("--zh", type=int, default=3, help="Chinese sessions in the sample")
     parser.add_argument("--critique", action="store_true", help="also run the critique call (about 2x time)")
     parser.add_argument("--turns-per-call", default="1", help="comma-separated: one run per value")
+    parser.add_argument("--concurrency", type=int, default=1, help="calls in flight (the CLI's default is 8)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "local.json")
     args = parser.parse_args()
@@ -194,7 +210,7 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     sample_info = {"en": args.en, "zh": args.zh, "dialogues": [d.id for d in dialogues],
                    "turns": sum(len(d.turns) for d in dialogues)}
-    settings_info = {"critique": args.critique, "concurrency": 1, "cache": False,
+    settings_info = {"critique": args.critique, "concurrency": args.concurrency, "cache": False,
                      "defaults": "temperature 0, max_tokens 512, max_reasks 2, logprobs on"}
     models: dict[str, Any] = {}
     for name, entry in previous.get("models", {}).items():  # earlier runs, each with the sample it used
@@ -207,8 +223,10 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         for name, k in ((n, int(k)) for n in args.models.split(",") for k in args.turns_per_call.split(",")):
-            result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp), turns_per_call=k)
-            key = name if k == 1 else f"{name}@{k}"
+            result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp), turns_per_call=k,
+                                 concurrency=args.concurrency, threads=args.threads)
+            key = (name if k == 1 else f"{name}@{k}") + ("+critique" if args.critique else "") + (
+                f"/c{args.concurrency}" if args.concurrency != 1 else "")
             report["models"][key] = {"sample": sample_info, "settings": settings_info, **result}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
