@@ -35,8 +35,19 @@ def most(field: LabelField) -> int:
 
 
 def rule(field: LabelField) -> str:
-    """The field's rule in words: "choose one", "choose 1 to 3"."""
+    """The field's rule in words: "choose one", "choose 1 to 3", "rate 0 to 4"."""
+    if field.scale:
+        return f"rate {field.scale[0]} to {field.scale[-1]}"
     return f"choose 1 to {most(field)}" if field.multi else "choose one"
+
+
+def keys(field: LabelField) -> list[str]:
+    """The key of each option, as shown and as pressed (``⇧`` for Shift): a rating's points by their number when
+    they are 0-19 (``0`` is point 0, ``⇧2`` point 12); other options by position (1-9, 0 for the 10th, Shift for
+    11-20)."""
+    if field.scale and all(0 <= p <= 19 for p in field.scale):
+        return [("⇧" if p >= 10 else "") + str(p % 10) for p in field.scale]
+    return [("⇧" if n > 10 else "") + str(n % 10) for n in range(1, len(field.options) + 1)]
 
 
 def item_view(queue: ReviewQueue, item: Item, blind: bool, lease_seconds: float) -> dict[str, Any]:
@@ -52,16 +63,19 @@ def item_view(queue: ReviewQueue, item: Item, blind: bool, lease_seconds: float)
               "context": item.kind == "session" or lo <= t["turn_index"] <= hi}
              for t in queue.dialogue(item)]
     labels = fields.labels if fields else ()
-    field_views: list[dict[str, Any]] = [{"name": f.name, "multi": f.multi, "max": most(f), "rule": rule(f),
-                    "description": localize(f.description, language),
-                    "options": [{"name": o.name, "description": localize(o.description, language)}
-                                for o in f.options]}
-                   for f in labels]
+    field_views: list[dict[str, Any]] = [
+        {"name": f.name, "multi": f.multi, "max": most(f), "rule": rule(f), "scale": bool(f.scale),
+         "description": localize(f.description, language),
+         "options": [{"name": o.name, "description": localize(o.description, language), "key": k}
+                     for o, k in zip(f.options, keys(f), strict=True)],
+         "anchors": {o.name: localize(o.description, language) for o in f.options} if f.scale else {}}
+        for f in labels]
     shown = None if blind else proposal
     data = {"id": item.id, "version": item.version, "blind": blind, "lease_seconds": lease_seconds,
             "fields": [{"name": f["name"], "multi": f["multi"], "max": f["max"], "rule": f["rule"],
                         "description": f["description"], "options": [o["name"] for o in f["options"]],
-                        "hints": [o["description"] for o in f["options"]]} for f in field_views],
+                        "hints": [o["description"] for o in f["options"]],
+                        "keys": [o["key"] for o in f["options"]]} for f in field_views],
             "proposed": None if shown is None else shown.get("labels", {})}
     return {"item": item, "turns": turns, "fields": field_views, "proposal": shown, "data": data,
             "task": task, "risk": "risk_content" in item.reasons,

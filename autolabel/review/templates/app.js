@@ -285,9 +285,16 @@
   const nextField = document.querySelector('[data-action="next-field"]');
   if (nextField) nextField.addEventListener("click", () => moveField(1));
 
-  const DIGITS = { Digit1: 0, Digit2: 1, Digit3: 2, Digit4: 3, Digit5: 4, Digit6: 5, Digit7: 6, Digit8: 7, Digit9: 8,
-                   Digit0: 9, Numpad1: 0, Numpad2: 1, Numpad3: 2, Numpad4: 3, Numpad5: 4, Numpad6: 5, Numpad7: 6,
-                   Numpad8: 7, Numpad9: 8, Numpad0: 9 };
+  // a digit key (Shift: "⇧" before it) picks the option showing that key: by position, or a rating's point
+  // by its number (the server decides, per field: item.fields[i].keys)
+  function pressed(e) {
+    const m = /^(?:Digit|Numpad)([0-9])$/.exec(e.code);
+    return m ? (e.shiftKey ? "⇧" : "") + m[1] : null;
+  }
+  function keyed(fieldIndex, key) {
+    const f = item.fields[fieldIndex];
+    return f ? f.keys.indexOf(key) : -1;
+  }
 
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
@@ -297,7 +304,14 @@
       return;
     }
     if (commonKeys(e)) return;
-    if (e.code in DIGITS) { toggle(current, DIGITS[e.code] + (e.shiftKey ? 10 : 0)); e.preventDefault(); return; }
+    const digit = pressed(e);
+    if (digit !== null) {
+      const option = keyed(current, digit);
+      if (option >= 0) toggle(current, option);
+      else if (item.fields[current]) say(item.fields[current].name + ": no option on key " + digit, "error");
+      e.preventDefault();
+      return;
+    }
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     // Enter on a focused button presses that button (the browser does it); elsewhere it submits
     if (key === "Enter" && e.target && e.target.tagName === "BUTTON" && e.target !== submitButton
