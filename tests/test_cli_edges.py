@@ -78,6 +78,25 @@ def test_a_corrupt_database_is_one_line_and_exit_4_for_every_command(corrupt_db:
 
 
 
+def test_a_long_error_is_one_line_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """A task spec error names the file and every problem: hundreds of characters, still exactly one line on a
+    pipe (rich would wrap it at 80 columns), so grep and log readers see the whole error."""
+    folder = tmp_path / ("specs-" + "x" * 80)
+    folder.mkdir()
+    spec = folder / "a_spec_with_a_long_name.yaml"
+    spec.write_text("name: broken\nversion: '1'\nlabels:\n  - name: first_field_with_a_rather_long_name\n"
+                    "    type: nonsense\n  - name: second_field_with_a_rather_long_name\n    options: 42\n",
+                    encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # what a pipe or a log gets
+    r = subprocess.run([sys.executable, "-m", "autolabel", "tasks", "show", str(spec)], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: {spec}: 6 problem(s): ") and len(lines[0]) > 400, lines[0]
+    assert lines[0].endswith("$.labels[1].options (line 7): expected a list, got a whole number 42"), lines[0]
+
+
 # -- input edge cases ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "content"), [("e.jsonl", b""), ("e.jsonl", b"\n\n"), ("e.json", b""),

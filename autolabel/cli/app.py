@@ -83,14 +83,14 @@ def main() -> None:
     try:
         app(obj=state)
     except Stopped as e:  # not an error: the run is resumable
-        console.print(str(e), style="yellow", markup=False)
+        console.print(str(e), style="yellow", markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except AutolabelError as e:
         if state.debug:
             raise
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        console.print("stopped: run the same command again to resume", style="yellow", markup=False)
+        console.print("stopped: run the same command again to resume", style="yellow", markup=False, soft_wrap=True)
         sys.exit(130)
     except (SQLAlchemyError, sqlite3.Error) as e:  # a safety net: the store maps these to StoreError itself
         if state.debug:
