@@ -432,6 +432,8 @@ class _SqliteSaver(AsyncSqliteSaver):
         self._idle.set()
 
     def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Coroutine[Any, Any, Any]:
+        if _in_subgraph(config):
+            return _kept_in_memory(config, checkpoint)
         return self._counted(self._put_latest(config, checkpoint, metadata, new_versions))
 
     async def _put_latest(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
@@ -451,6 +453,8 @@ class _SqliteSaver(AsyncSqliteSaver):
 
     def aput_writes(self, config: Any, writes: Any, task_id: str,
                     task_path: str = "") -> Coroutine[Any, Any, Any]:  # its parameters: LangGraph inspects them
+        if _in_subgraph(config):
+            return _nothing()
         return self._counted(super().aput_writes(config, writes, task_id, task_path))
 
     def _counted(self, write: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
@@ -470,15 +474,48 @@ class _SqliteSaver(AsyncSqliteSaver):
         await self._idle.wait()
 
 
+def _in_subgraph(config: Any) -> bool:
+    """Is this a checkpoint of the turns subgraph (a namespace under the dialogue thread)? A run keeps only the
+    dialogue thread's: a chunk's steps are not worth a checkpoint each (its turns' states, serialised per step), and
+    a chunk interrupted mid-way is redone, its calls from the cache."""
+    return bool(config["configurable"].get("checkpoint_ns"))
+
+
+async def _kept_in_memory(config: Any, checkpoint: Any) -> Any:
+    c = config["configurable"]
+    return {"configurable": {"thread_id": c["thread_id"], "checkpoint_ns": c["checkpoint_ns"],
+                             "checkpoint_id": checkpoint["id"]}}
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _postgres_saver() -> Any:
+    """PostgreSQL's checkpointer, keeping the dialogue thread's checkpoints only (see ``_in_subgraph``)."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    class PostgresSaver(AsyncPostgresSaver):
+        async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            if _in_subgraph(config):
+                return await _kept_in_memory(config, checkpoint)
+            return await super().aput(config, checkpoint, metadata, new_versions)
+
+        async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            if not _in_subgraph(config):
+                await super().aput_writes(config, writes, task_id, task_path)
+
+    return PostgresSaver
+
+
 @asynccontextmanager
 async def _checkpointer(db: str) -> AsyncIterator[Any]:
     """LangGraph's checkpointer for the same database: SQLite (WAL) or PostgreSQL."""
     if is_postgres(db):
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from psycopg import AsyncConnection
 
         url = db.replace("+psycopg", "", 1)
-        async with AsyncPostgresSaver.from_conn_string(url, serde=_serde()) as saver:
+        async with _postgres_saver().from_conn_string(url, serde=_serde()) as saver:
             # one process at a time creates LangGraph's tables (workers start together; its setup is not atomic).
             # A session lock, released when this connection closes, taken with try-lock: a session blocked in
             # pg_advisory_lock would hold a snapshot that the setup's CREATE INDEX CONCURRENTLY waits for forever

@@ -5,62 +5,67 @@ The answer is one JSON object keyed by turn index (``{"12": {...}, "13": {...}}`
 role (the same sub-schemas as one turn's answer); the system message describes every labeled role, so it is the same
 for every window of a task and language (a stable prefix). Confidence from logprobs reads each turn's codes inside
 its own object (``scope``). When the window's label call fails — invalid after the re-asks, or refused — its turns
-are labeled one call each, the failed attempt first in each turn's history. The requests come from the run's
-request builder (``requests.py``), like the per-turn pipeline's.
+are labeled one call each by the per-turn steps, the failed attempt first in each turn's history. These are the
+steps ``label_windows`` and ``critique_windows`` of the turns subgraph (``graph.py``); the requests come from the
+run's request builder (``requests.py``), like the per-turn steps'.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from autolabel.graphs.annotate import nodes
 from autolabel.graphs.annotate.context import Context
 from autolabel.graphs.annotate.excerpt import Excerpt
 from autolabel.graphs.annotate.requests import Request
-from autolabel.graphs.annotate.state import ChunkInput, TurnInput, TurnOutput, TurnState
-from langgraph.runtime import Runtime
+from autolabel.graphs.annotate.state import TurnState
 
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm.client import CallTrace
-from autolabel.models import TurnAnnotation
 from autolabel.tasks import RoleFields
 
-OneTurn = Callable[[TurnInput, Runtime[Context]], Awaitable[TurnOutput]]
+
+def windows(indices: list[int], k: int) -> list[list[int]]:
+    """A chunk's turns cut into windows of ``k`` consecutive turns."""
+    return [indices[i:i + k] for i in range(0, len(indices), k)]
 
 
-async def annotate_together(window: ChunkInput, runtime: Runtime[Context], one_turn: OneTurn) -> TurnOutput:
-    """Label, critique, validate, score and route the turns of one window (``one_turn``: the per-turn pipeline, for
-    turns whose window call failed)."""
-    ctx = runtime.context
-    ex, lang, indices = window["excerpt"], window["language"], window["indices"]
-    states = {i: cast(TurnState, {"excerpt": ex, "index": i, "language": lang}) for i in indices}
+async def label_window(ctx: Context, ex: Excerpt, indices: list[int], work: dict[int, TurnState], lang: str) -> None:
+    """One call labels every turn of the window that has fields (``window`` set on each); a turn that takes no call
+    is done here; when the call fails, its turns are left to the per-turn label step, the failed attempt first in
+    their history."""
     targets: dict[int, RoleFields] = {}
-    for i, s in states.items():
+    for i in indices:
+        s = work[i]
         _, fields, done = nodes.unlabeled(s, ctx)
         if done is not None or fields is None:
             _put(s, done or {})
         else:
             targets[i] = fields
-    out: list[TurnAnnotation] = []
-    if targets:
-        request = await window_request(ctx, ex, indices, targets, lang)
-        fallback = await _label(ctx, ex, states, targets, request, lang)
-        if fallback is not None:  # the window call failed: these turns go one by one, and are done
-            out += await _one_by_one(window, runtime, one_turn, fallback)
-            for i in fallback[1]:
-                del states[i], targets[i]
-        if ctx.settings.critique:
-            await _critique(ctx, ex, states, {i: f for i, f in targets.items() if states[i].get("labels")},
-                            request, lang)
-    for s in states.values():
-        if not s.get("failed"):
-            _put(s, await nodes.validate(s, runtime))
-            if not s.get("failed"):
-                _put(s, await nodes.score(s, runtime))
-        out += (await nodes.route(s, runtime))["turns"]
-    return TurnOutput(turns=sorted(out, key=lambda a: a.turn_index))
+    if not targets:
+        return
+    request = await window_request(ctx, ex, indices, targets, lang)
+    first = next(iter(targets))
+    trace = CallTrace(purpose="label", dialogue_id=ex.dialogue_id, turn_index=first)
+    try:
+        result = await nodes.ask(ctx, request, trace)
+    except (RetryExhausted, RequestRefused) as e:
+        history = ex.restore(nodes.attempts("label", trace, e))
+        for i in targets:  # labeled one by one next, this attempt heading their history
+            work[i]["history"] = list(history)
+        return
+    history = ex.restore(nodes.attempts("label", trace, None))
+    for i, f in targets.items():
+        _put(work[i], nodes.labeled(ctx, ex, f, result.answer[str(i)], result.raw, result.tokens, list(history),
+                                     scope=str(i)))
+        _put(work[i], {"window": first, "prompt": request.user})
+    for sample in ctx.requests.window_samples(request, ex.dialogue_id, first, lang):
+        try:
+            r = await nodes.ask(ctx, sample, CallTrace(purpose="sample", dialogue_id=ex.dialogue_id, turn_index=first))
+        except (RetryExhausted, RequestRefused):
+            continue
+        for i in targets:
+            work[i].setdefault("samples", []).append(r.answer[str(i)])
 
 
 def _put(state: TurnState, update: dict[str, Any]) -> None:
@@ -78,48 +83,14 @@ async def window_request(ctx: Context, ex: Excerpt, indices: list[int], targets:
     return ctx.requests.window_label(ex, indices, targets, lang, similar)
 
 
-async def _label(ctx: Context, ex: Excerpt, states: dict[int, TurnState], targets: dict[int, RoleFields],
-                 request: Request, lang: str) -> tuple[list[dict[str, Any]], set[int]] | None:
-    """One call labels every target; None when it did, else (its history, the turns to label one by one)."""
-    first = next(iter(targets))
-    trace = CallTrace(purpose="label", dialogue_id=ex.dialogue_id, turn_index=first)
-    try:
-        result = await nodes.ask(ctx, request, trace)
-    except (RetryExhausted, RequestRefused) as e:
-        return ex.restore(nodes.attempts("label", trace, e)), set(targets)
-    history = ex.restore(nodes.attempts("label", trace, None))
-    for i, f in targets.items():
-        _put(states[i], nodes.labeled(ctx, ex, f, result.answer[str(i)], result.raw, result.tokens, list(history),
-                                       scope=str(i)))
-    for sample in ctx.requests.window_samples(request, ex.dialogue_id, first, lang):
-        try:
-            r = await nodes.ask(ctx, sample, CallTrace(purpose="sample", dialogue_id=ex.dialogue_id, turn_index=first))
-        except (RetryExhausted, RequestRefused):
-            continue
-        for i in targets:
-            states[i].setdefault("samples", []).append(r.answer[str(i)])
-    return None
-
-
-async def _one_by_one(window: ChunkInput, runtime: Runtime[Context], one_turn: OneTurn,
-                      fallback: tuple[list[dict[str, Any]], set[int]]) -> list[TurnAnnotation]:
-    """The turns of a failed window call, each through the per-turn pipeline; the failed attempt heads each
-    turn's history (and counts among its attempts)."""
-    history, indices = fallback
-    outs = await asyncio.gather(*(one_turn(TurnInput(excerpt=window["excerpt"], index=i,
-                                                     language=window["language"]), runtime) for i in sorted(indices)))
-    anns = [a for out in outs for a in out["turns"]]
-    return [a.model_copy(update={"history": [*history, *a.history], "attempts": len(history) + len(a.history)})
-            for a in anns]
-
-
-async def _critique(ctx: Context, ex: Excerpt, states: dict[int, TurnState], targets: dict[int, RoleFields],
-                    label: Request, lang: str) -> None:
-    """One call reviews every labeled target; a failed call makes each verdict "unsure", saying why."""
+async def critique_window(ctx: Context, ex: Excerpt, states: dict[int, TurnState], lang: str) -> None:
+    """One call reviews every labeled turn of a window (``states``, labeled by one call); a failed call makes each
+    verdict "unsure", saying why."""
+    targets = {i: f for i, s in states.items() if (f := ctx.requests.fields(s.get("role"))) is not None}
     if not targets:
         return
     proposals = {str(i): states[i]["answer"] for i in targets}
-    request = ctx.requests.window_critique(label.user, targets, proposals, lang)
+    request = ctx.requests.window_critique(states[next(iter(targets))]["prompt"], targets, proposals, lang)
     trace = CallTrace(purpose="critique", dialogue_id=ex.dialogue_id, turn_index=next(iter(targets)))
     try:
         result = await nodes.ask(ctx, request, trace)

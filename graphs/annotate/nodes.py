@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm.client import CallTrace, Structured, option_probabilities
-from autolabel.models import FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
 from autolabel.records import session_record, turn_record
 from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.tasks import RoleFields
@@ -35,9 +35,21 @@ turn was a branch."""
 
 
 async def prepare(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Detect the dialogue's language (it picks prompts and descriptions)."""
-    turns = state["dialogue"].turns
-    return {"language": detect_language([t.text for t in turns], runtime.context.task.languages)}
+    """Detect the dialogue's language (it picks prompts and descriptions). A dialogue given as JSON (LangGraph's
+    tooling: ``{"id": ..., "turns": [{"speaker": ..., "text": ...}]}``) becomes a ``Dialogue``."""
+    d = as_dialogue(state["dialogue"])
+    out: dict[str, Any] = {"language": detect_language([t.text for t in d.turns], runtime.context.task.languages)}
+    if d is not state["dialogue"]:
+        out["dialogue"] = d
+    return out
+
+
+def as_dialogue(value: Dialogue | dict[str, Any]) -> Dialogue:
+    """``value`` as a Dialogue; turns without an ``index`` are numbered in order."""
+    if isinstance(value, Dialogue):
+        return value
+    turns = [{"index": i, **t} for i, t in enumerate(value.get("turns", []))]
+    return Dialogue.model_validate({**value, "turns": turns})
 
 
 def branches(state: State, ctx: Context) -> tuple[list[ChunkInput], SessionInput | None]:
@@ -430,6 +442,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations,
                             review_items=review,
                             task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
+    await ctx.close()  # a context opened from a configuration (LangGraph's tooling) closes its run here
     return {"turns": None}  # stored: the thread lets them go
 
 

@@ -71,6 +71,9 @@ class TurnState(TurnInput, total=False):
     scope: str | None
     """In a multi-turn answer (``turns_per_call`` > 1): the key of this turn's object in ``raw``, which holds the
     whole answer (its tokens spell all of it)."""
+    window: int
+    """``turns_per_call`` > 1: the first index of the window whose one call labeled this turn (its critique is the
+    window's too); absent when the turn was labeled on its own."""
     critique: dict[str, Any] | None
     samples: list[dict[str, Any]]
     labels: dict[str, Any]
@@ -80,6 +83,15 @@ class TurnState(TurnInput, total=False):
     failed: str | None
     """Why the turn failed (``invalid_output: ...``, ``llm_error: ...``), or None."""
     history: list[dict[str, Any]]
+    turns: Annotated[list[TurnAnnotation], operator.add]
+
+
+class ChunkState(ChunkInput, total=False):
+    """The turns subgraph (one chunk): each turn's pipeline state, by turn index, and the finished annotations."""
+
+    work: dict[int, TurnState]
+    """Each step updates the turns it applies to, concurrently; not checkpointed by a run (a chunk is redone on
+    resume, its calls from the cache)."""
     turns: Annotated[list[TurnAnnotation], operator.add]
 
 
