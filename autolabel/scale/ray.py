@@ -42,6 +42,7 @@ import itertools
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class _WorstCaseBudget(Budget):
 
 class Limits:
     """The run's one concurrency limit and one budget, for every labeler (a Ray asyncio actor). What each labeler
-    holds is counted by owner (the labeler's stable name), so a restarted labeler gives back what it held."""
+    holds is counted by owner: one incarnation of a labeler (``name@id``), so a restarted labeler gives back what its
+    dead incarnations held, and what they were still waiting for is given back as soon as it is granted."""
 
     def __init__(self, concurrency: int, max_cost: float | None) -> None:
         self.limit = AdaptiveLimit(concurrency)
@@ -98,9 +100,13 @@ class Limits:
         self.reservations: dict[str, collections.Counter[float]] = collections.defaultdict(collections.Counter)
         self.rate_limited = 0
         self.peak = 0
+        self.dead: set[str] = set()
 
     async def acquire(self, owner: str) -> int:
         started_round = await self.limit.acquire()
+        if owner in self.dead:  # its process died while it waited
+            self.limit.release(started_round)
+            return started_round
         self.slots[owner][started_round] += 1
         self.peak = max(self.peak, self.limit.in_flight)
         return started_round
@@ -118,6 +124,9 @@ class Limits:
             await self.budget.admit({"worst": worst})
         except BudgetExceeded:
             return False, self.budget.spent
+        if owner in self.dead:  # its process died while it waited: no request was sent
+            self.budget.settle(worst, 0.0)
+            return False, self.budget.spent
         self.reservations[owner][worst] += 1
         return True, self.budget.spent
 
@@ -128,14 +137,17 @@ class Limits:
         self.budget.settle(reservation, cost)
 
     def reset(self, owner: str) -> None:
-        """Give back what a dead incarnation of ``owner`` held: its slots, and its reservations as spent at their
-        worst (a call in flight may have been billed)."""
-        for started_round, n in self.slots.pop(owner, collections.Counter()).items():
-            for _ in range(n):
-                self.limit.release(started_round)
-        for reservation, n in self.reservations.pop(owner, collections.Counter()).items():
-            for _ in range(n):
-                self.budget.settle(reservation, reservation)
+        """``owner`` is a new incarnation of its labeler: give back what the earlier ones held (they died): their
+        slots, and their reservations as spent at their worst (a call in flight may have been billed)."""
+        name = owner.split("@", 1)[0]
+        for old in {o for o in (*self.slots, *self.reservations) if o.split("@", 1)[0] == name and o != owner}:
+            self.dead.add(old)
+            for started_round, n in self.slots.pop(old, collections.Counter()).items():
+                for _ in range(n):
+                    self.limit.release(started_round)
+            for reservation, n in self.reservations.pop(old, collections.Counter()).items():
+                for _ in range(n):
+                    self.budget.settle(reservation, reservation)
 
     def status(self) -> dict[str, Any]:
         return {"spent": self.budget.spent, "closed": self.budget.closed, "in_flight": self.limit.in_flight,
@@ -219,7 +231,8 @@ class Labeler:
 
     def __init__(self, task_json: str, settings_json: str, input_name: str, owner: str, limits: Any) -> None:
         self.settings = Settings.model_validate_json(settings_json)
-        self.owner, self.limits, self.input_name = owner, limits, input_name
+        self.owner = f"{owner}@{uuid.uuid4().hex[:12]}"  # this incarnation: a restart is another
+        self.limits, self.input_name = limits, input_name
         self.annotator = Annotator(TaskSpec.model_validate_json(task_json), settings=self.settings,
                                    shared_limits=self._shared)
         self.feed: asyncio.Queue[Dialogue | None] | None = None
@@ -234,10 +247,14 @@ class Labeler:
 
         problem = None
         if self.settings.family == "local":
+            import importlib.util
+
             from autolabel.llm.local import model_path
 
             try:
                 model_path(self.settings.model_name, self.settings)
+                if importlib.util.find_spec("llama_cpp") is None:
+                    problem = "the local model needs llama-cpp-python: pip install 'autolabel[local]'"
             except ConfigError as e:
                 problem = str(e)
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "problem": problem}
@@ -274,6 +291,12 @@ class Labeler:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def holding(self) -> dict[str, Any]:
+        """What this worker holds now (for a look at a stuck run)."""
+        return {"pid": os.getpid(), "running": self.runner is not None and not self.runner.done(),
+                "queued": self.feed.qsize() if self.feed is not None else 0,
+                "waiting": sum(len(w) for w in self.waiting.values())}
 
     async def _dialogues(self) -> AsyncIterator[Dialogue]:
         assert self.feed is not None
@@ -363,7 +386,7 @@ class RayAnnotator(Annotator):
         ray = _ray()
         ours = _connect(ray, self.address, self.num_cpus, self.runtime_env)
         try:
-            nodes = _check_nodes(ray, self.settings)
+            nodes = _check_nodes(ray, self.runtime_env)
             with closing(Store.open(self.settings.db)) as store:
                 run_id = self.start_run(store, input_name)
             view = _DriverView(run_id, RunSummary(run_id=run_id, db=self.settings.db), time.monotonic())
@@ -384,15 +407,20 @@ class RayAnnotator(Annotator):
         n = self.workers or nodes
         limits = ray.remote(Limits).options(name=f"autolabel-limits-{view.run_id}", num_cpus=0,
                                             max_concurrency=10_000).remote(s.concurrency, s.max_cost)
-        labeler = ray.remote(Labeler).options(
-            num_cpus=self.cpus_per_worker, max_restarts=RESTARTS, max_task_retries=-1, max_concurrency=1000,
-            scheduling_strategy="SPREAD", runtime_env=_key_env(s))
+        labeler = ray.remote(Labeler)
+        options = {"num_cpus": self.cpus_per_worker, "max_restarts": RESTARTS, "max_task_retries": -1,
+                   "max_concurrency": 1000, "scheduling_strategy": "SPREAD",
+                   "runtime_env": _worker_env(s, self.runtime_env)}
         settings_json = s.model_dump_json(exclude={"review_token"})
-        actors = [labeler.remote(self.task.model_dump_json(), settings_json, input_name, f"labeler-{i}", limits)
-                  for i in range(n)]
+        actors = [labeler.options(name=f"autolabel-{view.run_id}-labeler-{i}", **options).remote(
+            self.task.model_dump_json(), settings_json, input_name, f"labeler-{i}", limits) for i in range(n)]
         try:
-            problems = [w["problem"] for w in await asyncio.gather(*(a.where.remote() for a in actors))
-                        if w["problem"]]
+            try:
+                problems = [w["problem"] for w in await asyncio.gather(*(a.where.remote() for a in actors))
+                            if w["problem"]]
+            except RuntimeError as e:  # Ray's "failed to import on the worker": autolabel there cannot load
+                raise ConfigError(f"a Ray worker cannot load autolabel ({_first_line(e)}): install the same "
+                                  "autolabel on every node, with its extras") from None
             if problems:
                 raise ConfigError(f"a Ray worker cannot run {s.model}: {problems[0]} (on every node of the cluster)")
             size = self.batch_size or max(1, -(-s.concurrency // n))
@@ -466,11 +494,15 @@ def _chunks(dialogues: Iterator[Dialogue], size: int) -> Iterator[list[Dialogue]
         yield batch
 
 
-def _key_env(s: Settings) -> dict[str, Any] | None:
-    """The API keys the run's workers need, from the driver's environment (a cluster's nodes do not have them)."""
+def _worker_env(s: Settings, runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The labelers' runtime environment: the caller's, with the API keys the run needs from the driver's
+    environment (a cluster's nodes do not have them)."""
     names = {s.api_key_env, s.embeddings_api_key_env or s.api_key_env}
-    env = {n: os.environ[n] for n in names if n in os.environ}
-    return {"env_vars": env} if env else None
+    keys = {n: os.environ[n] for n in names if n in os.environ}
+    env = dict(runtime_env or {})
+    if keys:
+        env["env_vars"] = {**env.get("env_vars", {}), **keys}
+    return env or None
 
 
 # -- connecting -----------------------------------------------------------------------------------------------------
@@ -486,6 +518,8 @@ def _ray() -> Any:
 def _connect(ray: Any, address: str | None, num_cpus: int | None, runtime_env: dict[str, Any] | None) -> bool:
     """Join the cluster at ``address`` (None: start a local instance). True when this call started Ray (the run
     shuts it down after)."""
+    if address not in (None, "auto"):
+        _preflight(address)
     if ray.is_initialized():
         return False  # the caller's own Ray session (a script that called ray.init)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "runtime_env": runtime_env,
@@ -493,8 +527,6 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, runtime_env: d
     if address is None:
         ray.init(num_cpus=num_cpus, **options)
         return True
-    if address != "auto":
-        _preflight(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -525,7 +557,7 @@ def _preflight(address: str) -> None:
         raise ConfigError(f"{hostport} answers, but not as a Ray cluster: use the head's port {port_hint}")
 
 
-def _check_nodes(ray: Any, settings: Settings) -> int:
+def _check_nodes(ray: Any, runtime_env: dict[str, Any] | None) -> int:
     """Every alive node has this autolabel (a probe task sent by value: it runs where autolabel is missing).
     Returns the number of alive nodes."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -540,7 +572,7 @@ def _check_nodes(ray: Any, settings: Settings) -> int:
         except (ImportError, importlib.metadata.PackageNotFoundError):
             return None
 
-    task = ray.remote(num_cpus=0, max_retries=0)(probe)
+    task = ray.remote(num_cpus=0, max_retries=0, runtime_env=runtime_env)(probe)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     found = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                      .remote() for n in nodes])
