@@ -121,11 +121,14 @@ def test_public_api_is_pinned() -> None:
         assert getattr(autolabel, name) is not None
 
 
-def test_langgraph_json_points_at_the_compiled_graph() -> None:
-    config = json.loads((REPO / "graphs" / "langgraph.json").read_text())
+@pytest.mark.parametrize("config_dir", [".", "graphs"])
+def test_langgraph_json_points_at_the_compiled_graph(config_dir: str) -> None:
+    """The root file is what ``langgraph dev`` reads from the repository root (the README's command); the one in
+    graphs/ ships in the wheel beside the graph."""
+    config = json.loads((REPO / config_dir / "langgraph.json").read_text())
     target = config["graphs"]["annotate"]
     path, attr = target.split(":")
-    assert (REPO / "graphs" / path).exists()
+    assert (REPO / config_dir / path).exists()
     from autolabel.graphs.annotate import graph as module
 
     compiled = getattr(module, attr)
@@ -141,6 +144,7 @@ def test_wheel_ships_schemas_and_task_specs(tmp_path: Path) -> None:
                      "autolabel/schemas/tasks/psy-insight.yaml", "autolabel/schemas/tasks/support-strategy.yaml",
                      "autolabel/schemas/tasks/mi-talk.yaml",
                      "autolabel/graphs/annotate/graph.py", "autolabel/graphs/langgraph.json", "autolabel/cli/app.py",
+                     "autolabel/schemas/tasks/mi-talk.demo.jsonl",
                      "autolabel/review/templates/item.html"):
         assert required in names, required
 
