@@ -17,6 +17,10 @@ tools         ``tools: [one function]`` + ``tool_choice`` forcing it          ``
 prompt        the instruction only (the schema in the system message)         ``MD_JSON``
 ============  =============================================================  ===================
 
+In json_object mode the schema sent in ``response_format`` has no string length limits: llama-cpp-python's server
+(0.3.36) turns ``maxLength: 1200`` into nested grammar rules that llama.cpp refuses, and then crashes. The system
+message carries the whole schema, and autolabel's validator checks the lengths (and re-asks) as in every mode.
+
 ``RequestParts`` of each mode are built once per schema, with their JSON (the cache key and the call log reuse it
 instead of serialising the schema again on every call).
 """
@@ -103,12 +107,34 @@ def _sorted_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
+_DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
+_NAMED_KEYS = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
+
+
+def without_lengths(schema: Any) -> Any:
+    """``schema`` without ``minLength``/``maxLength`` anywhere (values under enum/const/default are data: kept)."""
+    if isinstance(schema, list):
+        return [without_lengths(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("minLength", "maxLength"):
+            continue
+        if key in _NAMED_KEYS and isinstance(value, dict):
+            out[key] = {name: without_lengths(sub) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _DATA_KEYS else without_lengths(value)
+    return out
+
+
 def _parts(name: str, schema: dict[str, Any], schema_text: str) -> dict[StructuredMode, RequestParts]:
     instruction = INSTRUCTION.format(schema=schema_text)
     by_mode: dict[StructuredMode, tuple[dict[str, Any], str | None]] = {
         StructuredMode.JSON_SCHEMA: ({"response_format": {"type": "json_schema",
                                                           "json_schema": {"name": name, "schema": schema}}}, None),
-        StructuredMode.JSON_OBJECT: ({"response_format": {"type": "json_object", "schema": schema}}, instruction),
+        StructuredMode.JSON_OBJECT: ({"response_format": {"type": "json_object", "schema": without_lengths(schema)}},
+                                     instruction),
         StructuredMode.TOOLS: ({"tools": [{"type": "function", "function": {"name": name, "parameters": schema}}],
                                 "tool_choice": {"type": "function", "function": {"name": name}}}, None),
         StructuredMode.PROMPT: ({}, instruction),
