@@ -177,6 +177,9 @@ def test_every_command_that_takes_db_works_on_postgresql(pg: Cluster, tmp_path: 
     assert "done" in ok("review", "status", "--db", db)
     token = ok("review", "add-reviewer", "dana", "--db", db).strip()
     assert len(token) > 20 and count("SELECT COUNT(*) FROM reviewers") == 1
+    assert "every gold row follows the task's rules" in ok("review", "doctor", "--db", db)
+    ok("review", "remove-reviewer", "dana", "--db", db)
+    assert count("SELECT COUNT(*) FROM reviewers WHERE name = 'dana'") == 0
     ok("eval", "--db", db, "--run", Store.open(db).runs()[0]["id"], "--out", str(tmp_path / "report"), "--n-boot",
        "20")
     assert (tmp_path / "report" / "report.json").exists()

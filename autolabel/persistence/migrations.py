@@ -6,7 +6,8 @@ always migrates. An applied migration is never edited: change the schema by appe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -26,6 +27,8 @@ from sqlalchemy import (
     inspect,
     text,
 )
+
+from autolabel.persistence.tx import BEGIN
 
 Migration = Callable[[Connection], None]
 
@@ -277,9 +280,22 @@ def applied(conn: Connection) -> set[str]:
     return {r[0] for r in conn.execute(text("SELECT name FROM migrations"))}
 
 
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """One migration transaction that holds the database against other migrators from its start: SQLite's
+    ``BEGIN IMMEDIATE`` (the one write-transaction rule of :mod:`autolabel.persistence.tx`), PostgreSQL's advisory
+    lock. Two processes opening a new database at once then migrate it one after the other."""
+    with engine.connect() as conn, conn.begin():
+        for sql in BEGIN.get(conn.dialect.name, ()):
+            conn.exec_driver_sql(sql)
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(724513)"))  # one migrator at a time
+        yield conn
+
+
 def migrate(engine: Engine) -> list[str]:
     """Apply every pending migration, each in its own transaction with its record. Returns the names applied."""
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         if not inspect(conn).has_table("migrations"):
             md = MetaData()
             Table("migrations", md, Column("name", Text, primary_key=True),
@@ -287,9 +303,7 @@ def migrate(engine: Engine) -> list[str]:
             md.create_all(conn)
     done: list[str] = []
     for name, step in MIGRATIONS:
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(724513)"))  # one migrator at a time
+        with _migrating(engine) as conn:
             if name in applied(conn):
                 continue
             step(conn)
