@@ -182,8 +182,10 @@ def test_a_remote_endpoint_is_announced_once_per_run(tmp_path: Path, caplog: pyt
 
 
 def test_cli_says_once_that_text_would_leave_the_machine(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    r = cli("run", str(empty), "--model", "openai:test", "--base-url", REMOTE, "--db", str(tmp_path / "r.db"))
-    assert r.returncode == 0, r.stderr
+    """A budget of nothing stops the run before its first call (an empty input is an input error, exit 3, before the
+    run starts): the notice is printed at the start all the same, and nothing is sent."""
+    input = write_jsonl(tmp_path / "in.jsonl", [EN])
+    r = cli("run", str(input), "--model", "openai:test", "--base-url", REMOTE, "--db", str(tmp_path / "r.db"),
+            "--max-cost", "0", "--price-in", "1", "--price-out", "1")
+    assert r.returncode == 6, r.stderr
     assert r.stderr.count("remote endpoint") == 1 and "sk-in-the-url" not in r.stderr + r.stdout
