@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -31,6 +29,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 
+from autolabel import runs
 from autolabel.errors import BudgetExceeded, InputError, LeaseLost, StoreError
 from autolabel.examples import few_shot_picker
 from autolabel.graphs.annotate.context import Context
@@ -59,8 +58,6 @@ from autolabel.tasks import TaskSpec, load_task
 
 log = logging.getLogger(__name__)
 
-OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact",
-                 "few_shot")
 Progress = Callable[[DialogueResult, "RunState"], None]
 SharedLimits = Callable[[LLMClient], tuple[AdaptiveLimit, Budget]]
 """Makes the limit and budget a run shares with other processes (``Annotator.shared_limits``)."""
@@ -92,26 +89,17 @@ class Annotator:
         self.shared_limits = shared_limits
         """For a run spread over processes (``autolabel.scale.ray``): called with each run's LLM client, returns the
         concurrency limit and the budget the whole run shares, used instead of the client's own."""
-        base = settings or Settings()
-        updates = {k: v for k, v in {"model": model, "db": str(db) if db else None, **overrides}.items()
-                   if v is not None}
-        self.settings = Settings.model_validate({**base.model_dump(), **updates})
+        self.settings = runs.settings_with(settings, {"model": model, "db": str(db) if db else None, **overrides})
 
     # -- identity ------------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        params = {k: getattr(self.settings, k) for k in OUTPUT_PARAMS}
-        if self.settings.few_shot and self.settings.embeddings != Settings.model_fields["embeddings"].default:
-            params["embeddings"] = self.settings.embeddings  # another embedder picks other examples: another run
-        if self.settings.turns_per_call != 1:
-            params["turns_per_call"] = self.settings.turns_per_call  # other prompts and answers: another run
-        return params
+        return runs.run_params(self.settings)
 
     def params_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
+        return runs.params_hash(self.settings)
 
     def run_id(self, input_name: str) -> str:
-        key = f"{self.task.spec_hash}|{self.settings.model}|{self.params_hash()}|{input_name}"
-        return hashlib.sha256(key.encode()).hexdigest()[:12]
+        return runs.run_id(self.task, self.settings, input_name)
 
     # -- async API -----------------------------------------------------------------------------------------
     async def aannotate(self, dialogue: Dialogue) -> DialogueResult:
@@ -282,11 +270,7 @@ class Annotator:
 
     def start_run(self, store: Store, input_name: str) -> str:
         """Record the run of this configuration over ``input_name`` (or reopen it); returns its id."""
-        run_id = self.run_id(input_name)
-        store.start_run(run_id, task_name=self.task.name, task_version=self.task.version,
-                        task_hash=self.task.spec_hash, task_json=self.task.model_dump_json(), model=self.settings.model,
-                        params=self.params(), params_hash=self.params_hash(), input=input_name)
-        return run_id
+        return runs.start_run(store, self.task, self.settings, input_name)
 
     async def _one(self, run: RunState, d: Dialogue) -> DialogueResult | None:
         store = run.ctx.store

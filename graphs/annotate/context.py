@@ -87,14 +87,12 @@ def open_run(task: TaskSpec, settings: Settings | None, configuration: dict[str,
              ) -> tuple[Settings, LLMClient, Store, str]:
     """The settings, LLM client, open store and run id of a configuration (``model``, ``base_url``, ``db`` and any
     other setting; unset ones come from ``AUTOLABEL_*`` and the defaults, as for ``autolabel run``)."""
-    from autolabel.annotator import Annotator  # the Python API records the run, as for any other input
+    from autolabel import runs
     from autolabel.llm import pricing
     from autolabel.llm.client import make_backend
 
-    overrides = {k: v for k, v in configuration.items() if v is not None}
-    annotator = Annotator(task, settings=settings, **overrides)
-    s = annotator.settings
+    s = runs.settings_with(settings, configuration)
     cost, _ = pricing.pricer(s)
     store = Store.open(s.db)
-    run_id = annotator.start_run(store, SERVER_INPUT)
+    run_id = runs.start_run(store, task, s, SERVER_INPUT)
     return s, LLMClient(s, make_backend(s), store, run_id=run_id, pricer=cost), store, run_id
