@@ -52,7 +52,7 @@ from autolabel.models import (
     TurnAnnotation,
 )
 from autolabel.persistence.store import Store, is_postgres
-from autolabel.readers import read_dialogues
+from autolabel.readers import collect_errors, read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task
 
@@ -170,11 +170,7 @@ class Annotator:
                    errors: list[InputError] | None = None) -> RunSummary:
         """Annotate every dialogue of an input file; bad records are reported (``errors``) and skipped."""
         errs = errors if errors is not None else []
-
-        def on_error(e: InputError) -> None:
-            if on_invalid == "fail":
-                raise e
-            errs.append(e)
+        on_error = collect_errors(on_invalid, errs)
 
         dialogues = read_dialogues(path, on_error=on_error)
         summary = RunSummary(run_id=self.run_id(str(Path(path).resolve())), db=self.settings.db)

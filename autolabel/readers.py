@@ -437,6 +437,18 @@ def detect_format(path: str | Path) -> InputFormat:
     return InputFormat.JSON if "turns" in record and "dialog" not in record else InputFormat.PSY_INSIGHT
 
 
+def collect_errors(on_invalid: str, errors: list[InputError]) -> Callable[[InputError], None]:
+    """An ``on_error`` for :func:`read_dialogues`: ``"fail"`` raises the bad record's error, ``"skip"`` keeps it in
+    ``errors`` (to report) and reading goes on."""
+
+    def on_error(e: InputError) -> None:
+        if on_invalid == "fail":
+            raise e
+        errors.append(e)
+
+    return on_error
+
+
 def read_dialogues(path: str | Path, *, format: InputFormat | None = None,
                    on_error: Callable[[InputError], None] | None = None) -> Generator[Dialogue, None, None]:
     """Stream the dialogues of ``path`` (``close()`` the generator to release the file before the end).

@@ -35,7 +35,7 @@ from autolabel.errors import BudgetExceeded, ConfigError, InputError
 from autolabel.models import Dialogue, RunSummary
 from autolabel.persistence.jobs import DEFAULT_LEASE, JobQueue
 from autolabel.persistence.store import Store
-from autolabel.readers import read_dialogues
+from autolabel.readers import collect_errors, read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task
 
@@ -81,11 +81,7 @@ def enqueue(input: str | Path, *, db: str, task: TaskSpec | str | Path, model: s
     annotator = Annotator(task, model, db=db, settings=settings, **overrides)
     input_name = str(Path(input).resolve())
     errors: list[InputError] = []
-
-    def on_error(e: InputError) -> None:
-        if on_invalid == "fail":
-            raise e
-        errors.append(e)
+    on_error = collect_errors(on_invalid, errors)
 
     with closing(Store.open(db)) as store:
         run_id = annotator.start_run(store, input_name)

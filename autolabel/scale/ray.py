@@ -56,7 +56,7 @@ from autolabel.llm.budget import Budget
 from autolabel.llm.limits import AdaptiveLimit
 from autolabel.models import Dialogue, DialogueResult, RunSummary
 from autolabel.persistence.store import Store, is_postgres
-from autolabel.readers import read_dialogues
+from autolabel.readers import collect_errors, read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec
 
@@ -376,11 +376,7 @@ class RayAnnotator(Annotator):
     async def arun(self, path: str | Path, *, on_invalid: str = "skip", progress: Progress | None = None,
                    errors: list[InputError] | None = None) -> RunSummary:
         errs = errors if errors is not None else []
-
-        def on_error(e: InputError) -> None:
-            if on_invalid == "fail":
-                raise e
-            errs.append(e)
+        on_error = collect_errors(on_invalid, errs)
 
         input_name = str(Path(path).resolve())
         ray = _ray()
