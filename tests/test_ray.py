@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autolabel import ConfigError
-from autolabel.cli import app
+from autolabel.cli import app, main
 from autolabel.interop.export import export
 from autolabel.persistence.store import Store
 from tests.conftest import dialogue, write_jsonl
@@ -196,3 +196,26 @@ def test_run_help_names_the_ray_option() -> None:
     result = CliRunner().invoke(app, ["run", "--help"])
     assert "--ray" in result.output
 
+
+
+@pytest.mark.parametrize(("args", "address"), [
+    (["--ray"], "local"), (["--ray", "--on-invalid", "skip"], "local"), (["--ray", "local"], "local"),
+    (["--ray=10.0.0.1:6379"], "10.0.0.1:6379"), (["--ray", "10.0.0.1:6379"], "10.0.0.1:6379")])
+def test_a_bare_ray_option_means_a_local_instance(args: list[str], address: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``autolabel run INPUT --ray``: the console entry point reads a bare --ray as a local Ray instance."""
+    import autolabel.scale.ray as scale_ray
+
+    seen: list[str | None] = []
+
+    def on_ray(annotator: Any, given: str | None) -> Any:
+        seen.append(given)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(scale_ray, "on_ray", on_ray)
+    input = many(tmp_path, 1)
+    monkeypatch.setattr(sys, "argv", ["autolabel", "run", str(input), "--db", str(tmp_path / "x.db"), "--model",
+                                      "openai:test", "--base-url", "http://127.0.0.1:9/v1", *args])
+    with pytest.raises(SystemExit) as exit:
+        main()
+    assert seen == [address] and exit.value.code == 2

@@ -72,6 +72,21 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+OPTIONAL_VALUES = {"--ray": "local"}
+"""Options whose value may be left out, and what they mean then (``--ray`` alone: a Ray instance on this machine).
+Neither Typer nor the click it ships declares an option with an optional value, so ``main`` fills the value in."""
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """``args`` with the value of an ``OPTIONAL_VALUES`` option filled in where it was left out: the option last, or
+    followed by another option (``--ray --db x``), as click's options with an optional value read it."""
+    out = list(args)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i] in OPTIONAL_VALUES and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, OPTIONAL_VALUES[out[i]])
+    return out
+
+
 def main() -> None:
     """Console entry point: library errors become one line on stderr and an exit code.
 
@@ -81,7 +96,7 @@ def main() -> None:
     the library is one line too (exit 4 / 1); anything else is a bug and says so."""
     state = CliState()
     try:
-        app(obj=state)
+        app(args=with_optional_values(sys.argv[1:]), obj=state)
     except Stopped as e:  # not an error: the run is resumable
         console.print(str(e), style="yellow", markup=False, soft_wrap=True)
         sys.exit(e.exit_code)

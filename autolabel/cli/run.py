@@ -129,9 +129,10 @@ def run(
     progress_every: Annotated[float, typer.Option(help="Seconds between progress lines when stderr is not a "
                                                        "terminal (a log, a pipe); a line also comes every 5% of the "
                                                        "turns.", min=0.01)] = PROGRESS_EVERY,
-    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Spread the run over a Ray cluster: "
-                                            "local (a Ray instance on this machine), auto, or the head's host:port "
-                                            "(needs --db postgresql://...).")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]",
+                                            help="Spread the run over a Ray cluster: the head's host:port (needs --db "
+                                            "postgresql://...), auto, or nothing / local for a Ray instance on this "
+                                            "machine.")] = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
