@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_TAGS = re.compile(r"</?\s*(turn|context|target|dialogue|examples?)\b[^>]*>", re.IGNORECASE)
+_TAGS = re.compile(r"</?\s*(turn|turn_info|session_info|context|target|dialogue|examples?)\b[^>]*>", re.IGNORECASE)
 
 
 def detect_language(texts: list[str], supported: tuple[str, ...] = ("en", "zh")) -> str:

@@ -7,11 +7,13 @@ and memory. The session call gets the whole dialogue once.
 
 ``--redact``: one Redactor per dialogue, primed with every turn (a name learned in turn 3 is replaced in turn 3000),
 redacts the turns in order when the branches are cut; each excerpt keeps the placeholders its turns hold, enough to
-restore what the model writes about them. Nothing of it is cached between dialogues or runs.
+restore what the model writes about them. Nothing of it is cached between dialogues or runs. Metadata the prompt
+may show (the dialogue's, each turn's) is redacted the same way: text values, and other containers as JSON text.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -35,7 +37,9 @@ class Excerpt(BaseModel):
     shown: tuple[Turn, ...] | None = None
     """As the model sees them (``--redact``: placeholders for personal details), the same indices; None: as read."""
     placeholders: dict[str, str] = Field(default_factory=dict)
-    """Placeholder -> original, for the placeholders in ``shown``."""
+    """Placeholder -> original, for the placeholders in ``shown`` and ``meta``."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """The dialogue's metadata as the model sees it (``--redact``: redacted), for a spec's ``context.dialogue_meta``."""
 
     @property
     def first(self) -> int:
@@ -65,25 +69,45 @@ class Excerpt(BaseModel):
         return Redactor.restoring(self.placeholders).restore_obj(obj)
 
 
-def shown_turns(d: Dialogue) -> tuple[tuple[Turn, ...], dict[str, str]]:
-    """The dialogue's turns as the model sees them under ``--redact``, and every placeholder -> original."""
+def _meta_texts(meta: dict[str, Any]) -> list[str]:
+    return [v for v in meta.values() if isinstance(v, str)]
+
+
+def _redact_meta(redactor: Redactor, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its text redacted: strings, and lists or objects as JSON text; numbers and booleans kept."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, str):
+            out[k] = redactor.redact(v)
+        elif isinstance(v, list | dict):
+            out[k] = redactor.redact(json.dumps(v, ensure_ascii=False))
+        else:
+            out[k] = v
+    return out
+
+
+def shown_turns(d: Dialogue) -> tuple[tuple[Turn, ...], dict[str, Any], dict[str, str]]:
+    """The dialogue's turns and metadata as the model sees them under ``--redact``, and every placeholder ->
+    original."""
     redactor = Redactor()
-    redactor.prime(t.text for t in d.turns)
-    shown = tuple(t.model_copy(update={"speaker": redactor.redact(t.speaker), "text": redactor.redact(t.text)})
-                  for t in d.turns)
-    return shown, redactor.mapping
+    redactor.prime([*(t.text for t in d.turns), *_meta_texts(d.meta),
+                    *(s for t in d.turns for s in _meta_texts(t.meta))])
+    shown = tuple(t.model_copy(update={"speaker": redactor.redact(t.speaker), "text": redactor.redact(t.text),
+                                       "meta": _redact_meta(redactor, t.meta)}) for t in d.turns)
+    return shown, _redact_meta(redactor, d.meta), redactor.mapping
 
 
 def cut(d: Dialogue, chunks: list[list[int]], window: int, redact: bool) -> tuple[list[Excerpt], Excerpt]:
     """One excerpt per chunk (its turns and ``window`` turns before them) and one of the whole dialogue."""
-    shown, mapping = shown_turns(d) if redact else (None, {})
+    shown, meta, mapping = shown_turns(d) if redact else (None, d.meta, {})
 
     def excerpt(lo: int, hi: int) -> Excerpt:
         if shown is None:
-            return Excerpt(dialogue_id=d.id, turns=d.turns[lo:hi])
+            return Excerpt(dialogue_id=d.id, turns=d.turns[lo:hi], meta=meta)
         part = shown[lo:hi]
-        found = {m for t in part for s in (t.speaker, t.text) for m in _PLACEHOLDER.findall(s)}
-        return Excerpt(dialogue_id=d.id, turns=d.turns[lo:hi], shown=part,
+        texts = [*(s for t in part for s in (t.speaker, t.text, *_meta_texts(t.meta))), *_meta_texts(meta)]
+        found = {m for s in texts for m in _PLACEHOLDER.findall(s)}
+        return Excerpt(dialogue_id=d.id, turns=d.turns[lo:hi], shown=part, meta=meta,
                        placeholders={p: mapping[p] for p in sorted(found) if p in mapping})
 
     parts = [excerpt(max(0, c[0] - window), c[-1] + 1) for c in chunks]

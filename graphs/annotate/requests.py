@@ -112,7 +112,8 @@ class RequestBuilder:
         if ex.redacted and similar:
             similar = [redact_example(e) for e in similar]
         user = prompts.turn_user(ex.seen_span(index - self.window, index), ex.seen(index), fields.role,
-                                 task.context.max_turn_chars, language, similar, task, fields)
+                                 task.context.max_turn_chars, language, similar, task, fields,
+                                 prompts.session_info(task, ex.meta, language))
         system = self.once(("label_system", fields.role, language),
                            lambda: prompts.label_system(task, fields, language))
         return Request("label", _pair(system, user), self.schema(fields), f"label_{fields.role}")
@@ -144,7 +145,8 @@ class RequestBuilder:
             similar = {role: [redact_example(e) for e in found] for role, found in similar.items()}
         first = indices[0]
         user = prompts.group_user(ex.seen_span(first - self.window, first), ex.seen_span(first, indices[-1] + 1),
-                                  targets, self.task.context.max_turn_chars, language, similar, self.task)
+                                  targets, self.task.context.max_turn_chars, language, similar, self.task,
+                                  prompts.session_info(self.task, ex.meta, language))
         system = self.once(("group_system", language),
                            lambda: prompts.group_system(self.task, labeled_roles(self.task), language))
         return Request("label", _pair(system, user), self.group_schema(targets), "label_turns",
@@ -172,7 +174,9 @@ class RequestBuilder:
     def session(self, ex: Excerpt, fields: RoleFields, language: str) -> tuple[Request, bool]:
         """The session call over the whole dialogue (each turn capped); True when anything was cut."""
         user, truncated = prompts.session_user(ex.seen_span(0, ex.first + len(ex.turns)),
-                                               self.task.context.max_turn_chars, language)
+                                               self.task.context.max_turn_chars, language,
+                                               prompts.session_info(self.task, ex.meta, language),
+                                               self.task.context.turn_meta)
         system = self.once(("session_system", language),
                            lambda: prompts.session_system(self.task, fields, language))
         return Request("session", _pair(system, user), self.schema(fields, "session"), "session"), truncated
