@@ -190,6 +190,22 @@ def test_a_node_without_the_local_models_packages_is_one_line(local_ray: Any, tm
     with closing(Store.open(db)) as store:
         run_id = annotator.run_id(str(input.resolve()))
         assert [store.dialogue_status(run_id, d) for d in ("d0", "d1")] == [None, None], "no dialogue written"
+        assert store.runs() == [], "not even the run: it is recorded once every worker can run it"
+
+
+def test_run_with_a_bare_ray_option_labels_on_a_local_instance_with_sqlite(tmp_path: Path) -> None:
+    """``autolabel run INPUT --ray --db FILE`` as a user types it: a Ray instance of its own, started and stopped by
+    the run, SQLite as the store (allowed for a local instance), every turn labeled once."""
+    input = many(tmp_path, 3)
+    db = str(tmp_path / "labels.db")
+    with FakeOpenAIServer(seed=7, latency=0.02) as server:
+        result = cli("run", str(input), "--ray", "--db", db, "--model", "openai:test", "--base-url",
+                     server.base_url, "--concurrency", "2")
+    assert result.returncode == 0, result.stderr
+    with closing(Store.open(db)) as store:
+        (run,) = store.runs()
+        assert run["status"] == "finished"
+    assert_every_turn_once_in_export(db, run["id"], 3, tmp_path)
 
 
 def test_run_help_names_the_ray_option() -> None:

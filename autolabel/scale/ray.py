@@ -26,8 +26,13 @@ Exactly once under Ray's failure model: a labeler is restarted by Ray when its p
 (``max_restarts``) and the batch it held is sent again (``max_task_retries``). The retried batch goes through the
 same ``Annotator`` path as any resume: a dialogue already ``done`` in the store is read back, not redone (nothing is
 written again); one that was running resumes from its LangGraph checkpoint in the shared database; every call already
-answered comes from the call cache. Only calls that were in flight when the worker died are sent again. The store and
-checkpointer must be PostgreSQL on a cluster (SQLite only with a local instance, whose workers share the machine).
+answered comes from the call cache. Only calls that were in flight when the worker died are sent again. The final
+write is guarded: each incarnation of a labeler claims a dialogue with its own token as it starts it
+(``persistence.attempts``) and stores it only while that token is still the dialogue's (checked in the write's own
+transaction), so an incarnation Ray declared dead that still finishes later (a stalled process, a node cut off) writes
+nothing over the result of the one that took its batch over, and a dialogue already done is never claimed again. The
+store and checkpointer must be PostgreSQL on a cluster (SQLite only with a local instance, whose workers share the
+machine).
 
 Failures a user meets are one-line ``ConfigError`` (exit 2), raised before anything is written: no Ray installed, an
 unreachable or wrong address, a node without autolabel (or another version), a node without the embedded model's
@@ -55,6 +60,7 @@ from autolabel.errors import AutolabelError, BudgetExceeded, ConfigError, InputE
 from autolabel.llm.budget import Budget
 from autolabel.llm.limits import AdaptiveLimit
 from autolabel.models import Dialogue, DialogueResult, RunSummary
+from autolabel.persistence.attempts import claim, superseded
 from autolabel.persistence.store import Store, is_postgres
 from autolabel.readers import collect_errors, read_dialogues
 from autolabel.settings import Settings
@@ -71,6 +77,8 @@ DEPTH = 2
 RESTARTS = 3
 """Restarts of a labeler whose process or node died (each resumes from the checkpoints); then the run stops."""
 CONNECT_TIMEOUT = 5.0
+LOST_CHECK = 2.0
+"""Seconds between a labeler's looks for dialogues of its batches that a later attempt took over."""
 COUNTED = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "skipped_dialogues", "resumed_dialogues")
 """Labelers' summary fields the driver adds up (their cost comes from the shared budget when there is one)."""
 
@@ -223,6 +231,8 @@ class BatchDone:
     results: list[DialogueResult]
     stopped: list[str] = field(default_factory=list)
     counted: dict[str, float] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    """Dialogues another attempt took over (this labeler was superseded): that attempt stores them."""
 
 
 class Labeler:
@@ -240,6 +250,12 @@ class Labeler:
         self.runner: asyncio.Task[None] | None = None
         self.state: RunState | None = None
         self.reported: dict[str, float] = dict.fromkeys(COUNTED, 0)
+        self.run_id = self.annotator.run_id(input_name)
+        self.store: Store | None = None  # for the claims: this incarnation's token on each dialogue it starts
+        self.claimed: set[str] = set()
+        self.lost: set[str] = set()
+        self.opened = asyncio.Event()
+        self.failure: BaseException | None = None
 
     def where(self) -> dict[str, Any]:
         """This worker's node and process, and whether it can run the run's model (None, or what is missing)."""
@@ -263,11 +279,24 @@ class Labeler:
         budget = ClusterBudget(llm.budget, self.limits, self.owner) if llm.budget.limit is not None else llm.budget
         return ClusterLimit(self.limits, self.owner, llm.limit.ceiling), budget
 
-    async def label(self, batch: list[Dialogue]) -> BatchDone:
+    async def open(self) -> None:
+        """Open this worker's run (client, store, checkpointer, graph) and wait until it takes dialogues."""
+        runner = self._start()
+        opened = asyncio.create_task(self.opened.wait())
+        await asyncio.wait({opened, runner}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if not self.opened.is_set() and self.failure is not None:
+            raise self.failure
+
+    def _start(self) -> asyncio.Task[None]:
         if self.runner is None:  # set before any await: batches arrive concurrently
             self.feed = asyncio.Queue()
             self.runner = asyncio.create_task(self._run())
-        assert self.feed is not None
+        return self.runner
+
+    async def label(self, batch: list[Dialogue]) -> BatchDone:
+        self._start()
+        assert self.feed is not None and self.runner is not None
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[DialogueResult | None]] = []
         for d in batch:
@@ -278,9 +307,20 @@ class Labeler:
                 self.waiting[d.id].append(f)
                 self.feed.put_nowait(d)
             futures.append(f)
-        answers = await asyncio.gather(*futures)
+        pending = set(futures)
+        while pending:  # a dialogue another attempt took over is never answered here: look for those now and then
+            _, pending = await asyncio.wait(pending, timeout=LOST_CHECK)
+            if pending and self.store is not None:
+                mine = [d.id for d, f in zip(batch, futures, strict=True) if f in pending and d.id in self.claimed]
+                for dialogue_id in await asyncio.to_thread(superseded, self.store, self.run_id, mine, self.owner):
+                    self.lost.add(dialogue_id)
+                    for f in self.waiting.pop(dialogue_id, []):
+                        f.set_result(None)
+        answers = [f.result() for f in futures]
         return BatchDone([r for r in answers if r is not None],
-                         [d.id for d, r in zip(batch, answers, strict=True) if r is None], self._counted())
+                         [d.id for d, r in zip(batch, answers, strict=True) if r is None and d.id not in self.lost],
+                         self._counted(),
+                         [d.id for d, r in zip(batch, answers, strict=True) if r is None and d.id in self.lost])
 
     async def close(self) -> dict[str, float]:
         """End the run's stream (the client's call log is flushed); returns what was not reported yet."""
@@ -299,8 +339,14 @@ class Labeler:
                 "waiting": sum(len(w) for w in self.waiting.values())}
 
     async def _dialogues(self) -> AsyncIterator[Dialogue]:
-        assert self.feed is not None
+        """The dialogues fed to the run, each claimed with this incarnation's token as it starts (see
+        ``persistence.attempts``): only the latest attempt at a dialogue can store it; a done one is read back."""
+        assert self.feed is not None and self.store is not None
+        self.opened.set()  # the run is open: its workers ask for dialogues
         while (d := await self.feed.get()) is not None:
+            self.lost.discard(d.id)
+            if await asyncio.to_thread(claim, self.store, self.run_id, d, self.owner):
+                self.claimed.add(d.id)
             yield d
 
     def _seen(self, result: DialogueResult, state: RunState) -> None:
@@ -309,16 +355,17 @@ class Labeler:
     async def _run(self) -> None:
         stop: BaseException | None = None
         try:
+            self.store = await asyncio.to_thread(Store.open, self.settings.db)
             await self.limits.reset.remote(self.owner)  # what an earlier incarnation held (it died) goes back
             async for r in self.annotator.aannotate_many(self._dialogues(), input_name=self.input_name,
-                                                         progress=self._seen):
+                                                         progress=self._seen, lease_owner=self.owner):
                 waiting = self.waiting.get(r.dialogue_id)
                 if waiting:
                     waiting.pop(0).set_result(r)
         except BudgetExceeded:
             pass  # every dialogue not finished is answered None: it stays resumable
         except BaseException as e:  # handed to every batch waiting, which raise it to the driver
-            stop = e
+            stop = self.failure = e
         for waiting in self.waiting.values():
             for f in waiting:
                 if stop is None:
@@ -326,6 +373,8 @@ class Labeler:
                 else:
                     f.set_exception(stop)
         self.waiting.clear()
+        if self.store is not None:
+            self.store.close()
 
     def _counted(self) -> dict[str, float]:
         if self.state is None:
@@ -363,6 +412,9 @@ class RayAnnotator(Annotator):
                  batch_size: int | None = None, num_cpus: int | None = None, cpus_per_worker: float = 1.0,
                  runtime_env: dict[str, Any] | None = None, **overrides: Any) -> None:
         super().__init__(task, model, db=db, settings=settings, **overrides)
+        self.timings: dict[str, float] = {}
+        """The last run's seconds: ``connect`` (Ray and the node checks), ``ready`` (until every worker's run was
+        open: actors started, imports, client, store, graph), ``labeling`` (from then to the last dialogue)."""
         self.address = None if address in (None, "", LOCAL) else address
         self.workers, self.batch_size = workers, batch_size
         self.num_cpus, self.cpus_per_worker, self.runtime_env = num_cpus, cpus_per_worker, runtime_env
@@ -379,13 +431,14 @@ class RayAnnotator(Annotator):
         on_error = collect_errors(on_invalid, errs)
 
         input_name = str(Path(path).resolve())
+        started = time.monotonic()
         ray = _ray()
         ours = _connect(ray, self.address, self.num_cpus, self.runtime_env)
         try:
             nodes = _check_nodes(ray, self.runtime_env)
-            with closing(Store.open(self.settings.db)) as store:
-                run_id = self.start_run(store, input_name)
-            view = _DriverView(run_id, RunSummary(run_id=run_id, db=self.settings.db), time.monotonic())
+            run_id = self.run_id(input_name)  # recorded once every worker is known to run it: nothing written before
+            view = _DriverView(run_id, RunSummary(run_id=run_id, db=self.settings.db), started)
+            self.timings = {"connect": round(time.monotonic() - started, 3)}
             dialogues = read_dialogues(path, on_error=on_error)
             try:
                 await self._drive(ray, dialogues, input_name, nodes, view, progress)
@@ -410,6 +463,7 @@ class RayAnnotator(Annotator):
         settings_json = s.model_dump_json(exclude={"review_token"})
         actors = [labeler.options(name=f"autolabel-{view.run_id}-labeler-{i}", **options).remote(
             self.task.model_dump_json(), settings_json, input_name, f"labeler-{i}", limits) for i in range(n)]
+        recorded = False
         try:
             try:
                 problems = [w["problem"] for w in await asyncio.gather(*(a.where.remote() for a in actors))
@@ -419,6 +473,15 @@ class RayAnnotator(Annotator):
                                   "autolabel on every node, with its extras") from None
             if problems:
                 raise ConfigError(f"a Ray worker cannot run {s.model}: {problems[0]} (on every node of the cluster)")
+            with closing(Store.open(s.db)) as store:
+                self.start_run(store, input_name)
+            recorded = True
+            try:
+                await asyncio.gather(*(a.open.remote() for a in actors))
+            except ray.exceptions.RayTaskError as e:
+                raise e.cause if isinstance(e.cause, AutolabelError) else e from None
+            ready = time.monotonic()
+            self.timings["ready"] = round(ready - view.started - self.timings["connect"], 3)
             size = self.batch_size or max(1, -(-s.concurrency // n))
             batches = _chunks(dialogues, size)
             running: dict[asyncio.Future[BatchDone], int] = {}
@@ -445,13 +508,15 @@ class RayAnnotator(Annotator):
             if stopped:
                 summary.stopped_reason = "budget"
             summary.seconds = round(time.monotonic() - view.started, 3)
+            self.timings["labeling"] = round(time.monotonic() - ready, 3)
         finally:
             for a in actors:
                 ray.kill(a, no_restart=True)
             ray.kill(limits, no_restart=True)
-            with closing(Store.open(s.db)) as store:  # after every labeler: their own ends of the run came first
-                store.finish_run(view.run_id, "stopped" if summary.stopped_reason or not summary.seconds
-                                 else "finished", summary.model_dump())
+            if recorded:
+                with closing(Store.open(s.db)) as store:  # after every labeler: a run left open is "stopped"
+                    store.finish_run(view.run_id, "stopped" if summary.stopped_reason or not summary.seconds
+                                     else "finished", summary.model_dump())
 
     def _add(self, view: _DriverView, done: BatchDone, progress: Progress | None) -> None:
         s = view.summary
