@@ -12,25 +12,22 @@ import contextlib
 import gc
 import logging
 import queue
-import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from autolabel import runs
-from autolabel.errors import BudgetExceeded, InputError, LeaseLost, StoreError
+from autolabel.errors import BudgetExceeded, InputError, LeaseLost
 from autolabel.examples import few_shot_picker
 from autolabel.graphs.annotate.context import Context
 from autolabel.graphs.annotate.excerpt import Excerpt
@@ -51,7 +48,8 @@ from autolabel.models import (
     Turn,
     TurnAnnotation,
 )
-from autolabel.persistence.store import Store, is_postgres
+from autolabel.persistence.checkpoints import checkpointer
+from autolabel.persistence.store import Store
 from autolabel.readers import collect_errors, read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task
@@ -61,7 +59,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[DialogueResult, "RunState"], None]
 SharedLimits = Callable[[LLMClient], tuple[AdaptiveLimit, Budget]]
 """Makes the limit and budget a run shares with other processes (``Annotator.shared_limits``)."""
-CHECKPOINT_SETUP_LOCK = 724514  # PostgreSQL advisory lock key: one process at a time sets up LangGraph's tables
 
 
 @dataclass
@@ -232,7 +229,7 @@ class Annotator:
         state: RunState | None = None
         picker = None
         try:
-            async with _checkpointer(s.db) as saver:
+            async with checkpointer(s.db, _serde()) as saver:
                 graph = build_graph().compile(checkpointer=saver)
                 from autolabel.quality.evaluate import (  # scikit-learn loads when a run starts
                     calibration_mismatch,
@@ -390,140 +387,6 @@ class _Serde(JsonPlusSerializer):
 
 def _serde() -> JsonPlusSerializer:
     return _Serde()
-
-
-class _SqliteSaver(AsyncSqliteSaver):
-    """LangGraph's SQLite checkpointer, closed only after every write it was handed has ended (``writes_done``).
-
-    LangGraph runs checkpoint writes as background tasks and awaits them before ``ainvoke`` returns, except
-    the writes of the branches it cancels on the way out when another branch of the step raised (e.g.
-    BudgetExceeded): the cancelled tasks' done-callbacks submit those after the executor took the list of
-    tasks it awaits (langgraph 1.2, ``AsyncBackgroundExecutor.__aexit__``), so they may still run after the
-    run has ended. Closing the connection under one, between its INSERT and its COMMIT, makes sqlite3 close a
-    "zombie": the write's cursor is still alive, so SQLite keeps the open transaction, and with it the
-    database's write lock, until that cursor is collected, and every other write to the file fails with
-    "database is locked". Counted from the moment LangGraph asks for a write (its task may wait on a semaphore
-    before it starts)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._writes = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Coroutine[Any, Any, Any]:
-        if _in_subgraph(config):
-            return _kept_in_memory(config, checkpoint)
-        return self._counted(self._put_latest(config, checkpoint, metadata, new_versions))
-
-    async def _put_latest(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
-        """Save a checkpoint, then drop the thread's older ones and their writes: a run resumes from the latest
-        checkpoint and its pending writes only, and SQLite stores each checkpoint whole, so a dialogue's history of
-        checkpoints (the dialogue in each, its turns' results in the last ones) made its store grow several times
-        over while it ran."""
-        saved = await super().aput(config, checkpoint, metadata, new_versions)
-        keep = saved["configurable"]
-        where = "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id != ?"
-        args = (str(keep["thread_id"]), keep["checkpoint_ns"], keep["checkpoint_id"])
-        async with self.lock, self.conn.cursor() as cur:
-            await cur.execute(f"DELETE FROM checkpoints {where}", args)
-            await cur.execute(f"DELETE FROM writes {where}", args)
-            await self.conn.commit()
-        return saved
-
-    def aput_writes(self, config: Any, writes: Any, task_id: str,
-                    task_path: str = "") -> Coroutine[Any, Any, Any]:  # its parameters: LangGraph inspects them
-        if _in_subgraph(config):
-            return _nothing()
-        return self._counted(super().aput_writes(config, writes, task_id, task_path))
-
-    def _counted(self, write: Coroutine[Any, Any, Any]) -> Coroutine[Any, Any, Any]:
-        self._writes += 1
-        self._idle.clear()
-        return self._awaited(write)
-
-    async def _awaited(self, write: Coroutine[Any, Any, Any]) -> Any:
-        try:
-            return await write
-        finally:
-            self._writes -= 1
-            if not self._writes:
-                self._idle.set()
-
-    async def writes_done(self) -> None:
-        await self._idle.wait()
-
-
-def _in_subgraph(config: Any) -> bool:
-    """Is this a checkpoint of the turns subgraph (a namespace under the dialogue thread)? A run keeps only the
-    dialogue thread's: a chunk's steps are not worth a checkpoint each (its turns' states, serialised per step), and
-    a chunk interrupted mid-way is redone, its calls from the cache."""
-    return bool(config["configurable"].get("checkpoint_ns"))
-
-
-async def _kept_in_memory(config: Any, checkpoint: Any) -> Any:
-    c = config["configurable"]
-    return {"configurable": {"thread_id": c["thread_id"], "checkpoint_ns": c["checkpoint_ns"],
-                             "checkpoint_id": checkpoint["id"]}}
-
-
-async def _nothing() -> None:
-    return None
-
-
-def _postgres_saver() -> Any:
-    """PostgreSQL's checkpointer, keeping the dialogue thread's checkpoints only (see ``_in_subgraph``)."""
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-    class PostgresSaver(AsyncPostgresSaver):
-        async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
-            if _in_subgraph(config):
-                return await _kept_in_memory(config, checkpoint)
-            return await super().aput(config, checkpoint, metadata, new_versions)
-
-        async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
-            if not _in_subgraph(config):
-                await super().aput_writes(config, writes, task_id, task_path)
-
-    return PostgresSaver
-
-
-@asynccontextmanager
-async def _checkpointer(db: str) -> AsyncIterator[Any]:
-    """LangGraph's checkpointer for the same database: SQLite (WAL) or PostgreSQL."""
-    if is_postgres(db):
-        from psycopg import AsyncConnection
-
-        url = db.replace("+psycopg", "", 1)
-        async with _postgres_saver().from_conn_string(url, serde=_serde()) as saver:
-            # one process at a time creates LangGraph's tables (workers start together; its setup is not atomic).
-            # A session lock, released when this connection closes, taken with try-lock: a session blocked in
-            # pg_advisory_lock would hold a snapshot that the setup's CREATE INDEX CONCURRENTLY waits for forever
-            async with await AsyncConnection.connect(url, autocommit=True) as lock:
-                while not await _try_lock(lock, CHECKPOINT_SETUP_LOCK):
-                    await asyncio.sleep(0.1)
-                await saver.setup()
-            yield saver
-        return
-    conn = await aiosqlite.connect(db if db.startswith("file:") else str(Path(db).expanduser()), timeout=30, uri=True)
-    checkpoints = _SqliteSaver(conn, serde=_serde())
-    try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA busy_timeout=30000")
-        await checkpoints.setup()
-        yield checkpoints
-    except sqlite3.DatabaseError as e:  # from the checkpointer's own connection: a read-only file, a full disk
-        raise StoreError(f"cannot write to {db}: {e}") from None
-    finally:
-        try:  # no write may be cut between its INSERT and its COMMIT (see _SqliteSaver)
-            await checkpoints.writes_done()
-        finally:
-            await conn.close()
-
-
-async def _try_lock(conn: Any, key: int) -> bool:
-    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
-    return bool(row and row[0])
 
 
 async def _aiter(dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue]) -> AsyncIterator[Dialogue]:

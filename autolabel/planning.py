@@ -37,8 +37,6 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from sqlalchemy import text as sql
-
 from autolabel.errors import ConfigError
 from autolabel.graphs.annotate.excerpt import Excerpt
 from autolabel.graphs.annotate.requests import Request, RequestBuilder
@@ -200,7 +198,7 @@ def _calls(requests: RequestBuilder, d: Dialogue) -> list[Call]:
     """(purpose, messages, completion-estimate key) of every call the graph makes for ``d``, re-asks aside."""
     task, settings = requests.task, requests.settings
     lang = detect_language([t.text for t in d.turns], task.languages)
-    ex = Excerpt(dialogue_id=d.id, turns=d.turns)
+    ex = Excerpt(dialogue_id=d.id, turns=d.turns, meta=d.meta)
     out: list[Call] = []
     k = settings.turns_per_call
     for start in range(0, len(d.turns) if k > 1 else 0, k):
@@ -322,17 +320,8 @@ def observed_completions(db: str, task_name: str, model: str, turns_per_call: in
     that labeled ``turns_per_call`` turns per call (an answer for K turns is K answers long)."""
     if not is_postgres(db) and not Path(db).expanduser().is_file():
         return {}
-    # the run's params as stored (json.dumps, sorted keys): turns_per_call is there when it is not 1
-    same = "r.params_json NOT LIKE :k" if turns_per_call == 1 else "r.params_json LIKE :k"
-    k = '%"turns_per_call": %' if turns_per_call == 1 else f'%"turns_per_call": {turns_per_call},%'  # "window" follows
     store = Store.open(db)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(sql(
-                "SELECT c.purpose, AVG(c.completion_tokens), COUNT(*) FROM llm_calls c"
-                " JOIN runs r ON r.id = c.run_id WHERE r.task_name = :task AND r.model = :model"
-                f" AND {same} AND c.outcome = 'ok' AND c.completion_tokens > 0 GROUP BY c.purpose"),
-                {"task": task_name, "model": model, "k": k}).all()
+        return store.completions_by_purpose(task_name, model, turns_per_call)
     finally:
         store.close()
-    return {purpose: (float(avg), int(n)) for purpose, avg, n in rows}

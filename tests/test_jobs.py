@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from autolabel import Annotator, ConfigError, read_dialogues
-from autolabel.annotator import CHECKPOINT_SETUP_LOCK
+from autolabel.persistence.checkpoints import CHECKPOINT_SETUP_LOCK
 from autolabel.cli import app
 from autolabel.persistence.store import Store, engine_url
 from autolabel.scale.jobs import JobQueue, enqueue, work

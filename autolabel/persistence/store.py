@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, Executable, create_engine, event, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import LeaseLost, StoreError
+from autolabel.persistence import tables
 from autolabel.persistence.migrations import migrate
 from autolabel.records import record_problems
 from autolabel.tasks import TaskSpec
@@ -92,10 +93,11 @@ class Store:
         except SQLAlchemyError as e:
             raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
 
-    def _rows(self, sql: str, **params: Any) -> list[Any]:
+    def _rows(self, sql: str | Executable, **params: Any) -> list[Any]:
+        """The rows of a query: SQL text with ``:name`` parameters, or a statement built on ``tables``."""
         try:
             with self.engine.connect() as conn:
-                return list(conn.execute(text(sql), params))
+                return list(conn.execute(text(sql) if isinstance(sql, str) else sql, params))
         except SQLAlchemyError as e:  # e.g. a database damaged after it was opened
             raise StoreError(f"cannot read {self.db}: {_reason(e)}") from None
 
@@ -222,6 +224,23 @@ class Store:
                           " COALESCE(SUM(cost_usd),0) FROM llm_calls WHERE run_id=:r", r=run_id)
         n, p, c, cost = rows[0]
         return {"calls": n, "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost)}
+
+    def completions_by_purpose(self, task_name: str, model: str, turns_per_call: int = 1
+                               ) -> dict[str, tuple[float, int]]:
+        """purpose -> (mean completion tokens, calls) of the successful calls of this task and model, in runs that
+        labeled ``turns_per_call`` turns per call (an answer for K turns is K answers long)."""
+        c, r = tables.llm_calls.c, tables.runs.c
+        # the run's params as stored (json.dumps, sorted keys): turns_per_call is there when it is not 1
+        if turns_per_call == 1:
+            same = r.params_json.not_like('%"turns_per_call": %')
+        else:
+            same = r.params_json.like(f'%"turns_per_call": {turns_per_call},%')  # "window" follows
+        query = (select(c.purpose, func.avg(c.completion_tokens), func.count())
+                 .select_from(tables.llm_calls.join(tables.runs, r.id == c.run_id))
+                 .where(r.task_name == task_name, r.model == model, same, c.outcome == "ok",
+                        c.completion_tokens > 0)
+                 .group_by(c.purpose))
+        return {purpose: (float(avg), int(n)) for purpose, avg, n in self._rows(query)}
 
     # -- records -------------------------------------------------------------------------------------------
     def final_records(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
