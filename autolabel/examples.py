@@ -48,7 +48,6 @@ import httpx
 import numpy as np
 import openai
 from pydantic import SecretStr
-from sqlalchemy import text as sql
 from tenacity import Retrying, retry_if_exception, stop_after_delay
 
 from autolabel.errors import ConfigError, LLMError
@@ -58,7 +57,8 @@ from autolabel.llm.client import (  # the chat calls' retry policy and error lin
     _transient,
     _Wait,
 )
-from autolabel.persistence.store import Store, now
+from autolabel.persistence import embeddings, gold
+from autolabel.persistence.store import Store
 from autolabel.review.queue import ReviewQueue
 from autolabel.safety.redact import Redactor
 from autolabel.settings import Settings
@@ -379,48 +379,54 @@ class ExamplePicker:
         """Embeddings of ``texts``: from the ``embeddings`` table, the missing ones computed and stored."""
         if self._embedder is None:
             self._embedder = E5Embedder()
-        model = getattr(self._embedder, "name", type(self._embedder).__name__)
-        hashes = {t: _hash(t) for t in texts}
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(sql("SELECT text_hash, vector FROM embeddings WHERE model=:m"), {"m": model}).all()
-        stored = {h: np.frombuffer(v, dtype="<f4").astype(np.float32) for h, v in rows}
-        out = {t: stored[h] for t, h in hashes.items() if h in stored}
-        missing = [t for t in texts if t not in out]
-        if missing:
-            started = time.perf_counter()
-            matrix = self._embed(missing)
-            self.stats.seconds += time.perf_counter() - started
-            self.stats.embedded += len(missing)
-            fresh = dict(zip(missing, matrix, strict=True))
-            rows_in = [{"m": model, "h": hashes[x], "d": int(v.shape[0]), "v": np.asarray(v, dtype="<f4").tobytes(),
-                        "t": now()} for x, v in fresh.items()]
-            with self.store.engine.begin() as conn:
-                conn.execute(sql("INSERT INTO embeddings (model, text_hash, dim, vector, created_at) VALUES"
-                                 " (:m, :h, :d, :v, :t) ON CONFLICT DO NOTHING"), rows_in)
-            out.update(fresh)
-        return out
+        return stored_vectors(self.store, embedder_name(self._embedder), texts, self._timed_embed)
+
+    def _timed_embed(self, texts: Sequence[str]) -> np.ndarray:
+        started = time.perf_counter()
+        matrix = self._embed(texts)
+        self.stats.seconds += time.perf_counter() - started
+        self.stats.embedded += len(texts)
+        return matrix
+
+
+def embedder_name(embedder: Embedder) -> str:
+    """The name an embedder's vectors are stored under (vectors of different embedders are never compared)."""
+    return str(getattr(embedder, "name", type(embedder).__name__))
+
+
+def stored_vectors(store: Store, model: str, texts: Sequence[str],
+                   embed: Callable[[Sequence[str]], np.ndarray]) -> dict[str, np.ndarray]:
+    """Embeddings of ``texts`` by the embedder named ``model``: those in the store's ``embeddings`` table, the
+    missing ones computed with ``embed`` (in one call) and stored."""
+    hashes = {t: embeddings.text_hash(t) for t in texts}
+    have = embeddings.stored(store, model)
+    out = {t: have[h] for t, h in hashes.items() if h in have}
+    missing = [t for t in texts if t not in out]
+    if missing:
+        fresh = dict(zip(missing, embed(missing), strict=True))
+        embeddings.add(store, model, {hashes[t]: v for t, v in fresh.items()})
+        out.update(fresh)
+    return out
 
 
 def usable_gold(store: Store, task: TaskSpec) -> list[dict[str, Any]]:
-    """Reviewed turns of this task (any run) whose role and labels fit the current spec, with their language."""
+    """Reviewed turns of this task (any run) whose role and labels fit the current spec, with their language; their
+    labels as option names (a reviewed value in another case or an alias maps onto its option, as in review)."""
     rows = ReviewQueue(store).gold_items(task.name)
-    with store.engine.connect() as conn:
-        langs = {(r, d): lang for r, d, lang in conn.execute(sql(
-            "SELECT DISTINCT d.run_id, d.dialogue_id, d.language FROM dialogues d JOIN gold g"
-            " ON g.run_id=d.run_id AND g.dialogue_id=d.dialogue_id WHERE g.task_name=:n"), {"n": task.name})}
+    langs = gold.gold_languages(store, task.name)
     out = []
     for g in rows:
         fields = task.fields_for(g["role"]) if g["kind"] == "turn" else None
-        if fields is None or not (g["text"] or "").strip() or not _fits(g["labels"], fields):
+        labels = _fitted(g["labels"], fields) if fields is not None and (g["text"] or "").strip() else None
+        if labels is None:
             continue
-        out.append({**g, "language": langs.get((g["run_id"], g["dialogue_id"])) or task.languages[0]})
+        out.append({**g, "labels": labels,
+                    "language": langs.get((g["run_id"], g["dialogue_id"])) or task.languages[0]})
     return out
 
 
 def has_gold(store: Store, task: TaskSpec) -> bool:
-    with store.engine.connect() as conn:
-        return conn.execute(sql("SELECT 1 FROM gold WHERE task_name=:n AND kind='turn' LIMIT 1"),
-                            {"n": task.name}).first() is not None
+    return gold.has_turn_gold(store, task.name)
 
 
 def few_shot_picker(store: Store, task: TaskSpec, settings: Settings) -> ExamplePicker | None:
@@ -447,15 +453,15 @@ def few_shot_picker(store: Store, task: TaskSpec, settings: Settings) -> Example
     return ExamplePicker(store, task, settings.few_shot, embedder=embedder)
 
 
-def _fits(labels: dict[str, Any], fields: RoleFields) -> bool:
+def _fitted(labels: dict[str, Any], fields: RoleFields) -> dict[str, Any] | None:
+    """``labels`` with every label field of the role as option names (``LabelField.normalize``: any case, aliases),
+    or None when one is missing, has the wrong shape (a list for a single-label field) or names no option."""
+    out = dict(labels)
     for f in fields.labels:
-        names = {o.name for o in f.options}
         v = labels.get(f.name)
         values = v if isinstance(v, list) else [v]
-        if v is None or isinstance(v, list) != f.multi or not values or any(x not in names for x in values):
-            return False
-    return True
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        names = [f.option_name(x) for x in values]
+        if v is None or isinstance(v, list) != f.multi or not values or None in names:
+            return None
+        out[f.name] = f.normalize(v)
+    return out

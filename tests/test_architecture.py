@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,46 @@ def test_a_cycle_would_be_seen(tmp_path: Path) -> None:
     a = REPO / "autolabel" / "review" / "queue.py"
     assert any(_under(i, "autolabel.persistence") for i in _imports(a))
     assert _unit("autolabel.review.queue") == "autolabel.review" and _unit("autolabel.tasks") == "autolabel.tasks"
+
+
+_SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX|TRIGGER)"
+                  r"|ALTER\s+TABLE|DROP\s+TABLE|PRAGMA\s+\w+|pg_\w*advisory)", re.S)
+
+
+def _outside_persistence() -> Iterator[tuple[str, ast.AST]]:
+    for path in _sources():
+        module = _module(path)
+        if not _under(module, "autolabel.persistence"):
+            yield from ((module, node) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def _store_access(node: ast.AST) -> str | None:
+    """The engine or a private attribute of something named like a store (``store.engine``, ``ctx.store._write``)."""
+    if not isinstance(node, ast.Attribute):
+        return None
+    owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+    private = node.attr.startswith("_") and not node.attr.startswith("__")
+    if (node.attr == "engine" or private) and owner.lstrip("_").endswith("store"):
+        return f"{owner}.{node.attr}"
+    return None
+
+
+def test_sql_and_the_stores_engine_stay_in_the_persistence_package() -> None:
+    """Queries and transactions live in ``autolabel.persistence``: no other module holds an SQL statement, reaches
+    for the store's engine or calls the store's private helpers."""
+    sql = sorted({f"{m}: {n.value[:60]!r}" for m, n in _outside_persistence()
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and _SQL.search(n.value)})
+    access = sorted({f"{m}: {a}" for m, n in _outside_persistence() if (a := _store_access(n))})
+    assert sql == []
+    assert access == []
+
+
+def test_the_sql_rule_would_see_a_statement() -> None:
+    """The rule above is not vacuous: it finds SQL in the persistence package, which may hold it."""
+    code = ast.parse((REPO / "autolabel" / "persistence" / "store.py").read_text(encoding="utf-8"))
+    assert any(isinstance(n, ast.Constant) and isinstance(n.value, str) and _SQL.search(n.value)
+               for n in ast.walk(code))
+    assert _store_access(ast.parse("store._rows('x')").body[0].value.func)  # type: ignore[attr-defined]
+    assert _store_access(ast.parse("ctx.store.engine").body[0].value)  # type: ignore[attr-defined]
+    assert not _store_access(ast.parse("self._store").body[0].value)  # type: ignore[attr-defined]
+    assert not _store_access(ast.parse("llama.engine").body[0].value)  # type: ignore[attr-defined]

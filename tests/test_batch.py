@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from autolabel import Annotator, ConfigError, read_dialogues
 from autolabel.cli import app
-from autolabel.llm.batch import batches
+from autolabel.persistence.batches import batches
 from autolabel.persistence.store import Store, engine_url
 from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer

@@ -148,6 +148,25 @@ def test_the_picker_prefers_the_language_skips_the_turn_itself_and_reuses_stored
         store.close()
 
 
+def test_reviewed_labels_in_another_case_still_count_as_examples(db: Path) -> None:
+    """Gold written past the queue's check (an import, an older version) may name options in another case: the
+    field's ``normalize`` matches them as the review form does, and the example shows the option's own name."""
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE gold SET labels_json=? WHERE text=?", (json.dumps({"emotion": ["anxiety"]}), EXAM))
+        con.execute("UPDATE gold SET labels_json=? WHERE text=?", (json.dumps({"emotion": ["ANXIETY", "fear"]}),
+                                                                   EXAM_ZH))
+    store = Store.open(db)
+    try:
+        picker = ExamplePicker(store, TASK, k=1)
+        assert picker.prepare().gold == 4, "no reviewed turn is dropped for the case of its labels"
+        nearest = picker("seeker", "en", NEW)
+        assert nearest[0]["text"] == EXAM and nearest[0]["labels"]["emotion"] == ["Anxiety"]
+        assert picker("seeker", "zh", NEW)[0]["labels"]["emotion"] == ["Anxiety", "Fear"]
+        assert picker.knn_agreement("seeker", "en", NEW, "emotion", ["Anxiety"]) == 1.0
+    finally:
+        store.close()
+
+
 def test_no_gold_no_picker(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "empty.db")
     try:

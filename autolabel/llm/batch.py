@@ -33,11 +33,11 @@ from typing import Any, Final
 
 import openai
 from openai.types.chat import ChatCompletion
-from sqlalchemy import text
 
 from autolabel.errors import AutolabelError, ConfigError, LLMError, RequestRefused
 from autolabel.llm.client import BackendKind, NamedBackend, cache_key, cached_reply
-from autolabel.persistence.store import Store, now
+from autolabel.persistence import batches as stored_batches
+from autolabel.persistence.store import Store
 from autolabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class BatchBackend:
         for r in lines:
             r.attempts += 1
         mapping = {r.custom_id: r.key for r in lines}
-        await asyncio.to_thread(_record_batch, self.store, self.run_id, batch.id, upload.id, mapping)
+        await asyncio.to_thread(stored_batches.record_batch, self.store, self.run_id, batch.id, upload.id, mapping)
         self._batches[batch.id] = mapping
         self.submitted += 1
         log.info("submitted batch %s with %d requests", batch.id, len(lines))
@@ -183,7 +183,7 @@ class BatchBackend:
             return
         if batch.status == "failed":
             reasons = "; ".join(e.message or e.code or "" for e in (batch.errors.data or [])) if batch.errors else ""
-            await asyncio.to_thread(_set_status, self.store, batch_id, "failed", None, None)
+            await asyncio.to_thread(stored_batches.set_status, self.store, batch_id, "failed", None, None)
             raise LLMError(f"the provider refused batch {batch_id}: {reasons or 'no reason given'}")
         if batch.status in ENDED:
             await self._ended(batch_id, batch.status, batch.output_file_id, batch.error_file_id)
@@ -209,8 +209,9 @@ class BatchBackend:
                     errors[mapping[row["custom_id"]]] = str(error.get("message") or error or "failed")
         await asyncio.to_thread(_save_results, self.store, self.model, results)
         self._collected.update(results)
-        await asyncio.to_thread(_set_status, self.store, batch_id, "collected" if status == "completed" else status,
-                                output_file_id, error_file_id)
+        collected = "collected" if status == "completed" else status
+        await asyncio.to_thread(stored_batches.set_status, self.store, batch_id, collected, output_file_id,
+                                error_file_id)
         for key in mapping.values():
             req = self._requests.get(key)
             if req is None:
@@ -229,11 +230,7 @@ class BatchBackend:
 
     def _resume(self) -> None:
         """Batches an earlier process submitted and did not collect: their requests wait for them, not resent."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(text("SELECT b.id, r.custom_id, r.cache_key FROM provider_batches b JOIN"
-                                     " batch_requests r ON r.batch_id=b.id WHERE b.run_id=:r AND"
-                                     " b.status='submitted' ORDER BY b.created_at"), {"r": self.run_id}).all()
-        for batch_id, custom_id, key in rows:
+        for batch_id, custom_id, key in stored_batches.submitted_requests(self.store, self.run_id):
             self._batches.setdefault(batch_id, {})[custom_id] = key
             self._requests.setdefault(key, _Request(key, custom_id, {}, attempts=1))
         if self._batches:
@@ -254,34 +251,8 @@ def _fail(req: _Request, error: Exception) -> None:
 
 # -- the store's side ---------------------------------------------------------------------------------------------
 
-def _record_batch(store: Store, run_id: str, batch_id: str, file_id: str, mapping: dict[str, str]) -> None:
-    t = now()
-    with store.engine.begin() as conn:
-        conn.execute(text("INSERT INTO provider_batches (id, run_id, status, requests, input_file_id, created_at,"
-                          " updated_at) VALUES (:id, :r, 'submitted', :n, :f, :t, :t)"),
-                     {"id": batch_id, "r": run_id, "n": len(mapping), "f": file_id, "t": t})
-        conn.execute(text("INSERT INTO batch_requests (batch_id, custom_id, cache_key) VALUES (:b, :c, :k)"),
-                     [{"b": batch_id, "c": c, "k": k} for c, k in mapping.items()])
-
-
-def _set_status(store: Store, batch_id: str, status: str, output_file_id: str | None,
-                error_file_id: str | None) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(text("UPDATE provider_batches SET status=:s, output_file_id=:o, error_file_id=:e, updated_at=:t"
-                          " WHERE id=:id"),
-                     {"s": status, "o": output_file_id, "e": error_file_id, "t": now(), "id": batch_id})
-
-
 def _save_results(store: Store, model: str, results: dict[str, dict[str, Any]]) -> None:
     """Every result into the LLM cache (trimmed as any cached reply), in one transaction (the graph's calls then
     find them there)."""
     store.cache_put_many(model, {k: cached_reply(ChatCompletion.model_validate(body)) for k, body in results.items()})
 
-
-def batches(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """The provider batches of a run, oldest first (id, status, requests, file ids, times)."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT id, status, requests, input_file_id, output_file_id, error_file_id,"
-                                 " created_at, updated_at FROM provider_batches WHERE run_id=:r"
-                                 " ORDER BY created_at, id"), {"r": run_id}).all()
-    return [dict(r._mapping) for r in rows]

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Executable, create_engine, event, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import LeaseLost, StoreError
 from autolabel.persistence import tables
 from autolabel.persistence.migrations import migrate
+from autolabel.persistence.tx import transaction
 from autolabel.records import record_problems
 from autolabel.tasks import TaskSpec
 
@@ -100,6 +102,15 @@ class Store:
                 return list(conn.execute(text(sql) if isinstance(sql, str) else sql, params))
         except SQLAlchemyError as e:  # e.g. a database damaged after it was opened
             raise StoreError(f"cannot read {self.db}: {_reason(e)}") from None
+
+    # -- for the persistence package's modules: statements built on ``tables`` ---------------------------------
+    def fetch(self, query: Executable) -> list[Any]:
+        """The rows of a query built on :mod:`autolabel.persistence.tables` (a failing read is a ``StoreError``)."""
+        return self._rows(query)
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction (:func:`autolabel.persistence.tx.transaction`): commits at the end of the block."""
+        return transaction(self.engine, self.db)
 
     # -- runs ---------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, *, task_name: str, task_version: str, task_hash: str, task_json: str,

@@ -1,4 +1,5 @@
-"""The one write-transaction helper: a connection whose transaction holds its locks from the start.
+"""The one write-transaction helper: a connection whose transaction holds its locks from the start (and the
+dialect-neutral insert-if-new).
 
 Claims and leases (the review queue, the job queue) read rows and change them in one transaction. On PostgreSQL the
 rows are locked by the statements themselves (``LOCK_ROW``, ``SKIP_LOCKED`` appended to a ``SELECT``); SQLite has no
@@ -7,10 +8,12 @@ row locks, so the transaction begins with ``BEGIN IMMEDIATE`` (one writer at a t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Insert, Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import StoreError
@@ -37,3 +40,11 @@ def transaction(engine: Engine, db: str) -> Iterator[Connection]:
 def for_update(conn: Connection, *, skip_locked: bool = False) -> str:
     """The row-locking suffix of a ``SELECT`` in this transaction's dialect ("" where the transaction itself locks)."""
     return (SKIP_LOCKED if skip_locked else LOCK_ROW).get(conn.dialect.name, "")
+
+
+_INSERT: dict[str, Callable[[Table], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def insert_new(conn: Connection, table: Table) -> Insert:
+    """``INSERT`` into ``table`` that skips rows whose key is stored already (``ON CONFLICT DO NOTHING``)."""
+    return _INSERT[conn.dialect.name](table).on_conflict_do_nothing()
