@@ -72,7 +72,8 @@ def eval_cmd(
     n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples (by dialogue) for 95% intervals "
                                                     "(default 1000; 200 under 40 dialogues).")] = None,
 ) -> None:
-    """Evaluate a run against gold: label quality, coverage, confidence quality; JSON + HTML report."""
+    """Evaluate a run against gold: label quality, coverage, confidence quality; per stage for a cascade's run;
+    JSON + HTML report."""
     from autolabel.quality.evaluate import evaluate
     from autolabel.quality.report import summary_rows
 
@@ -92,7 +93,32 @@ def eval_cmd(
     g = report["gold"]
     out.print(f"gold: {g['labels']} labels, {g['matched']} matched; {g['unmatched']} matched no annotated turn "
               "(or name a field not asked of its turn)", soft_wrap=True)
+    if report.get("stages"):
+        _print_stages(report["stages"])
     out.print(f"report: {report['files']['html']}\n        {report['files']['json']}", markup=False)
+
+
+def _print_stages(stages: list[dict[str, Any]]) -> None:
+    """A cascade run's stages: coverage and cost, then the quality of what each accepted and its certified bound."""
+    table = Table(title="per stage (a stage's bound holds for the turns that reach it)")
+    for col in ("stage", "model", "reached", "decided", "coverage", "calls", "cost/label"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col != "model")
+    for st in stages:
+        table.add_row(str(st["stage"]), st["model"], str(st["reached"]), str(st["decided"]), _fmt(st["coverage"]),
+                      str(st["calls"]), _fmt(st["cost_per_accepted_label"], 5))
+    out.print(table)
+    fields = Table(title="accepted by each stage, against gold; its certified bound")
+    for col in ("stage", "field", "n", "accuracy*", "κ*", "U", "α"):
+        fields.add_column(col, justify="left" if col == "field" else "right", no_wrap=True)
+    for st in stages:
+        for name in sorted(set(st["accepted_quality"]) | set(st["certified"])):
+            q, c = st["accepted_quality"].get(name, {}), st["certified"].get(name, {})
+            fields.add_row(str(st["stage"]), name, _fmt(q.get("n")), _fmt(q.get("accuracy")), _fmt(q.get("kappa")),
+                           _fmt(c.get("upper_bound")), _fmt(c.get("alpha"), 2))
+    out.print(fields)
+    out.print("coverage: share of all the run's turns the stage decided; cost/label: its cost per label it accepted; "
+              "U: the bound `autolabel calibrate` certified for the stage's model (– when not calibrated)",
+              style="dim", soft_wrap=True)
 
 
 @app.command("calibrate")
@@ -106,21 +132,29 @@ def calibrate_cmd(
     method: Annotated[str, typer.Option(help="Calibrator: auto, isotonic or logistic.")] = "auto",
     min_n: Annotated[int, typer.Option(help="Fewest labels above a threshold for it to be tested.")] = 30,
 ) -> None:
-    """Fit a calibrator per field and certify its auto-accept threshold; later runs route with them."""
+    """Fit a calibrator per field and certify its auto-accept threshold; later runs route with them. A cascade's
+    run: per stage, on the turns that reached it, stored under the stage's model."""
     from autolabel.quality.evaluate import calibrate
 
     results = calibrate(db, gold, run_id=run_id, alpha=alpha, delta=delta, method=method, min_n=min_n)
-    table = Table(title="certified auto-accept thresholds (fixed-sequence Clopper–Pearson)", show_edge=False)
-    for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage"):
-        table.add_column(col, justify="left" if col in ("field", "method") else "right",
-                         no_wrap=col in ("field", "method"))
+    staged = any("stage" in r for r in results)  # a cascade's run: one table per stage, on the turns that reached it
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        threshold = "none" if r["threshold"] is None else _fmt(r["threshold"])
-        table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]),
-                      str(r["k"]), _fmt(r["upper_bound"]), threshold, _fmt(r["coverage"]))
-    out.print(table)
+        groups.setdefault(f"stage {r['stage']} ({r['model']}): " if staged else "", []).append(r)
+    for where, rows in groups.items():
+        table = Table(title=f"{where}certified auto-accept thresholds (fixed-sequence Clopper–Pearson)",
+                      show_edge=False)
+        for col in ("field", "method", "α", "δ", "n", "k", "U", "threshold", "coverage"):
+            table.add_column(col, justify="left" if col in ("field", "method") else "right",
+                             no_wrap=col in ("field", "method"))
+        for r in rows:
+            threshold = "none" if r["threshold"] is None else _fmt(r["threshold"])
+            table.add_row(r["field"], r["method"], _fmt(r["alpha"], 2), _fmt(r["delta"], 2), str(r["n"]),
+                          str(r["k"]), _fmt(r["upper_bound"]), threshold, _fmt(r["coverage"]))
+        out.print(table)
     for r in results:
         flag_all = " -> every label of this field will be flagged" if r["threshold"] is None else ""
-        out.print(f"{r['field']}: {r['reason']}{flag_all}", markup=False, soft_wrap=True)
+        where = f"stage {r['stage']} ({r['model']}) " if staged else ""
+        out.print(f"{where}{r['field']}: {r['reason']}{flag_all}", markup=False, soft_wrap=True)
 
 

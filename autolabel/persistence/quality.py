@@ -116,6 +116,14 @@ class QualityStore:
                           t=task_name, h=task_hash, m=model)
         return [CalibratorRow(*r) for r in rows]
 
+    def certified(self, task_name: str, task_hash: str, model: str) -> dict[str, dict[str, Any]]:
+        """Per field, the current (latest) stored calibrator's ``CALIBRATOR_COLUMNS``: what ``eval`` reports as a
+        model's certified bound."""
+        cols = ", ".join(CALIBRATOR_COLUMNS)
+        rows = self._read(f"SELECT field, {cols} FROM calibrators WHERE task_name=:t AND task_hash=:h AND model=:m"
+                          " ORDER BY id", t=task_name, h=task_hash, m=model)
+        return {r[0]: dict(zip(CALIBRATOR_COLUMNS, r[1:], strict=True)) for r in rows}
+
 
 def _detail(e: Exception) -> str:
     return str(getattr(e, "orig", None) or e).splitlines()[0]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from autolabel.errors import ConfigError, InputError
+from autolabel.errors import ConfigError, InputError, StoreError
 from autolabel.persistence.quality import QualityStore
 from autolabel.persistence.store import Store, is_postgres
 from autolabel.quality import metrics
@@ -43,8 +43,8 @@ from autolabel.readers import read_dialogues
 from autolabel.settings import Settings
 from autolabel.tasks import LabelField, TaskSpec, load_task
 
-__all__ = ["Gold", "Item", "bootstrap_resamples", "calibrate", "calibration_mismatch", "evaluate", "load_gold",
-           "load_routing", "run_items"]
+__all__ = ["Gold", "Item", "StageAnswers", "bootstrap_resamples", "calibrate", "calibration_mismatch", "evaluate",
+           "load_gold", "load_routing", "run_items", "stage_answers", "stage_report"]
 
 Gold = dict[tuple[str, int], dict[str, Any]]
 Value = str | tuple[str, ...]
@@ -167,22 +167,32 @@ def _collect(store: Store, run_id: str, task: TaskSpec, gold: Gold) -> tuple[lis
     items: list[Item] = []
     rows = QualityStore(store)
     for rec in rows.first_records(run_id):
-        key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
-        fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
-        asked = {f.name for f in fields.labels} if fields else set()
-        for name, g in gold.get(key, {}).items():
-            value = rec["labels"].get(name)
-            if value is None and (rec["status"] != "failed" or name not in asked and rec.get("role")):
-                continue  # the field is not asked of this record (a failed record lost its labels)
-            multi, conf = task.label(name).multi, rec["confidence"].get(name) or {}
-            items.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
-                              None if value is None else _canon(value, multi), rec["status"],
-                              conf.get("value"), dict(conf.get("signals") or {})))
+        items += _answer_items(task, gold, rec, rec["labels"], rec["confidence"], rec["status"])
     coverage: dict[str, Counter[str]] = {"turn": Counter(), "session": Counter()}
     for kind, status, n in rows.final_states(run_id):
         coverage[kind][status] += n
     states = ("accepted", "flagged", "reviewed", "failed")
     return items, {k: {**{s: c[s] for s in states}, "total": sum(c.values())} for k, c in coverage.items()}
+
+
+def _answer_items(task: TaskSpec, gold: Gold, rec: Mapping[str, Any], labels: Mapping[str, Any],
+                  confidence: Mapping[str, Any], status: str) -> list[Item]:
+    """The gold-matched labels of one answer to the record's turn (or session): the record's own, or an earlier
+    cascade stage's (``labels``, ``confidence``)."""
+    key = (rec["dialogue_id"], SESSION if rec["kind"] == "session" else rec["turn_index"])
+    fields = task.session_fields() if rec["kind"] == "session" else task.fields_for(rec.get("role"))
+    asked = {f.name for f in fields.labels} if fields else set()
+    out = []
+    for name, g in gold.get(key, {}).items():
+        value = labels.get(name)
+        if value is None and (status != "failed" or name not in asked and rec.get("role")):
+            continue  # the field is not asked of this record (a failed record lost its labels)
+        multi, conf = task.label(name).multi, confidence.get(name) or {}
+        conf = conf if isinstance(conf, Mapping) else {"value": conf}
+        out.append(Item(rec["dialogue_id"], key[1], name, _canon(g, multi),
+                        None if value is None else _canon(value, multi), status,
+                        conf.get("value"), dict(conf.get("signals") or {})))
+    return out
 
 
 def run_items(db: str | Path | Store, gold: Gold | str | Path | None = None,
@@ -320,6 +330,7 @@ def evaluate(db: str | Path | Store, gold: Gold | str | Path | None = None, run_
             "gold": {"source": source, "labels": sum(len(v) for v in labels.values()), "matched": len(items),
                      "unmatched": sum(len(v) for v in labels.values()) - len(items)},
             "coverage": coverage, "fields": fields, "agreement": reviewer_agreement(store, task, run["id"]),
+            "stages": stage_report(store, run, task, stage_answers(store, run["id"], task, labels), n_boot, seed),
             "method": {"correct": "label equals gold; multi-label fields: exact match of the label sets",
                        "intervals": f"95% percentile bootstrap by dialogue, {n_boot} resamples, seed {seed}",
                        "ece": "equal-mass bins (10)", "auroc": "errors are the positives",
@@ -459,28 +470,52 @@ def calibrate(db: str | Path | Store, gold: Gold | str | Path | None = None, run
     threshold certified on the other by fixed-sequence Clopper–Pearson testing (``certify_threshold``). A
     field without a certified threshold (too little data: n < ``min_n`` above every threshold; or none meets
     ``alpha``) is stored with threshold None, and later runs flag every label of it. Returns per field:
-    ``field, method, features, n_fit, threshold, alpha, delta, n, k, upper_bound, coverage, reason, id``.
+    ``field, model, method, features, n_fit, n_held, threshold, alpha, delta, n, k, upper_bound, coverage, reason, id``.
+
+    A cascade's run (records with ``decided_by``) is calibrated per stage (``stage_answers``): stage k's calibrator
+    is fitted and certified on stage k's answers to the gold turns that reached it, and stored under stage k's model
+    with the signal settings of stage k's own run; each row also names its ``stage``.
     """
     if method not in {m.value for m in CalibrationMethod}:
         raise ConfigError(f"unknown calibration method {method!r}: auto, isotonic or logistic")
     with _opened(db) as store:
         run = store.run(run_id)
         task = store.run_task(run["id"])
-        items = [i for i in _collect(store, run["id"], task, _resolve_gold(gold, store, task)[0])[0]
-                 if i.predicted is not None]
-        fit_ids, results = _fit_half((i.dialogue_id for i in items), seed), []
-        for f in task.labels:
-            fit = [i for i in items if i.field == f.name and i.dialogue_id in fit_ids]
-            held = [i for i in items if i.field == f.name and i.dialogue_id not in fit_ids]
-            calibrator, note = _fit(fit, CalibrationMethod(method))
-            res = certify_threshold(_scores(calibrator, held), [i.correct for i in held], alpha, delta, min_n)
-            row = {"field": f.name, "method": calibrator.method.value if calibrator else "raw",
-                   "features": list(calibrator.features) if calibrator else [], "n_fit": len(fit),
-                   "threshold": res.threshold, "alpha": alpha, "delta": delta, "n": res.n, "k": res.k,
-                   "upper_bound": res.upper_bound, "coverage": res.coverage,
-                   "reason": f"{res.reason}; {note}" if note else res.reason}
-            row["id"] = _store_calibrator(store, run, f.name, calibrator, row)
-            results.append(row)
+        labels = _resolve_gold(gold, store, task)[0]
+        stages = stage_answers(store, run["id"], task, labels)
+        if stages:  # a cascade's run: each stage on the turns that reached it, under its own model
+            results = []
+            for k, st in sorted(stages.items()):
+                key = {**run, "model": st.model, "params_json": _stage_params(store, run, k)}
+                items = [i for i in st.items if i.predicted is not None]
+                results += [{"stage": k, **row} for row in _calibrate_items(
+                    store, task, key, items, alpha, delta, method, min_n, seed, {i.field for i in items})]
+            return results
+        items = [i for i in _collect(store, run["id"], task, labels)[0] if i.predicted is not None]
+        return _calibrate_items(store, task, run, items, alpha, delta, method, min_n, seed)
+
+
+def _calibrate_items(store: Store, task: TaskSpec, key: Mapping[str, Any], items: list[Item], alpha: float,
+                     delta: float, method: CalibrationMethod | str, min_n: int, seed: int,
+                     only: set[str] | None = None) -> list[dict[str, Any]]:
+    """``calibrate`` of one model's labels (``key``: the run's task, model and parameters); of the fields in
+    ``only`` when given (a stage: the fields it answered on gold turns, so that a field it never saw, such as a
+    session field only stage 1 labels, is not stored as "flag everything" for its model)."""
+    fit_ids, results = _fit_half((i.dialogue_id for i in items), seed), []
+    for f in task.labels:
+        if only is not None and f.name not in only:
+            continue
+        fit = [i for i in items if i.field == f.name and i.dialogue_id in fit_ids]
+        held = [i for i in items if i.field == f.name and i.dialogue_id not in fit_ids]
+        calibrator, note = _fit(fit, CalibrationMethod(method))
+        res = certify_threshold(_scores(calibrator, held), [i.correct for i in held], alpha, delta, min_n)
+        row = {"field": f.name, "model": key["model"], "method": calibrator.method.value if calibrator else "raw",
+               "features": list(calibrator.features) if calibrator else [], "n_fit": len(fit), "n_held": len(held),
+               "threshold": res.threshold, "alpha": alpha, "delta": delta, "n": res.n, "k": res.k,
+               "upper_bound": res.upper_bound, "coverage": res.coverage,
+               "reason": f"{res.reason}; {note}" if note else res.reason}
+        row["id"] = _store_calibrator(store, key, f.name, calibrator, row)
+        results.append(row)
     return results
 
 
@@ -547,3 +582,106 @@ def calibration_mismatch(store: Store, task: TaskSpec, model: str, params: Mappi
             if k in mine and mine[k] != v:
                 out[k] = f"{k}: {v} → {mine[k]}"
     return [out[k] for k in SIGNAL_PARAMS if k in out]
+
+
+# ------------------------------------------------------------------------------- cascade stages (issue 20, item 3)
+
+@dataclass
+class StageAnswers:
+    """What one stage of a cascade run answered: its gold-matched ``items`` (an earlier stage's answers have status
+    ``escalated``; the deciding stage's, the record's status), and per turn counts: ``reached`` it, it ``decided``
+    (accepted), sent on (``escalated``), left ``flagged`` for people, ``failed``; ``accepted_labels``: the labels of
+    the turns it decided."""
+
+    model: str
+    items: list[Item]
+    reached: int = 0
+    decided: int = 0
+    escalated: int = 0
+    flagged: int = 0
+    failed: int = 0
+    accepted_labels: int = 0
+
+
+def stage_answers(store: Store, run_id: str, task: TaskSpec, gold: Gold) -> dict[int, StageAnswers]:
+    """Per stage of a cascade run (empty for any other run): stage k's answer to a turn is its entry in the final
+    record's ``stages``, or the final record itself when ``decided_by.stage`` is k (the merged record's contract,
+    ``autolabel/cascade_merge.py``). A turn reached stage k when either holds."""
+    out: dict[int, StageAnswers] = {}
+    for rec in QualityStore(store).first_records(run_id):
+        decided = rec.get("decided_by")
+        if not isinstance(decided, Mapping):
+            continue
+        answers = [(int(s["stage"]), str(s["model"]), s.get("labels") or {}, s.get("confidence") or {}, "escalated")
+                   for s in rec.get("stages") or []]
+        answers.append((int(decided["stage"]), str(decided["model"]), rec["labels"], rec["confidence"],
+                        rec["status"]))
+        for k, model, labels, confidence, status in answers:
+            st = out.setdefault(k, StageAnswers(model, []))
+            st.items += _answer_items(task, gold, rec, labels, confidence, status)
+            if rec["kind"] != "turn":
+                continue
+            st.reached += 1
+            st.decided += status == "accepted"
+            st.escalated += status == "escalated"
+            st.flagged += status in ("flagged", "reviewed")
+            st.failed += status == "failed"
+            st.accepted_labels += len(labels) if status == "accepted" else 0
+    return out
+
+
+def _stage_params(store: Store, run: Mapping[str, Any], k: int) -> str:
+    """The stored parameters of stage k's own run (``stage_runs`` in the cascade run's parameters); ``{}`` when it
+    has none (a stage without a run of its own, such as knn)."""
+    stage_runs = json.loads(run["params_json"] or "{}").get("stage_runs") or []
+    if k <= len(stage_runs) and stage_runs[k - 1]:
+        try:
+            return str(store.run(stage_runs[k - 1])["params_json"] or "{}")
+        except StoreError:
+            pass
+    return "{}"
+
+
+def _stage_cost(store: Store, run: Mapping[str, Any], k: int) -> dict[str, Any]:
+    stage_runs = json.loads(run["params_json"] or "{}").get("stage_runs") or []
+    if k <= len(stage_runs) and stage_runs[k - 1]:
+        return store.call_totals(stage_runs[k - 1])
+    return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+
+
+def _kappa(quality: Mapping[str, Any]) -> float | None:
+    """Cohen's κ; of a multi-label field, the mean of its options' presence κ (the defined ones)."""
+    if "cohen_kappa" in quality:
+        return quality["cohen_kappa"]
+    kappas = [o["cohen_kappa"] for o in quality.get("per_option", {}).values() if o.get("cohen_kappa") is not None]
+    return sum(kappas) / len(kappas) if kappas else None
+
+
+def stage_report(store: Store, run: Mapping[str, Any], task: TaskSpec, stages: Mapping[int, StageAnswers],
+                 n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Per stage: turns that reached it and what became of them, ``coverage`` (share of all the run's turns it
+    decided), accuracy and κ per field of the labels it accepted (against gold; exact match for multi-label
+    fields), its certified bound per field (the stored calibrator of this task and the stage's model), its calls
+    and cost and the cost per accepted label."""
+    total = sum(st.decided + st.flagged + st.failed for st in stages.values())
+    out = []
+    for k, st in sorted(stages.items()):
+        fields: dict[str, Any] = {}
+        for f in task.labels:
+            accepted = [i for i in st.items if i.field == f.name and i.status == "accepted" and i.predicted is not None]
+            if accepted:
+                q = _quality(f, accepted, n_boot, seed)
+                fields[f.name] = {"n": len(accepted), "accuracy": q["accuracy"], "kappa": _kappa(q),
+                                  "macro_f1": q["macro_f1"]}
+        certified = QualityStore(store).certified(task.name, task.spec_hash, st.model)
+        cost = _stage_cost(store, run, k)
+        out.append({"stage": k, "model": st.model, "reached": st.reached, "decided": st.decided,
+                    "escalated": st.escalated, "flagged": st.flagged, "failed": st.failed,
+                    "coverage": st.decided / total if total else None,
+                    "decided_of_reached": st.decided / st.reached if st.reached else None,
+                    "accepted_quality": fields,
+                    "certified": {name: {c: row[c] for c in ("threshold", "alpha", "delta", "n", "k", "upper_bound")}
+                                  for name, row in certified.items()},
+                    "calls": cost["calls"], "cost_usd": cost["cost_usd"], "accepted_labels": st.accepted_labels,
+                    "cost_per_accepted_label": cost["cost_usd"] / st.accepted_labels if st.accepted_labels else None})
+    return out
