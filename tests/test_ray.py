@@ -30,7 +30,8 @@ from tests.fake_openai import FakeOpenAIServer
 from tests.pg import Cluster, free_port, pg_fixture  # noqa: F401  (fixture)
 
 ray = pytest.importorskip("ray")
-from autolabel.scale.ray import RayAnnotator, _preflight  # noqa: E402  (needs ray)
+from autolabel.scale.ray import RayAnnotator  # noqa: E402  (needs ray)
+from autolabel.scale.ray_cluster import preflight  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_an_unreachable_or_wrong_address_is_one_line_in_seconds(tmp_path: Path) 
 
 
 def test_the_head_of_a_real_ray_instance_passes_the_address_check(local_ray: Any) -> None:
-    _preflight(local_ray.get_runtime_context().gcs_address)  # the GCS answers HTTP/2: no error
+    preflight(local_ray.get_runtime_context().gcs_address)  # the GCS answers HTTP/2: no error
 
 
 def without(tmp_path: Path, *packages: str) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from tests.conftest import dialogue, write_jsonl
 from tests.fake_openai import FakeOpenAIServer
 
 ray = pytest.importorskip("ray")
-from autolabel.scale.ray import Labeler, Limits, RayAnnotator  # noqa: E402  (needs ray)
+from autolabel.scale.ray import RayAnnotator  # noqa: E402  (needs ray)
+from autolabel.scale.ray_labeler import Labeler  # noqa: E402
+from autolabel.scale.ray_limits import Limits  # noqa: E402
 
 TABLES = {"dialogues": "dialogue_id", "turns": "dialogue_id, turn_index", "annotations": "id",
           "review_items": "id", "llm_calls": "id"}
@@ -60,12 +62,12 @@ def test_a_superseded_labeler_cannot_overwrite_and_a_finished_dialogue_is_never_
         run_id = annotator.run_id(input_name)
         with closing(Store.open(db)) as store:
             annotator.start_run(store, input_name)
-        limits = ray.remote(Limits).options(num_cpus=0, max_concurrency=1000).remote(4, None)
+        limits = ray.remote(Limits).options(name="limits", num_cpus=0, max_concurrency=1000).remote(4, None)
 
         def incarnation(url: str) -> Any:
             """One incarnation of the run's labeler-0, as Ray makes a new one when it restarts the actor."""
             return ray.remote(Labeler).options(num_cpus=0, max_concurrency=1000).remote(
-                task, settings(url), input_name, "labeler-0", limits)
+                task, settings(url), input_name, "labeler-0", "limits")
 
         first, second, third = incarnation(slow.base_url), incarnation(fast.base_url), incarnation(fast.base_url)
         stalled = first.label.remote(batch)  # the first incarnation stalls on a slow endpoint ...
