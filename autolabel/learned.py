@@ -28,18 +28,16 @@ same key: embedder name and text hash), so a later fit embeds only turns reviewe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text as sql
 
 from autolabel.errors import ConfigError
-from autolabel.examples import Embedder, make_embedder, usable_gold
+from autolabel.examples import Embedder, embedder_name, make_embedder, stored_vectors, usable_gold
 from autolabel.models import Dialogue
-from autolabel.persistence.store import Store, now
+from autolabel.persistence.store import Store
 from autolabel.settings import Settings
 from autolabel.tasks import LabelField, TaskSpec
 
@@ -99,7 +97,7 @@ class KnnStage:
         if embedder is None:
             base = settings or Settings()
             embedder = make_embedder(base.model_copy(update={"embeddings": embeddings}))
-        vectors = stored_vectors(store, embedder, sorted({g["text"] for g in gold}))
+        vectors = stored_vectors(store, embedder_name(embedder), sorted({g["text"] for g in gold}), embedder)
         return cls._build(task, embedder, [vectors[g["text"]] for g in gold], [g["labels"] for g in gold],
                           [g["role"] for g in gold], [(g["dialogue_id"], int(g["turn_index"])) for g in gold],
                           k=k, **options)
@@ -217,27 +215,6 @@ class KnnStage:
             confidence = float(np.prod(np.where(picked, share, 1.0 - share)))
             out.append((sorted(options[j] for j in chosen), min(1.0, max(0.0, confidence))))
         return out
-
-
-def stored_vectors(store: Store, embedder: Embedder, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Embeddings of ``texts`` from the store's ``embeddings`` table (keyed by the embedder's ``name`` and the
-    text's SHA-256, as few-shot examples store them); the missing ones are computed and stored."""
-    model = getattr(embedder, "name", type(embedder).__name__)
-    hashes = {t: hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts}
-    with store.engine.connect() as conn:
-        rows = conn.execute(sql("SELECT text_hash, vector FROM embeddings WHERE model=:m"), {"m": model}).all()
-    stored = {h: np.frombuffer(v, dtype="<f4").astype(np.float32) for h, v in rows}
-    out = {t: stored[h] for t, h in hashes.items() if h in stored}
-    missing = [t for t in texts if t not in out]
-    if missing:
-        fresh = dict(zip(missing, embedder(missing), strict=True))
-        with store.engine.begin() as conn:
-            conn.execute(sql("INSERT INTO embeddings (model, text_hash, dim, vector, created_at) VALUES"
-                             " (:m, :h, :d, :v, :t) ON CONFLICT DO NOTHING"),
-                         [{"m": model, "h": hashes[x], "d": int(v.shape[0]), "v": np.asarray(v, dtype="<f4").tobytes(),
-                           "t": now()} for x, v in fresh.items()])
-        out.update(fresh)
-    return out
 
 
 def _clean(task: TaskSpec, labels: dict[str, Any]) -> dict[str, Any]:
