@@ -227,6 +227,11 @@ def _grammar(schema_json: str | None) -> tuple[str, str]:
         raise LLMError(f"llama.cpp cannot turn the response schema into a grammar: {e}") from None
 
 
+def grammar_of(schema: dict[str, Any]) -> str:
+    """The GBNF text the embedded model's answers to ``schema`` are held to."""
+    return _grammar(json.dumps(schema))[0]
+
+
 def _schema_to_gbnf(schema: dict[str, Any]) -> str:
     """llama-cpp-python's converter, but string lengths become GBNF ``char{m,n}``: 0.3.36 spells ``maxLength:
     1200`` as 1200 nested optional groups, which llama.cpp refuses (and its sampler then crashes)."""
@@ -244,8 +249,38 @@ def _schema_to_gbnf(schema: dict[str, Any]) -> str:
             return str(super().visit(schema, name))
 
     converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    converter.visit(converter.resolve_refs(schema, "schema"), "")
+    converter.visit(converter.resolve_refs(if_then_as_branches(schema), "schema"), "")
     return str(converter.format_grammar())
+
+
+def if_then_as_branches(schema: Any) -> Any:
+    """``schema`` with every ``if``/``then`` on an enum property (``if: {properties: {p: {const: c}}}``) spelled as
+    two ``anyOf`` branches, one with ``p`` = c and ``then``'s properties, one with the enum's other values: the same
+    instances are valid, but a grammar can say it. llama.cpp's converter ignores ``if``/``then``, so the critique's
+    rule "a revise carries revised labels" was not in the grammar: the model could answer ``revise`` with ``null``,
+    fail validation, and at temperature 0 give the same answer to every re-ask."""
+    if isinstance(schema, list):
+        return [if_then_as_branches(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: if_then_as_branches(v) for k, v in schema.items()}
+    cond, then = out.get("if"), out.get("then")
+    props = out.get("properties")
+    keys = list((cond or {}).get("properties", {}))
+    if not (isinstance(then, dict) and isinstance(props, dict) and len(keys) == 1 and "else" not in out):
+        return out
+    key = keys[0]
+    value = cond["properties"][key].get("const")  # type: ignore[index]
+    choices = props.get(key, {}).get("enum")
+    if value is None or not isinstance(choices, list) or value not in choices:
+        return out
+    base = {k: v for k, v in out.items() if k not in ("if", "then")}
+    hit = {**base, "properties": {**props, key: {"const": value}, **then.get("properties", {})},
+           "required": list(dict.fromkeys([*base.get("required", []), *then.get("required", [])]))}
+    rest = [c for c in choices if c != value]
+    if not rest:
+        return hit
+    return {"anyOf": [{**base, "properties": {**props, key: {**props[key], "enum": rest}}}, hit]}
 
 
 def _response_grammar(fmt: dict[str, Any] | None) -> tuple[str, str] | None:
