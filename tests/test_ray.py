@@ -203,6 +203,7 @@ def test_run_with_a_bare_ray_option_labels_on_a_local_instance_with_sqlite(tmp_p
         result = cli("run", str(input), "--ray", "--db", db, "--model", "openai:test", "--base-url",
                      server.base_url, "--concurrency", "2")
     assert result.returncode == 0, result.stderr
+    assert " E " not in result.stderr, "no error line from Ray's core worker (e.g. about restartable actors)"
     with closing(Store.open(db)) as store:
         (run,) = store.runs()
         assert run["status"] == "finished"
