@@ -10,18 +10,32 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event, func, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import LeaseLost, StoreError
 from autolabel.persistence import tables
 from autolabel.persistence.migrations import migrate
-from autolabel.persistence.tx import transaction
+from autolabel.persistence.tx import insert_new, transaction
 from autolabel.records import record_problems
 from autolabel.tasks import TaskSpec
 
@@ -88,12 +102,20 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _write(self, sql: str, params: dict[str, Any] | list[dict[str, Any]]) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A transaction on the engine (SQLite's lock taken by its first write): commits at the end of the block,
+        a database error becomes a one-line ``StoreError``."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(text(sql), params)
+                yield conn
         except SQLAlchemyError as e:
             raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+
+    def _write(self, statement: str | Executable, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> None:
+        """Run one statement (built on ``tables``, or SQL text with ``:name`` parameters) in its own transaction."""
+        with self._writing() as conn:
+            conn.execute(text(statement) if isinstance(statement, str) else statement, params)
 
     def _rows(self, sql: str | Executable, **params: Any) -> list[Any]:
         """The rows of a query: SQL text with ``:name`` parameters, or a statement built on ``tables``."""
@@ -116,31 +138,33 @@ class Store:
     def start_run(self, run_id: str, *, task_name: str, task_version: str, task_hash: str, task_json: str,
                   model: str, params: dict[str, Any], params_hash: str, input: str | None) -> bool:
         """Create the run, or reopen it. True when it already existed (a resume)."""
-        existing = self._rows("SELECT id FROM runs WHERE id = :id", id=run_id)
-        if existing:
-            self._write("UPDATE runs SET status='running', updated_at=:t WHERE id=:id", {"id": run_id, "t": now()})
+        r = tables.runs
+        t = now()
+        if self._rows(select(r.c.id).where(r.c.id == run_id)):
+            self._write(update(r).where(r.c.id == run_id).values(status="running", updated_at=t))
             return True
-        self._write(
-            "INSERT INTO runs (id, task_name, task_version, task_hash, task_json, model, params_json, params_hash,"
-            " input, status, created_at, updated_at) VALUES (:id, :tn, :tv, :th, :tj, :m, :pj, :ph, :inp,"
-            " 'running', :t, :t)",
-            {"id": run_id, "tn": task_name, "tv": task_version, "th": task_hash, "tj": task_json, "m": model,
-             "pj": json.dumps(params, sort_keys=True), "ph": params_hash, "inp": input, "t": now()})
+        self._write(insert(r).values(
+            id=run_id, task_name=task_name, task_version=task_version, task_hash=task_hash, task_json=task_json,
+            model=model, params_json=json.dumps(params, sort_keys=True), params_hash=params_hash, input=input,
+            status="running", created_at=t, updated_at=t))
         return False
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
-        self._write("UPDATE runs SET status=:s, summary_json=:j, updated_at=:t WHERE id=:id",
-                    {"id": run_id, "s": status, "j": json.dumps(summary), "t": now()})
+        r = tables.runs
+        self._write(update(r).where(r.c.id == run_id).values(status=status, summary_json=json.dumps(summary),
+                                                              updated_at=now()))
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT id, task_name, task_version, task_hash, model, params_json, status, created_at"
-                          " FROM runs ORDER BY created_at")
-        return [dict(r._mapping) for r in rows]
+        r = tables.runs.c
+        rows = self._rows(select(r.id, r.task_name, r.task_version, r.task_hash, r.model, r.params_json, r.status,
+                                 r.created_at).order_by(r.created_at))
+        return [dict(row._mapping) for row in rows]
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
         """The run with this id, or the latest run."""
-        sql = "SELECT * FROM runs " + ("WHERE id = :id" if run_id else "ORDER BY created_at DESC LIMIT 1")
-        rows = self._rows(sql, id=run_id)
+        r = tables.runs
+        query = select(r).where(r.c.id == run_id) if run_id else select(r).order_by(r.c.created_at.desc()).limit(1)
+        rows = self._rows(query)
         if not rows:
             raise StoreError(f"no run {run_id!r} in {self.db}" if run_id else f"no runs in {self.db}")
         return dict(rows[0]._mapping)
@@ -151,24 +175,20 @@ class Store:
 
     # -- dialogues -----------------------------------------------------------------------------------------
     def dialogue_status(self, run_id: str, dialogue_id: str) -> str | None:
-        rows = self._rows("SELECT status FROM dialogues WHERE run_id=:r AND dialogue_id=:d", r=run_id, d=dialogue_id)
+        d = tables.dialogues.c
+        rows = self._rows(select(d.status).where(d.run_id == run_id, d.dialogue_id == dialogue_id))
         return rows[0][0] if rows else None
 
     def mark_running(self, run_id: str, dialogue_id: str, *, language: str, n_turns: int, meta: dict[str, Any],
                      source: str | None) -> None:
-        try:
-            with self.engine.begin() as conn:
-                updated = conn.execute(text("UPDATE dialogues SET status='running', updated_at=:t"
-                                            " WHERE run_id=:r AND dialogue_id=:d"),
-                                       {"r": run_id, "d": dialogue_id, "t": now()}).rowcount
-                if not updated:
-                    conn.execute(text(
-                        "INSERT INTO dialogues (run_id, dialogue_id, language, n_turns, status, meta_json, source,"
-                        " updated_at) VALUES (:r, :d, :l, :n, 'running', :m, :s, :t)"),
-                        {"r": run_id, "d": dialogue_id, "l": language, "n": n_turns,
-                         "m": json.dumps(meta, ensure_ascii=False, default=str), "s": source, "t": now()})
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+        d = tables.dialogues
+        with self._writing() as conn:
+            updated = conn.execute(update(d).where(d.c.run_id == run_id, d.c.dialogue_id == dialogue_id)
+                                   .values(status="running", updated_at=now())).rowcount
+            if not updated:
+                conn.execute(insert(d).values(
+                    run_id=run_id, dialogue_id=dialogue_id, language=language, n_turns=n_turns, status="running",
+                    meta_json=json.dumps(meta, ensure_ascii=False, default=str), source=source, updated_at=now()))
 
     def save_dialogue(self, run_id: str, dialogue_id: str, *, turns: list[dict[str, Any]],
                       annotations: list[dict[str, Any]], review_items: list[dict[str, Any]], task: Any,
@@ -186,55 +206,50 @@ class Store:
                 if problems:
                     raise StoreError(f"refusing an invalid record for {dialogue_id}: {problems[0]}")
         t = now()
-        key = {"r": run_id, "d": dialogue_id}
-        try:
-            with self.engine.begin() as conn:
-                # first: the status row is locked (PostgreSQL) or the write lock taken (SQLite) before anything else
-                guard = " AND status='running' AND worker=:w" if lease_owner is not None else ""
-                held = conn.execute(text("UPDATE dialogues SET status='done', language=:l, lease_expires=NULL,"
-                                         f" updated_at=:t WHERE run_id=:r AND dialogue_id=:d{guard}"),
-                                    {**key, "t": t, "l": language, "w": lease_owner}).rowcount
-                if lease_owner is not None and not held:
-                    raise LeaseLost(run_id, dialogue_id, lease_owner)
-                for table in ("turns", "annotations", "review_items"):
-                    conn.execute(text(f"DELETE FROM {table} WHERE run_id=:r AND dialogue_id=:d"), key)
-                if turns:
-                    conn.execute(text(
-                        "INSERT INTO turns (run_id, dialogue_id, turn_index, speaker, role, text, meta_json, status)"
-                        " VALUES (:r, :d, :i, :speaker, :role, :text, :meta, :status)"),
-                        [{**key, "i": x["turn_index"], "speaker": x["speaker"], "role": x["role"], "text": x["text"],
-                          "meta": json.dumps(x["meta"], ensure_ascii=False, default=str), "status": x["status"]}
-                         for x in turns])
-                if annotations:
-                    conn.execute(text(
-                        "INSERT INTO annotations (run_id, dialogue_id, kind, turn_index, attempt, is_final, valid,"
-                        " status, record_json, created_at) VALUES (:r, :d, :kind, :i, :attempt, :final, :valid,"
-                        " :status, :rec, :t)"),
-                        [{**key, "kind": a["kind"], "i": a["turn_index"], "attempt": a["attempt"],
-                          "final": int(a["is_final"]), "valid": int(a["valid"]), "status": a["status"],
-                          "rec": json.dumps(a["record"], ensure_ascii=False), "t": t} for a in annotations])
-                if review_items:
-                    conn.execute(text(
-                        "INSERT INTO review_items (run_id, dialogue_id, kind, turn_index, priority, reasons_json,"
-                        " proposal_json, status, version, required_reviews, created_at, updated_at) VALUES"
-                        " (:r, :d, :kind, :i, :priority, :reasons, :proposal, 'pending', 1, :req, :t, :t)"),
-                        [{**key, "kind": x["kind"], "i": x["turn_index"], "priority": x["priority"],
-                          "reasons": json.dumps(x["reasons"]), "req": x.get("required_reviews", 1), "t": t,
-                          "proposal": json.dumps(x["proposal"], ensure_ascii=False)} for x in review_items])
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot write to {self.db}: {_reason(e)}") from None
+        key = {"run_id": run_id, "dialogue_id": dialogue_id}
+        d = tables.dialogues
+        held = update(d).where(d.c.run_id == run_id, d.c.dialogue_id == dialogue_id)
+        if lease_owner is not None:
+            held = held.where(d.c.status == "running", d.c.worker == lease_owner)
+        with self._writing() as conn:
+            # first: the status row is locked (PostgreSQL) or the write lock taken (SQLite) before anything else
+            if not conn.execute(held.values(status="done", language=language, lease_expires=None,
+                                            updated_at=t)).rowcount and lease_owner is not None:
+                raise LeaseLost(run_id, dialogue_id, lease_owner)
+            for table in (tables.turns, tables.annotations, tables.review_items):
+                conn.execute(delete(table).where(table.c.run_id == run_id, table.c.dialogue_id == dialogue_id))
+            if turns:
+                conn.execute(insert(tables.turns), [
+                    {**key, "turn_index": x["turn_index"], "speaker": x["speaker"], "role": x["role"],
+                     "text": x["text"], "meta_json": json.dumps(x["meta"], ensure_ascii=False, default=str),
+                     "status": x["status"]} for x in turns])
+            if annotations:
+                conn.execute(insert(tables.annotations), [
+                    {**key, "kind": a["kind"], "turn_index": a["turn_index"], "attempt": a["attempt"],
+                     "is_final": int(a["is_final"]), "valid": int(a["valid"]), "status": a["status"],
+                     "record_json": json.dumps(a["record"], ensure_ascii=False), "created_at": t}
+                    for a in annotations])
+            if review_items:
+                conn.execute(insert(tables.review_items), [
+                    {**key, "kind": x["kind"], "turn_index": x["turn_index"], "priority": x["priority"],
+                     "reasons_json": json.dumps(x["reasons"]), "status": "pending", "version": 1,
+                     "required_reviews": x.get("required_reviews", 1), "created_at": t, "updated_at": t,
+                     "proposal_json": json.dumps(x["proposal"], ensure_ascii=False)} for x in review_items])
 
     def counts(self, run_id: str) -> dict[str, int]:
-        rows = self._rows("SELECT status, COUNT(*) FROM turns WHERE run_id=:r GROUP BY status", r=run_id)
+        tc = tables.turns.c
+        rows = self._rows(select(tc.status, func.count()).where(tc.run_id == run_id).group_by(tc.status))
         out = {"accepted": 0, "flagged": 0, "reviewed": 0, "failed": 0}
         out.update({s: n for s, n in rows})
         return out
 
     def call_totals(self, run_id: str) -> dict[str, Any]:
-        rows = self._rows("SELECT COUNT(*), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0),"
-                          " COALESCE(SUM(cost_usd),0) FROM llm_calls WHERE run_id=:r", r=run_id)
-        n, p, c, cost = rows[0]
-        return {"calls": n, "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost)}
+        c = tables.llm_calls.c
+        rows = self._rows(select(func.count(), *(func.coalesce(func.sum(col), 0)
+                                                 for col in (c.prompt_tokens, c.completion_tokens, c.cost_usd)))
+                          .where(c.run_id == run_id))
+        n, p, comp, cost = rows[0]
+        return {"calls": n, "prompt_tokens": int(p), "completion_tokens": int(comp), "cost_usd": float(cost)}
 
     def completions_by_purpose(self, task_name: str, model: str, turns_per_call: int = 1
                                ) -> dict[str, tuple[float, int]]:
@@ -257,11 +272,15 @@ class Store:
     def final_records(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Final annotation records, turn records in dialogue order then each dialogue's session record."""
         run_id = run_id or self.run()["id"]
-        sql = ("SELECT a.record_json, t.text FROM annotations a LEFT JOIN turns t ON t.run_id=a.run_id"
-               " AND t.dialogue_id=a.dialogue_id AND t.turn_index=a.turn_index AND a.kind='turn'"
-               " WHERE a.run_id=:r AND a.is_final=1 ORDER BY a.dialogue_id, a.kind DESC, a.turn_index")
+        a, tc = tables.annotations.c, tables.turns.c
+        query = (select(a.record_json, tc.text)
+                 .select_from(tables.annotations.outerjoin(tables.turns, and_(
+                     tc.run_id == a.run_id, tc.dialogue_id == a.dialogue_id, tc.turn_index == a.turn_index,
+                     a.kind == "turn")))
+                 .where(a.run_id == run_id, a.is_final == 1)
+                 .order_by(a.dialogue_id, a.kind.desc(), a.turn_index))
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=500).execute(text(sql), {"r": run_id})
+            result = conn.execution_options(stream_results=True, yield_per=500).execute(query)
             for rec_json, turn_text in result:
                 rec = json.loads(rec_json)
                 if turn_text is not None:
@@ -269,25 +288,30 @@ class Store:
                 yield rec
 
     def final_records_of(self, run_id: str, dialogue_id: str) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT record_json FROM annotations WHERE run_id=:r AND dialogue_id=:d AND is_final=1"
-                          " ORDER BY kind DESC, turn_index", r=run_id, d=dialogue_id)
+        a = tables.annotations.c
+        rows = self._rows(select(a.record_json)
+                          .where(a.run_id == run_id, a.dialogue_id == dialogue_id, a.is_final == 1)
+                          .order_by(a.kind.desc(), a.turn_index))
         return [json.loads(r[0]) for r in rows]
 
     def dialogue_meta(self, run_id: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+        d = tables.dialogues.c
+        query = select(d.dialogue_id, d.meta_json, d.language).where(d.run_id == run_id).order_by(d.dialogue_id)
         with self.engine.connect() as conn:
-            for d, m, lang in conn.execute(text("SELECT dialogue_id, meta_json, language FROM dialogues WHERE"
-                                                " run_id=:r ORDER BY dialogue_id"), {"r": run_id}):
-                yield d, json.loads(m), lang
+            for dialogue_id, meta, lang in conn.execute(query):
+                yield dialogue_id, json.loads(meta), lang
 
     def turn_rows(self, run_id: str, dialogue_id: str) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT turn_index, speaker, role, text, meta_json, status FROM turns WHERE run_id=:r AND"
-                          " dialogue_id=:d ORDER BY turn_index", r=run_id, d=dialogue_id)
+        tc = tables.turns.c
+        rows = self._rows(select(tc.turn_index, tc.speaker, tc.role, tc.text, tc.meta_json, tc.status)
+                          .where(tc.run_id == run_id, tc.dialogue_id == dialogue_id).order_by(tc.turn_index))
         return [{**dict(r._mapping), "meta": json.loads(r.meta_json)} for r in rows]
 
     # -- LLM calls and cache (the CallLog protocol) ----------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
         """The cached completion (a ``ChatCompletion`` dict) of the request with this cache key, or None."""
-        rows = self._rows("SELECT response, response_json FROM llm_cache WHERE key=:k", k=key)
+        k = tables.llm_cache.c
+        rows = self._rows(select(k.response, k.response_json).where(k["key"] == key))
         if not rows:
             return None
         packed, plain = rows[0]
@@ -298,29 +322,26 @@ class Store:
         self.cache_put_many(model, {key: response})
 
     def cache_put_many(self, model: str, responses: dict[str, dict[str, Any]]) -> None:
-        """``cache_put`` for many completions (cache key → completion), in one transaction."""
+        """``cache_put`` for many completions (cache key → completion), in one transaction; a key cached already
+        keeps its completion."""
         if not responses:
             return
         t = now()
-        sql = ("INSERT INTO llm_cache (key, model, response, created_at) VALUES (:k, :m, :z, :t)"
-               " ON CONFLICT (key) DO NOTHING")
-        self._write(sql, [{"k": k, "m": model, "t": t,
-                           "z": zlib.compress(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())}
-                          for k, r in responses.items()])
+        rows = [{"key": k, "model": model, "created_at": t,
+                 "response": zlib.compress(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())}
+                for k, r in responses.items()]
+        with self._writing() as conn:
+            conn.execute(insert_new(conn, tables.llm_cache), rows)
 
     def log_call(self, **f: Any) -> None:
         self.log_calls([f])
 
     def log_calls(self, rows: list[dict[str, Any]]) -> None:
-        """Write call-log rows in one transaction."""
+        """Write call-log rows (``llm_calls`` columns but ``id`` and ``created_at``) in one transaction."""
         if not rows:
             return
         t = now()
-        self._write(
-            "INSERT INTO llm_calls (run_id, dialogue_id, turn_index, purpose, model, params_hash, cache_key, attempt,"
-            " prompt_tokens, completion_tokens, latency_ms, outcome, cost_usd, created_at) VALUES (:run_id,"
-            " :dialogue_id, :turn_index, :purpose, :model, :params_hash, :cache_key, :attempt, :prompt_tokens,"
-            " :completion_tokens, :latency_ms, :outcome, :cost_usd, :t)", [{**f, "t": t} for f in rows])
+        self._write(insert(tables.llm_calls), [{**f, "created_at": t} for f in rows])
 
     def schema_sql(self) -> list[str]:
         """The schema as SQL (SQLite), for the migration test."""
