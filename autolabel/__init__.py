@@ -28,14 +28,16 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from autolabel.annotator import Annotator
+    from autolabel.cascade import Cascade, load_cascade
     from autolabel.planning import Plan, plan
     from autolabel.quality.evaluate import calibrate, evaluate, load_gold
     from autolabel.review.queue import ReviewQueue
 
 # Heavier parts load on first use, so that `import autolabel` (and with it every submodule, the CLI's included) stays
 # light: the Annotator brings LangGraph and the openai client, evaluate numpy, plan the tokenizers.
-_LAZY = {"Annotator": "annotator", "calibrate": "quality.evaluate", "evaluate": "quality.evaluate",
-         "load_gold": "quality.evaluate", "Plan": "planning", "plan": "planning", "ReviewQueue": "review.queue"}
+_LAZY = {"Annotator": "annotator", "Cascade": "cascade", "load_cascade": "cascade", "calibrate": "quality.evaluate",
+         "evaluate": "quality.evaluate", "load_gold": "quality.evaluate", "Plan": "planning", "plan": "planning",
+         "ReviewQueue": "review.queue"}
 
 
 def __getattr__(name: str) -> Any:
@@ -50,6 +52,7 @@ __all__ = [
     "Annotator",
     "AutolabelError",
     "BudgetExceeded",
+    "Cascade",
     "ConfigError",
     "Dialogue",
     "DialogueResult",
@@ -76,6 +79,7 @@ __all__ = [
     "evaluate",
     "export",
     "list_tasks",
+    "load_cascade",
     "load_gold",
     "load_task",
     "plan",

@@ -15,9 +15,9 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class RunState:
     ctx: Context
     graph: CompiledStateGraph[Any, Any, Any, Any]
     saver: BaseCheckpointSaver[Any]
+    only: Mapping[str, list[int]] | None = field(default=None)
+    """A later stage of a cascade: dialogue id -> the turns to label (the others are context)."""
 
 
 class Annotator:
@@ -81,8 +83,10 @@ class Annotator:
 
     def __init__(self, task: TaskSpec | str | Path, model: str | None = None, *, db: str | Path | None = None,
                  settings: Settings | None = None, shared_limits: SharedLimits | None = None,
-                 **overrides: Any) -> None:
+                 review: bool = True, **overrides: Any) -> None:
         self.task = task if isinstance(task, TaskSpec) else load_task(task)
+        self.review = review
+        """False for a stage of a cascade (``autolabel/cascade.py``): its flagged turns get no review item."""
         self.shared_limits = shared_limits
         """For a run spread over processes (``autolabel.scale.ray``): called with each run's LLM client, returns the
         concurrency limit and the budget the whole run shares, used instead of the client's own."""
@@ -105,16 +109,20 @@ class Annotator:
 
     async def aannotate_many(self, dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue], *,
                              input_name: str = "api", progress: Progress | None = None,
-                             summary: RunSummary | None = None, lease_owner: str | None = None
-                             ) -> AsyncIterator[DialogueResult]:
+                             summary: RunSummary | None = None, lease_owner: str | None = None,
+                             only: Mapping[str, list[int]] | None = None) -> AsyncIterator[DialogueResult]:
         """Annotate dialogues concurrently (at most ``concurrency`` in flight); yield results as they finish.
 
         ``lease_owner``: the job-queue worker that claimed the dialogues (``autolabel.scale.jobs``; ``dialogues`` is
         then its claims). A dialogue whose lease another worker took over is not stored and not yielded, and the
-        run's status is left to the queue."""
+        run's status is left to the queue.
+
+        ``only`` (a later stage of a cascade): dialogue id -> the turns to label; the dialogue's other turns are
+        shown as context only, and it gets no session call."""
         async with self._run(input_name, lease_owner) as run:
             if summary is not None:
                 run.summary = summary
+            run.only = only
             results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
             source = _aiter(dialogues)
             lock = asyncio.Lock()
@@ -245,7 +253,8 @@ class Annotator:
                 picker = few_shot_picker(store, self.task, s)  # None without gold: no embedding model
                 ctx = Context(task=self.task, settings=s, llm=llm, store=store, run_id=run_id, model=s.model,
                               thresholds=thresholds, calibrate=calibrate, examples=picker,
-                              knn_agreement=picker.knn_agreement if picker else None, lease_owner=lease_owner)
+                              knn_agreement=picker.knn_agreement if picker else None, lease_owner=lease_owner,
+                              review=self.review)
                 with _frozen_heap():
                     state = RunState(run_id, RunSummary(run_id=run_id, db=s.db), llm, time.monotonic(), ctx, graph,
                                      saver)
@@ -271,7 +280,7 @@ class Annotator:
         # be able to commit while we wait for SQLite's lock
         if await asyncio.to_thread(store.dialogue_status, run.run_id, d.id) == "done":
             run.summary.skipped_dialogues += 1
-            return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
+            return await asyncio.to_thread(stored_result, store, run.run_id, d.id)
         if run.ctx.lease_owner is None:  # a queued dialogue was marked running by its claim, under its lease
             await asyncio.to_thread(store.mark_running, run.run_id, d.id, language="", n_turns=len(d.turns),
                                     meta=d.meta, source=d.source)
@@ -279,7 +288,9 @@ class Annotator:
         config: RunnableConfig = {"configurable": {"thread_id": thread}, "max_concurrency": self.settings.concurrency,
                                   "recursion_limit": 50}
         snapshot = await run.graph.aget_state(config)
-        inp: InputState | None = None if snapshot.next else {"dialogue": d}
+        inp: InputState | None = None
+        if not snapshot.next:
+            inp = {"dialogue": d} if run.only is None else {"dialogue": d, "only": list(run.only.get(d.id, []))}
         if snapshot.next:
             run.summary.resumed_dialogues += 1
         try:
@@ -288,7 +299,7 @@ class Annotator:
             log.warning("%s", e)
             return None
         await run.saver.adelete_thread(thread)
-        return await asyncio.to_thread(_stored_result, store, run.run_id, d.id)
+        return await asyncio.to_thread(stored_result, store, run.run_id, d.id)
 
     def _count(self, run: RunState, r: DialogueResult) -> None:
         s = run.summary
@@ -398,12 +409,17 @@ async def _aiter(dialogues: Iterable[Dialogue] | AsyncIterable[Dialogue]) -> Asy
             yield d
 
 
-def _stored_result(store: Store, run_id: str, dialogue_id: str) -> DialogueResult:
+def stored_result(store: Store, run_id: str, dialogue_id: str) -> DialogueResult:
     """The dialogue's final annotations as stored."""
+    return result_of(dialogue_id, store.final_records_of(run_id, dialogue_id))
+
+
+def result_of(dialogue_id: str, records: Iterable[dict[str, Any]]) -> DialogueResult:
+    """A dialogue's final records as annotations."""
     turns: list[TurnAnnotation] = []
     session = None
     language = "en"
-    for rec in store.final_records_of(run_id, dialogue_id):
+    for rec in records:
         language = rec.get("language", language)
         conf = {k: FieldConfidence(**v) for k, v in rec["confidence"].items()}
         common = {"dialogue_id": dialogue_id, "status": Status(rec["status"]), "labels": rec["labels"],

@@ -111,11 +111,12 @@ def test_annotation_schema_rejects_a_flagged_record_without_reasons() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(autolabel.__all__) == sorted([
-        "Annotator", "AutolabelError", "BudgetExceeded", "ConfigError", "Dialogue", "DialogueResult",
+        "Annotator", "AutolabelError", "BudgetExceeded", "Cascade", "ConfigError", "Dialogue", "DialogueResult",
         "ExportFormat", "InputError", "InputFormat", "LLMError", "RequestRefused", "RetryExhausted", "ReviewError",
         "RunSummary", "SessionAnnotation", "Settings", "Plan", "ReviewQueue", "calibrate", "evaluate", "load_gold",
         "plan", "Status", "Store", "StoreError", "TaskSpec", "TaskSpecError",
-        "Turn", "TurnAnnotation", "export", "list_tasks", "load_task", "read_dialogues", "validate_task_file",
+        "Turn", "TurnAnnotation", "export", "list_tasks", "load_cascade", "load_task", "read_dialogues",
+        "validate_task_file",
     ])
     for name in autolabel.__all__:
         assert getattr(autolabel, name) is not None

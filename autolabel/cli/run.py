@@ -133,6 +133,9 @@ def run(
                                             help="Spread the run over a Ray cluster: the head's host:port (needs --db "
                                             "postgresql://...), auto, or nothing / local for a Ray instance on this "
                                             "machine.")] = None,
+    cascade: Annotated[Path | None, typer.Option(help="A cascade file (YAML): stages of models in order; a turn "
+                                                      "goes to the next stage only when its stage cannot certify "
+                                                      "it (README: Cascade).")] = None,
 ) -> None:
     """Annotate every dialogue of INPUT; resumes the same run when re-run."""
     if batch_api and concurrency is None:
@@ -144,6 +147,14 @@ def run(
                   batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
                   embeddings_base_url=embeddings_base_url, embeddings_api_key_env=embeddings_api_key_env,
                   structured_mode=structured_mode)
+    if cascade is not None:
+        from autolabel.cascade import load_cascade
+        from autolabel.cli.cascade import refuse_with_cascade, run_cascade
+
+        load_cascade(cascade)  # first: a bad file stops here (exit 2)
+        refuse_with_cascade(model=model, base_url=base_url, ray=ray, batch_api=batch_api)
+        run_cascade(task, cascade, s, input, on_invalid.value, input_turns(input))
+        return
     total_turns = input_turns(input)  # first: a file with no dialogues at all stops here (exit 3)
     from autolabel.annotator import Annotator
     from autolabel.llm.pricing import price
@@ -380,10 +391,19 @@ def plan_cmd(
     = None,
     price_in: PriceIn = None,
     price_out: PriceOut = None,
+    cascade: Annotated[Path | None, typer.Option(help="A cascade file: calls and cost per stage, from the escalation "
+                                                      "rate of an earlier cascade run (or the file's assumed "
+                                                      "rate).")] = None,
 ) -> None:
     """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
     s = settings_from(model=model, base_url=base_url, db=db, window=window, turns_per_call=turns_per_call,
                   critique=critique, price_in=price_in, price_out=price_out)
+    if cascade is not None:
+        from autolabel.cli.cascade import plan_cascade_cmd, refuse_with_cascade
+
+        refuse_with_cascade(model=model, base_url=base_url)
+        plan_cascade_cmd(task, cascade, s, input, sample_dialogues)
+        return
     from autolabel.planning import plan
 
     p = plan(input, task, s, samples=samples, sample_dialogues=sample_dialogues)

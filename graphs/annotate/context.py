@@ -49,6 +49,9 @@ class Context:
     turns: the ``knn_agreement`` confidence signal (None when no neighbour has the field)."""
     requests: RequestBuilder
     """The run's request builder (prompts and schemas built once per run)."""
+    review: bool
+    """False for a stage of a cascade: the stage's flagged turns get no review item here (the cascade's own run holds
+    the review queue of the turns it decided, ``autolabel/cascade.py``)."""
     owned: bool
     """Opened from a configuration: ``finalize`` closes the store and the client (:meth:`close`)."""
 
@@ -59,10 +62,11 @@ class Context:
                  examples: Callable[[str, str, str], list[dict[str, Any]]] | None = None,
                  lease_owner: str | None = None,
                  knn_agreement: Callable[[str, str, str, str, Any], float | None] | None = None,
-                 **configuration: Any) -> None:
+                 review: bool = True, **configuration: Any) -> None:
         self.task = task if isinstance(task, TaskSpec) else load_task(task)
         self.thresholds, self.calibrate = thresholds or {}, calibrate
         self.examples, self.lease_owner, self.knn_agreement = examples, lease_owner, knn_agreement
+        self.review = review
         self.owned = llm is None or store is None or settings is None
         if self.owned:  # a configuration (LangGraph's tooling): open the run it describes
             settings, llm, store, run_id = open_run(self.task, settings, {"model": model or None, **configuration})

@@ -59,9 +59,12 @@ def branches(state: State, ctx: Context) -> tuple[list[ChunkInput], SessionInput
     d, lang = state["dialogue"], state["language"]
     k = ctx.settings.turns_per_call
     size = -(-TURNS_PER_TASK // k) * k
-    chunks = [[t.index for t in d.turns[i:i + size]] for i in range(0, len(d.turns), size)]
+    only = state.get("only")
+    todo = [t.index for t in d.turns] if only is None else sorted(set(only) & {t.index for t in d.turns})
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     parts, whole = cut(d, chunks, ctx.requests.window, ctx.settings.redact)
-    session = SessionInput(excerpt=whole, language=lang) if ctx.requests.session_fields() is not None else None
+    asks_session = only is None and ctx.requests.session_fields() is not None  # a later stage: the session is done
+    session = SessionInput(excerpt=whole, language=lang) if asks_session else None
     return [ChunkInput(excerpt=e, indices=c, language=lang) for e, c in zip(parts, chunks, strict=True)], session
 
 
@@ -414,7 +417,8 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     d, lang = state["dialogue"], state["language"]
     by_index = {t.turn_index: t for t in state.get("turns", [])}
     turns, annotations, review = [], [], []
-    for t in d.turns:
+    only = state.get("only")
+    for t in d.turns if only is None else [t for t in d.turns if t.index in set(only)]:
         ann = by_index.get(t.index) or TurnAnnotation(
             dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
             status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text))
@@ -427,18 +431,18 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         rec = turn_record(ann, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang, text=None)
         annotations.append({"kind": "turn", "turn_index": t.index, "attempt": 0, "is_final": True,
                             "valid": ann.status != Status.FAILED, "status": ann.status.value, "record": rec})
-        reasons = _review_reasons(ann)
+        reasons = review_reasons(ann) if ctx.review else []
         if reasons:
             review.append({"kind": "turn", "turn_index": t.index, "reasons": reasons,
-                           "priority": _priority(reasons, ann.confidence), "proposal": rec})
+                           "priority": priority(reasons, ann.confidence), "proposal": rec})
     s = state.get("session")
     if s is not None:
         rec = session_record(s, run_id=ctx.run_id, task=ctx.task, model=ctx.model, language=lang)
         annotations.append({"kind": "session", "turn_index": -1, "attempt": 0, "is_final": True,
                             "valid": s.status != Status.FAILED, "status": s.status.value, "record": rec})
-        if s.status == Status.FLAGGED:
+        if s.status == Status.FLAGGED and ctx.review:
             review.append({"kind": "session", "turn_index": -1, "reasons": s.flags,
-                           "priority": _priority(s.flags, s.confidence), "proposal": rec})
+                           "priority": priority(s.flags, s.confidence), "proposal": rec})
     await asyncio.to_thread(ctx.store.save_dialogue, ctx.run_id, d.id, turns=turns, annotations=annotations,
                             review_items=review,
                             task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
@@ -446,7 +450,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return {"turns": None}  # stored: the thread lets them go
 
 
-def _review_reasons(ann: TurnAnnotation) -> list[str]:
+def review_reasons(ann: TurnAnnotation) -> list[str]:
     """Why a turn goes to a human (empty: it does not): a flagged turn's flags; for a failed turn with risk content
     its flags and ``failed:<kind>`` (``invalid_output``, ``llm_error``...; the full reason is the record's error)."""
     if ann.status == Status.FLAGGED:
@@ -461,7 +465,7 @@ def _risk_flag(text: str) -> list[str]:
     return ["risk_content"] if detect_risk(text, None) else []
 
 
-def _priority(flags: list[str], confidence: dict[str, FieldConfidence]) -> float:
+def priority(flags: list[str], confidence: dict[str, FieldConfidence]) -> float:
     """Lower is reviewed first: risk content before everything, then the lowest confidence."""
     low = min((c.value for c in confidence.values()), default=0.0)
     return low - 10.0 if "risk_content" in flags else low

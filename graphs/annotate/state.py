@@ -6,7 +6,7 @@ import operator
 from typing import Annotated, Any
 
 from autolabel.graphs.annotate.excerpt import Excerpt
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from autolabel.models import Dialogue, SessionAnnotation, TurnAnnotation
 
@@ -21,6 +21,9 @@ class InputState(TypedDict):
     """What a run hands the graph: the dialogue to annotate."""
 
     dialogue: Dialogue
+    only: NotRequired[list[int] | None]
+    """A later stage of a cascade (``autolabel/cascade.py``): label only these turns, the others shown as context
+    only, and no session call (the session is the first stage's); absent or None: every turn and the session."""
 
 
 class State(InputState, total=False):
