@@ -2,7 +2,8 @@
 
 A claim locks what it takes (PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED``: workers never wait for each other;
 SQLite ``BEGIN IMMEDIATE``: one writer at a time, several workers on one machine), through the one transaction helper
-of :mod:`autolabel.persistence.tx`. Who claims and what is done with a claim is :mod:`autolabel.scale.jobs`.
+of :mod:`autolabel.persistence.tx` (``Store.transaction``); queries are built on :mod:`autolabel.persistence.tables`.
+Who claims and what is done with a claim is :mod:`autolabel.scale.jobs`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import json
 import time
 from collections.abc import Callable, Iterator
 
-from sqlalchemy import text
+from sqlalchemy import and_, exists, func, select, update
 
 from autolabel.models import Dialogue
 from autolabel.persistence.store import Store, now
-from autolabel.persistence.tx import for_update, transaction
+from autolabel.persistence.tables import dialogues as dialogues_table
+from autolabel.persistence.tables import job_dialogues, runs
+from autolabel.persistence.tx import insert_new
 
 DEFAULT_LEASE = 60.0
+OPEN = ("pending", "running")
+
+_d, _j = dialogues_table.c, job_dialogues.c
+_QUEUED = exists().where(_j.run_id == _d.run_id, _j.dialogue_id == _d.dialogue_id)  # a dialogue of the job queue
+_WITH_CONTENT = dialogues_table.join(job_dialogues, and_(_j.run_id == _d.run_id, _j.dialogue_id == _d.dialogue_id))
 
 
 class JobQueue:
@@ -31,23 +39,20 @@ class JobQueue:
                 ) -> tuple[int, int]:
         """Add dialogues to a run as ``pending`` (a dialogue already in the run is left as it is).
         Returns (added, existing)."""
-        with self.store.engine.connect() as conn:
-            known = {r[0] for r in conn.execute(text("SELECT dialogue_id FROM dialogues WHERE run_id=:r"),
-                                                {"r": run_id})}
+        known = {r[0] for r in self.store.fetch(select(_d.dialogue_id).where(_d.run_id == run_id))}
         added = existing = 0
         batch: list[Dialogue] = []
 
         def flush() -> None:
             t = now()
-            with transaction(self.store.engine, self.store.db) as conn:
-                conn.execute(text("INSERT INTO dialogues (run_id, dialogue_id, language, n_turns, status, meta_json,"
-                                  " source, updated_at) VALUES (:r, :d, '', :n, 'pending', :m, :s, :t)"
-                                  " ON CONFLICT (run_id, dialogue_id) DO NOTHING"),
-                             [{"r": run_id, "d": d.id, "n": len(d.turns), "s": d.source, "t": t,
-                               "m": json.dumps(d.meta, ensure_ascii=False, default=str)} for d in batch])
-                conn.execute(text("INSERT INTO job_dialogues (run_id, dialogue_id, dialogue_json, created_at)"
-                                  " VALUES (:r, :d, :j, :t) ON CONFLICT (run_id, dialogue_id) DO NOTHING"),
-                             [{"r": run_id, "d": d.id, "j": d.model_dump_json(), "t": t} for d in batch])
+            with self.store.transaction() as conn:
+                conn.execute(insert_new(conn, dialogues_table), [
+                    {"run_id": run_id, "dialogue_id": d.id, "language": "", "n_turns": len(d.turns),
+                     "status": "pending", "meta_json": json.dumps(d.meta, ensure_ascii=False, default=str),
+                     "source": d.source, "updated_at": t} for d in batch])
+                conn.execute(insert_new(conn, job_dialogues), [
+                    {"run_id": run_id, "dialogue_id": d.id, "dialogue_json": d.model_dump_json(), "created_at": t}
+                    for d in batch])
             batch.clear()
 
         for d in dialogues:
@@ -65,57 +70,49 @@ class JobQueue:
 
     def claim(self, run_id: str, worker: str, lease_seconds: float = DEFAULT_LEASE) -> Dialogue | None:
         """Lease the next dialogue of the run: one whose lease expired first, else a pending one."""
-        with transaction(self.store.engine, self.store.db) as conn:
+        with self.store.transaction() as conn:
             t = self.clock()
-            lock = for_update(conn, skip_locked=True)
             row = None
-            for where in ("d.status='running' AND d.lease_expires < :now", "d.status='pending'"):
-                row = conn.execute(text(
-                    "SELECT d.dialogue_id FROM dialogues d WHERE d.run_id=:r AND " + where
-                    + " AND EXISTS (SELECT 1 FROM job_dialogues j WHERE j.run_id=d.run_id AND"
-                    " j.dialogue_id=d.dialogue_id) LIMIT 1" + lock), {"r": run_id, "now": t}).first()
+            for which in (and_(_d.status == "running", _d.lease_expires < t), _d.status == "pending"):
+                row = conn.execute(select(_d.dialogue_id).where(_d.run_id == run_id, which, _QUEUED).limit(1)
+                                   .with_for_update(skip_locked=True)).first()  # nothing added on SQLite
                 if row is not None:
                     break
             if row is None:
                 return None
-            key = {"r": run_id, "d": row[0]}
-            conn.execute(text("UPDATE dialogues SET status='running', worker=:w, lease_expires=:e, updated_at=:t"
-                              " WHERE run_id=:r AND dialogue_id=:d"),
-                         {**key, "w": worker, "e": t + lease_seconds, "t": now()})
-            content = conn.execute(text("SELECT dialogue_json FROM job_dialogues WHERE run_id=:r AND"
-                                        " dialogue_id=:d"), key).scalar_one()
+            conn.execute(update(dialogues_table).where(_d.run_id == run_id, _d.dialogue_id == row[0])
+                         .values(status="running", worker=worker, lease_expires=t + lease_seconds, updated_at=now()))
+            content = conn.execute(select(_j.dialogue_json)
+                                   .where(_j.run_id == run_id, _j.dialogue_id == row[0])).scalar_one()
         return Dialogue.model_validate_json(content)
 
     def heartbeat(self, worker: str, lease_seconds: float = DEFAULT_LEASE) -> int:
         """Renew the lease of every dialogue this worker holds. Returns how many it holds."""
-        with transaction(self.store.engine, self.store.db) as conn:
-            return conn.execute(text("UPDATE dialogues SET lease_expires=:e WHERE worker=:w AND status='running'"),
-                                {"w": worker, "e": self.clock() + lease_seconds}).rowcount
+        with self.store.transaction() as conn:
+            return conn.execute(update(dialogues_table).where(_d.worker == worker, _d.status == "running")
+                                .values(lease_expires=self.clock() + lease_seconds)).rowcount
 
     def release(self, worker: str) -> int:
         """Give back every dialogue this worker holds (it stops early): others may claim them at once."""
-        with transaction(self.store.engine, self.store.db) as conn:
-            return conn.execute(text("UPDATE dialogues SET status='pending', worker=NULL, lease_expires=NULL,"
-                                     " updated_at=:t WHERE worker=:w AND status='running'"),
-                                {"w": worker, "t": now()}).rowcount
+        with self.store.transaction() as conn:
+            return conn.execute(update(dialogues_table).where(_d.worker == worker, _d.status == "running")
+                                .values(status="pending", worker=None, lease_expires=None, updated_at=now())).rowcount
 
     def counts(self, run_id: str) -> dict[str, int]:
         """Queued dialogues of the run by status (pending, running, done)."""
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(text("SELECT d.status, COUNT(*) FROM dialogues d JOIN job_dialogues j ON"
-                                     " j.run_id=d.run_id AND j.dialogue_id=d.dialogue_id WHERE d.run_id=:r"
-                                     " GROUP BY d.status"), {"r": run_id}).all()
+        rows = self.store.fetch(select(_d.status, func.count()).select_from(_WITH_CONTENT)
+                                .where(_d.run_id == run_id).group_by(_d.status))
         return {"pending": 0, "running": 0, "done": 0, **{s: int(n) for s, n in rows}}
 
     def runs_with_work(self, *, task_hash: str | None = None, model: str | None = None) -> list[str]:
         """Runs with queued dialogues not done yet, oldest first; optionally only those of one task spec (by its
         hash) and one model."""
-        only = "".join(f" AND r.{column}=:{column}" for column, v in (("task_hash", task_hash), ("model", model))
-                       if v is not None)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT r.id FROM runs r WHERE EXISTS (SELECT 1 FROM dialogues d JOIN job_dialogues j ON"
-                " j.run_id=d.run_id AND j.dialogue_id=d.dialogue_id WHERE d.run_id=r.id AND d.status IN"
-                f" ('pending', 'running')){only} ORDER BY r.created_at, r.id"),
-                {"task_hash": task_hash, "model": model}).all()
-        return [r[0] for r in rows]
+        r = runs.c
+        open_work = exists(select(_d.dialogue_id).select_from(_WITH_CONTENT)
+                           .where(_d.run_id == r.id, _d.status.in_(OPEN)))
+        query = select(r.id).where(open_work).order_by(r.created_at, r.id)
+        if task_hash is not None:
+            query = query.where(r.task_hash == task_hash)
+        if model is not None:
+            query = query.where(r.model == model)
+        return [row[0] for row in self.store.fetch(query)]
