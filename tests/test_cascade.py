@@ -217,3 +217,21 @@ def test_a_knn_stage_labels_what_stage_one_sent_on_without_llm_calls(two_servers
     knn = [r for r in records if r["decided_by"]["stage"] == 2]
     assert len(knn) == 4 and all(r["decided_by"]["model"] == "knn" and r["stages"][0]["stage"] == 1 for r in knn)
     assert all(c["signals"].keys() == {"knn_vote"} for r in knn for c in r["confidence"].values())
+
+
+def test_bench_cascade_smoke(tmp_path: Path) -> None:
+    """benchmarks/bench_cascade.py end to end at a tiny size with a scripted stage 1 (no timing asserted)."""
+    out = tmp_path / "cascade.json"
+    r = subprocess.run([sys.executable, "benchmarks/bench_cascade.py", "--stage1", "scripted", "--turns", "12",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "|---|" in r.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    arms = {a["arm"]: a for a in data["results"]}
+    assert set(arms) == {"stage 1 alone", "cascade", "stage 2 alone"} and data["simulated_stage_2"] is True
+    assert all(a["turns"] == 12 for a in arms.values())
+    # stage 2 saw only what stage 1 sent on: fewer stage-2 calls in the cascade than alone, none by stage 1 alone
+    assert 0 < arms["cascade"]["calls_per_1000_turns"]["stage 2"] < arms["stage 2 alone"]["calls_per_1000_turns"][
+        "stage 2"]
+    assert abs(sum(arms["cascade"]["decided"].values()) - 1) < 0.01
