@@ -12,7 +12,8 @@ neither, so their exports are as before.
 CSV (for spreadsheets): one row per turn — ``dialogue_id, turn_index, speaker, role, text, status, flags``,
 then one column per label field (several options joined with ``|``; a sub-coded field followed by
 ``<field>_parent``), one per text field, and ``<field>_confidence`` per label field. Each dialogue's
-session-level record follows its turns as a row with an empty ``turn_index`` and the role ``session``. UTF-8;
+session-level record follows its turns as a row with an empty ``turn_index`` and the role ``session``. A cascade
+run adds ``decided_by_stage, decided_by_model`` after ``flags`` (the stage whose answer it is, 1-based). UTF-8;
 ``bom=True`` starts the file with a byte order mark so that Excel reads Chinese text correctly.
 
 Label Studio tasks and Argilla records (for reviewing there, and importing the reviews back): see ``interop``.
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
-from itertools import groupby
+from itertools import chain, groupby
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,6 +114,7 @@ def export_psy_insight(store: Store, run_id: str, task: TaskSpec, out: IO[str], 
 
 
 CSV_BASE = ("dialogue_id", "turn_index", "speaker", "role", "text", "status", "flags")
+DECIDED_BY = ("decided_by_stage", "decided_by_model")
 MULTI_SEPARATOR = "|"
 
 
@@ -136,15 +138,30 @@ def _cell(value: Any) -> Any:
 
 
 def export_csv(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
+    return write_csv(checked_records(store, run_id, task, include_text), task, out)
+
+
+def write_csv(records: Iterable[dict[str, Any]], task: TaskSpec, out: IO[str]) -> int:
+    """``records`` as CSV rows (module docstring); a cascade run's records (the first has ``decided_by``) add
+    ``decided_by_stage`` and ``decided_by_model`` after ``flags``."""
     labels, texts = csv_fields(task)
+    rest = iter(records)
+    first = next(rest, None)
+    cascade = first is not None and "decided_by" in first
+    header = csv_header(task)
+    if cascade:
+        header[len(CSV_BASE):len(CSV_BASE)] = DECIDED_BY
     writer = csv.writer(out)
-    writer.writerow(csv_header(task))
+    writer.writerow(header)
     n = 0
-    for rec in checked_records(store, run_id, task, include_text):
+    for rec in chain([first] if first is not None else [], rest):
         session = rec["kind"] == "session"
         row: list[Any] = [rec["dialogue_id"], "" if session else rec["turn_index"], rec.get("speaker", ""),
                           "session" if session else rec.get("role") or "", rec.get("text", ""), rec["status"],
                           MULTI_SEPARATOR.join(rec["flags"])]
+        if cascade:
+            decided = rec.get("decided_by") or {}
+            row += [decided.get("stage", ""), decided.get("model", "")]
         for f in labels:
             row.append(_cell(rec["labels"].get(f.name, "")))
             if f.has_children:

@@ -14,13 +14,22 @@ without labels. The dialogue text is the point, so ``--no-text`` is refused.
   turn, a read-only ``role`` choice that each task's prediction pre-selects (the turn's role, or ``session``),
   one ``Choices`` per label field (``choice="multiple"`` for multi-label fields) inside a ``View`` shown only
   when ``role`` is one the field applies to (Label Studio's ``visibleWhen="choice-selected"``), and a ``note``.
+  A field with sub-codes is a ``Taxonomy`` instead — parents as top nodes, their sub-codes under them
+  (``leafsOnly`` unless the spec allows the parent); its prediction is the path (``[["question", "open
+  question"]]``) and the import reads the path's last element, the option. A rating field is ``Choices`` whose
+  points show their anchors as visible text (``html="3 — friendly"``; the value stays the point): Label Studio's
+  ``Rating`` tag draws 1..n stars with no anchors and cannot start a scale at 0.
 - **Argilla** (2.x): JSONL, one record per line in the shape of ``Record.to_dict()``: ``fields`` (the dialogue as
   text, the target turn marked ``▶``, and the target turn), ``metadata``, ``suggestions`` per question with
   ``value``, ``score``, ``agent`` and ``type``. Beside it ``<name>.settings.json`` in the shape of
   ``Settings.serialize()``: one ``label_selection`` / ``multi_label_selection`` question per label field with its
   options (not required: each applies to some roles only), an optional ``note`` and a required ``decision``
   (accept / correct), because Argilla publishes no dataset without a required question. Load both with
-  ``rg.Settings.from_json`` and ``rg.Record.from_dict``.
+  ``rg.Settings.from_json`` and ``rg.Record.from_dict``. A sub-coded field's question lists the answerable
+  options; each record keeps the upper level as metadata ``<field>_parent``, to filter on.
+
+A cascade run's records say which stage decided (``decided_by: {stage, model}``): the Label Studio prediction's
+``model_version`` is that model, the Argilla record's metadata has ``decided_by_stage`` and ``decided_by_model``.
 
 Import (``autolabel import-reviews``): every submitted answer becomes a review through ``ReviewQueue`` — claim,
 then submit with the labels — so the audit log, agreement, adjudication, gold and the turn's status change exactly
@@ -48,11 +57,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from autolabel.errors import AutolabelError, ConfigError, InputError, ReviewError
-from autolabel.interop.export import checked_records
+from autolabel.interop.export import checked_records, parents
 from autolabel.persistence.store import Store
 from autolabel.records import record_problems
 from autolabel.review.queue import ItemStatus, ReviewQueue
-from autolabel.tasks import LabelField, RoleFields, TaskSpec, localize
+from autolabel.tasks import LabelField, Option, RoleFields, TaskSpec, localize
 
 SESSION_TEXT = "(the whole session)"
 NOTE = "note"
@@ -114,11 +123,19 @@ def unit_fields(task: TaskSpec, record: dict[str, Any]) -> RoleFields | None:
 
 
 def _agent(record: dict[str, Any], task: TaskSpec) -> tuple[str, float | None, str]:
-    """Who proposed the record's labels: (agent, score, Argilla suggestion type)."""
+    """Who proposed the record's labels: (agent, score, Argilla suggestion type); in a cascade run, the model of the
+    stage that decided."""
     if record["status"] == "reviewed":
         return f"reviewed:{record.get('reviewer') or 'unknown'}", None, "human"
     values = [c["value"] for c in record.get("confidence", {}).values()]
-    return f"{record['model']}|{task.name}@{task.spec_hash[:12]}", min(values) if values else None, "model"
+    model = (record.get("decided_by") or {}).get("model") or record["model"]
+    return f"{model}|{task.name}@{task.spec_hash[:12]}", min(values) if values else None, "model"
+
+
+def _decided_by(record: dict[str, Any]) -> dict[str, Any]:
+    """``decided_by_stage`` and ``decided_by_model`` of a cascade run's record (empty otherwise)."""
+    d = record.get("decided_by")
+    return {"decided_by_stage": d["stage"], "decided_by_model": d["model"]} if d else {}
 
 
 def _check_names(task: TaskSpec, reserved: tuple[str, ...], tool: str) -> None:
@@ -158,18 +175,54 @@ def label_studio_config(task: TaskSpec) -> str:
         group = ET.SubElement(view, "View", visibleWhen="choice-selected", whenTagName=ROLE,
                               whenChoiceValue=",".join(shown_for))
         ET.SubElement(group, "Header", value=f"{f.name}: for {who}, {how}")
+        if f.has_children:
+            _taxonomy(group, f)
+            continue
         choices = ET.SubElement(group, "Choices", name=f.name, toName="dialogue",
                                 choice="multiple" if f.multi else "single-radio", showInline="true")
         for o in f.options:
-            attrs = {"value": o.name}
-            hint = localize(o.description, "en")
-            if hint:
-                attrs["hint"] = hint
-            ET.SubElement(choices, "Choice", attrs)
+            ET.SubElement(choices, "Choice", _choice(o, rating=f.scale is not None))
     ET.SubElement(view, "TextArea", name=NOTE, toName="dialogue", rows="2", maxSubmissions="1",
                   placeholder="optional note: why you corrected it, what was unclear")
     ET.indent(view)
     return ET.tostring(view, encoding="unicode") + "\n"
+
+
+def _choice(o: Option, rating: bool = False) -> dict[str, str]:
+    """A ``Choice``'s attributes: its value (the option name), the description as hint and, for a rating point, the
+    anchor as visible text."""
+    attrs = {"value": o.name}
+    hint = localize(o.description, "en")
+    if hint:
+        attrs["hint"] = hint
+        if rating:
+            attrs["html"] = f"{o.name} — {hint}"
+    return attrs
+
+
+def _taxonomy(parent: ET.Element, f: LabelField) -> None:
+    """A sub-coded field as a ``Taxonomy``: each top-level option, its sub-codes nested under it."""
+    attrs = {"name": f.name, "toName": "dialogue", "maxUsages": str(f.max_selected or len(f.options)) if f.multi
+             else "1"}
+    if not f.allow_parent:
+        attrs["leafsOnly"] = "true"
+    tree = ET.SubElement(parent, "Taxonomy", attrs)
+    for top in f.top:
+        node = ET.SubElement(tree, "Choice", _choice(top))
+        for o in f.options:
+            if o.parent == top.name:
+                ET.SubElement(node, "Choice", _choice(o))
+
+
+def _ls_result(f: LabelField, value: Any) -> dict[str, Any]:
+    """A prediction's result for one field: choices, or taxonomy paths for a sub-coded field."""
+    values = value if isinstance(value, list) else [value]
+    if f.has_children:
+        paths = [[f.parent_of(v), v] if f.parent_of(v) != v else [v] for v in values]
+        return {"id": f.name, "from_name": f.name, "to_name": "dialogue", "type": "taxonomy",
+                "value": {"taxonomy": paths}}
+    return {"id": f.name, "from_name": f.name, "to_name": "dialogue", "type": "choices",
+            "value": {"choices": values}}
 
 
 def label_studio_task(unit: Unit, task: TaskSpec) -> dict[str, Any]:
@@ -183,9 +236,7 @@ def label_studio_task(unit: Unit, task: TaskSpec) -> dict[str, Any]:
             "header": f"{r['dialogue_id']} · {where} · model: {r['status']}" + (f" ({flags})" if flags else "")}
     out: dict[str, Any] = {"data": data}
     fields = unit_fields(task, r)
-    result = [{"id": f.name, "from_name": f.name, "to_name": "dialogue", "type": "choices",
-               "value": {"choices": v if isinstance(v, list) else [v]}}
-              for f in (fields.labels if fields else ()) if (v := r["labels"].get(f.name)) is not None]
+    result = [_ls_result(f, v) for f in (fields.labels if fields else ()) if (v := r["labels"].get(f.name)) is not None]
     role = SESSION_ROLE if r["kind"] == "session" else r.get("role")
     agent, score, _ = _agent(r, task)
     prediction: dict[str, Any] = {"model_version": agent, "result": [
@@ -266,7 +317,8 @@ def argilla_record(unit: Unit, task: TaskSpec) -> dict[str, Any]:
             suggestions[f.name] = {"value": value, "score": score, "agent": agent, "type": kind}
     key = unit.key()
     metadata = {**key, "speaker": r.get("speaker"), "role": r.get("role"), "language": r.get("language"),
-                "status": r["status"], "flags": r["flags"]}
+                "status": r["status"], "flags": r["flags"], **_decided_by(r),
+                **{f"{name}_parent": v for name, v in (r.get("parents") or parents(task, r["labels"])).items()}}
     return {"id": "/".join(str(key[k]) for k in ("run_id", "dialogue_id", "kind", "turn_index")),
             "fields": {"dialogue": "\n".join(lines), "target": target},
             "metadata": {k: v for k, v in metadata.items() if v is not None}, "suggestions": suggestions,
@@ -461,6 +513,8 @@ def _ls_answers(task: dict[str, Any], where: str, reviewer: str | None) -> list[
             value = r.get("value") or {}
             if r.get("type") == "choices" and r.get("from_name") != ROLE:
                 labels[r["from_name"]] = list(value.get("choices", []))
+            elif r.get("type") == "taxonomy":  # a path from the top: its last element is the option
+                labels[r["from_name"]] = [path[-1] for path in value.get("taxonomy", []) if path]
             elif r.get("type") == "textarea" and r.get("from_name") == NOTE:
                 note = "\n".join(value.get("text", [])) or None
         if labels:
