@@ -38,8 +38,10 @@ from autolabel.review.views import adjudication_view, browse_view, history_view,
 __all__ = ["COOKIE", "MAX_BODY", "create_app", "is_loopback", "serve"]
 
 MAX_BODY = 64 * 1024
-_STATIC = {"app.js": "text/javascript; charset=utf-8", "adjudicate.js": "text/javascript; charset=utf-8",
-           "app.css": "text/css; charset=utf-8"}
+_JS = "text/javascript; charset=utf-8"
+_STATIC = {"app.js": (_JS, ("labels.js", "app.js")), "adjudicate.js": (_JS, ("labels.js", "adjudicate.js")),
+           "app.css": ("text/css; charset=utf-8", ("app.css",))}
+"""name -> (media type, the template files it is made of): both pages' scripts start with the code they share."""
 _ERROR_STATUS = {"unknown": 404, "invalid": 422, "stale": 409, "not_held": 409, "state": 409, "forbidden": 403}
 _FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7"'
             b' fill="#2f5fd0"/><path d="M9 17l5 5 9-11" fill="none" stroke="#fff" stroke-width="4"'
@@ -143,8 +145,10 @@ def create_app(db: str | Path, token: str | None = None, blind: bool = False, *,
     def static(name: str) -> Response:
         if name not in _STATIC:
             return PlainTextResponse("not found", 404)
-        body = resources.files("autolabel.review.templates").joinpath(name).read_text(encoding="utf-8")
-        return Response(body, media_type=_STATIC[name])
+        media, parts = _STATIC[name]
+        files = resources.files("autolabel.review.templates")
+        body = "\n".join(files.joinpath(part).read_text(encoding="utf-8") for part in parts)
+        return Response(body, media_type=media)
 
     @app.get("/api/status")
     def api_status(request: Request) -> dict[str, Any]:

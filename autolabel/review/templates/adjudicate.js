@@ -1,19 +1,14 @@
 // autolabel adjudication: settle items whose reviewers disagree, keyboard first (see the help overlay, ?).
+// Served after labels.js (window.autolabel: the feedback line, digit keys, the chosen labels; web.py _STATIC).
 "use strict";
 
 (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
-  const message = document.getElementById("message");
+  const { say, pressed } = window.autolabel;
   const help = document.getElementById("help");
   const dataNode = document.getElementById("item-data");
   const item = dataNode ? JSON.parse(dataNode.textContent) : null;
   let busy = false;
-
-  function say(text, kind) {
-    if (!message) return;
-    message.textContent = text;
-    message.className = "message feedback" + (text ? " shown" : "") + (kind ? " " + kind : "");
-  }
 
   function toggleHelp(show) {
     help.hidden = show === undefined ? !help.hidden : !show;
@@ -54,29 +49,17 @@
   const fieldsets = Array.from(document.querySelectorAll("fieldset.field"));
   const answers = Array.from(document.querySelectorAll("[data-review]"));
   const note = document.getElementById("note");
-  const selected = {};
-  let current = 0;
+  const form = window.autolabel.selection(item.fields, fieldsets);
+  const selected = form.selected;
   let taken = -1;
 
   function setSelection(labels) {
-    item.fields.forEach((f) => {
-      const v = labels[f.name];
-      selected[f.name] = v === undefined || v === null ? [] : (Array.isArray(v) ? v.slice() : [v]);
-    });
+    form.set(labels);
     render();
   }
 
   function render() {
-    fieldsets.forEach((fs, i) => {
-      fs.classList.toggle("active", i === current);
-      const name = fs.dataset.field;
-      fs.querySelectorAll("button.option").forEach((b) => {
-        const on = selected[name].includes(b.dataset.option);
-        b.classList.toggle("on", on);
-        b.setAttribute("aria-pressed", on ? "true" : "false");
-        b.classList.toggle("model", [].concat(item.proposed[name] || []).includes(b.dataset.option));
-      });
-    });
+    form.draw(item.proposed);
     answers.forEach((a, i) => a.classList.toggle("taken", i === taken));
   }
 
@@ -107,16 +90,6 @@
     say("The model's labels. Enter settles on them.");
   }
 
-  function labels() {
-    const out = {};
-    for (const f of item.fields) {
-      if (selected[f.name].length === 0) { current = item.fields.indexOf(f); render(); return null; }
-      const values = selected[f.name].slice().sort((a, b) => f.options.indexOf(a) - f.options.indexOf(b));
-      out[f.name] = f.multi ? values : values[0];
-    }
-    return out;
-  }
-
   function later() {
     window.location.assign(item.next === null ? "/adjudicate" : "/adjudicate/" + item.next);
   }
@@ -125,8 +98,12 @@
 
   async function settle() {
     if (busy) return;
-    const chosen = labels();
-    if (chosen === null) { say("Choose at least one option for " + item.fields[current].name + ".", "error"); return; }
+    const chosen = form.answer();
+    if (chosen === null) {
+      render();
+      say("Choose at least one option for " + item.fields[form.current].name + ".", "error");
+      return;
+    }
     if (item.took_part && !force) {
       force = true;
       say("You reviewed this item yourself. Press Enter again to settle it anyway (recorded as forced), or S to leave it to another adjudicator.", "error");
@@ -152,14 +129,14 @@
   }
 
   function moveField(step) {
-    current = (current + step + fieldsets.length) % fieldsets.length;
+    form.current = (form.current + step + fieldsets.length) % fieldsets.length;
     render();
-    if (fieldsets[current]) fieldsets[current].scrollIntoView({ block: "nearest" });
+    if (fieldsets[form.current]) fieldsets[form.current].scrollIntoView({ block: "nearest" });
   }
 
   fieldsets.forEach((fs, i) => {
     fs.querySelectorAll("button.option").forEach((b, j) => b.addEventListener("click", () => {
-      current = i;
+      form.current = i;
       toggle(i, j);
     }));
   });
@@ -173,17 +150,6 @@
   on("next-item", later);
   on("next-field", () => moveField(1));
 
-  // a digit key (Shift: "⇧" before it) picks the option showing that key: by position, or a rating's point
-  // by its number (the server decides, per field: item.fields[i].keys)
-  function pressed(e) {
-    const m = /^(?:Digit|Numpad)([0-9])$/.exec(e.code);
-    return m ? (e.shiftKey ? "⇧" : "") + m[1] : null;
-  }
-  function keyed(fieldIndex, key) {
-    const f = item.fields[fieldIndex];
-    return f ? f.keys.indexOf(key) : -1;
-  }
-
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.target === note) {
@@ -192,11 +158,11 @@
       return;
     }
     if (helpKeys(e)) return;
-    const digit = pressed(e);
+    const digit = pressed(e);  // picks the option showing that key in the current field
     if (digit !== null) {
-      const option = keyed(current, digit);
-      if (option >= 0) toggle(current, option);
-      else if (item.fields[current]) say(item.fields[current].name + ": no option on key " + digit, "error");
+      const option = form.keyed(form.current, digit);
+      if (option >= 0) toggle(form.current, option);
+      else if (item.fields[form.current]) say(item.fields[form.current].name + ": no option on key " + digit, "error");
       e.preventDefault();
       return;
     }

@@ -1,22 +1,16 @@
 // autolabel review: keyboard-first labeling. Every action on screen has a key; see the help overlay (?).
+// Served after labels.js (window.autolabel: the feedback line, digit keys, the chosen labels; web.py _STATIC).
 "use strict";
 
 (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
-  const message = document.getElementById("message");
+  const { say, pressed } = window.autolabel;
   const help = document.getElementById("help");
   const guidelines = document.getElementById("guidelines");
   const dataNode = document.getElementById("item-data");
   const item = dataNode ? JSON.parse(dataNode.textContent) : null;
   let busy = false;
   let leaseLost = false;
-
-  // feedback lives in one fixed place at the bottom of the screen, always in view
-  function say(text, kind) {
-    if (!message) return;
-    message.textContent = text;
-    message.className = "message feedback" + (text ? " shown" : "") + (kind ? " " + kind : "");
-  }
 
   async function post(path, body) {
     const response = await fetch(path, {
@@ -157,35 +151,22 @@
   const submitButton = document.getElementById("submit");
   const acceptButton = document.getElementById("accept");
   const optionHelp = document.getElementById("option-help");
-  const selected = {};
+  const form = window.autolabel.selection(item.fields, fieldsets);
+  const selected = form.selected;
   const touched = {};
-  let current = 0;
   let proposed = item.proposed;
   let revealed = !item.blind;
 
-  item.fields.forEach((f) => { selected[f.name] = []; touched[f.name] = false; });
+  item.fields.forEach((f) => { touched[f.name] = false; });
   if (proposed) setSelection(proposed);
 
   function setSelection(labels) {
-    item.fields.forEach((f) => {
-      const v = labels[f.name];
-      selected[f.name] = v === undefined || v === null ? [] : (Array.isArray(v) ? v.slice() : [v]);
-    });
+    form.set(labels);
     render();
   }
 
   function render() {
-    fieldsets.forEach((fs, i) => {
-      fs.classList.toggle("active", i === current);
-      const name = fs.dataset.field;
-      fs.querySelectorAll("button.option").forEach((b) => {
-        const on = selected[name].includes(b.dataset.option);
-        b.classList.toggle("on", on);
-        b.setAttribute("aria-pressed", on ? "true" : "false");
-        const byModel = revealed && proposed && [].concat(proposed[name] || []).includes(b.dataset.option);
-        b.classList.toggle("model", Boolean(byModel));
-      });
-    });
+    form.draw(revealed ? proposed : null);
   }
 
   function describe(fieldIndex, optionIndex) {
@@ -216,21 +197,15 @@
     render();
   }
 
-  function answer() {
-    const labels = {};
-    for (const f of item.fields) {
-      if (selected[f.name].length === 0) { current = item.fields.indexOf(f); render(); return null; }
-      const order = f.options;
-      const values = selected[f.name].slice().sort((a, b) => order.indexOf(a) - order.indexOf(b));
-      labels[f.name] = f.multi ? values : values[0];
-    }
-    return labels;
-  }
-
   async function submit() {
     if (leaseLost) { await next(); return; }
-    const labels = answer();
-    if (labels === null) { say("Choose at least one option for " + item.fields[current].name + ".", "error"); showField(); return; }
+    const labels = form.answer();
+    if (labels === null) {
+      render();
+      say("Choose at least one option for " + item.fields[form.current].name + ".", "error");
+      showField();
+      return;
+    }
     if (!revealed) {
       const shown = await post("/api/items/" + item.id + "/reveal", { version: item.version, labels });
       document.getElementById("proposal").innerHTML = shown.html; // rendered and escaped by the server
@@ -259,21 +234,21 @@
   }
 
   function showField() {
-    const fs = fieldsets[current];
+    const fs = fieldsets[form.current];
     if (fs) fs.scrollIntoView({ block: "nearest" });
   }
 
   function moveField(step) {
-    current = (current + step + fieldsets.length) % fieldsets.length;
+    form.current = (form.current + step + fieldsets.length) % fieldsets.length;
     render();
     showField();
-    const f = item.fields[current];
+    const f = item.fields[form.current];
     if (f) say(f.name + ": " + f.rule + (f.description ? " — " + f.description : ""));
   }
 
   fieldsets.forEach((fs, i) => {
     fs.querySelectorAll("button.option").forEach((b, j) => {
-      b.addEventListener("click", () => { current = i; toggle(i, j); });
+      b.addEventListener("click", () => { form.current = i; toggle(i, j); });
       b.addEventListener("focus", () => describe(i, j));
       b.addEventListener("mouseenter", () => describe(i, j));
     });
@@ -285,17 +260,6 @@
   const nextField = document.querySelector('[data-action="next-field"]');
   if (nextField) nextField.addEventListener("click", () => moveField(1));
 
-  // a digit key (Shift: "⇧" before it) picks the option showing that key: by position, or a rating's point
-  // by its number (the server decides, per field: item.fields[i].keys)
-  function pressed(e) {
-    const m = /^(?:Digit|Numpad)([0-9])$/.exec(e.code);
-    return m ? (e.shiftKey ? "⇧" : "") + m[1] : null;
-  }
-  function keyed(fieldIndex, key) {
-    const f = item.fields[fieldIndex];
-    return f ? f.keys.indexOf(key) : -1;
-  }
-
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.target === note) {
@@ -304,11 +268,11 @@
       return;
     }
     if (commonKeys(e)) return;
-    const digit = pressed(e);
+    const digit = pressed(e);  // picks the option showing that key in the current field
     if (digit !== null) {
-      const option = keyed(current, digit);
-      if (option >= 0) toggle(current, option);
-      else if (item.fields[current]) say(item.fields[current].name + ": no option on key " + digit, "error");
+      const option = form.keyed(form.current, digit);
+      if (option >= 0) toggle(form.current, option);
+      else if (item.fields[form.current]) say(item.fields[form.current].name + ": no option on key " + digit, "error");
       e.preventDefault();
       return;
     }
