@@ -91,6 +91,28 @@ def find_problems(raw: Any, schema: dict[str, Any], text: str | None = None) -> 
     return sorted(out, key=lambda p: (p.line or 0, p.path))
 
 
+def find_warnings(raw: Any, text: str | None = None) -> list[Problem]:
+    """What a valid spec probably did not mean (it still loads and runs): with ``explain`` on, an example without
+    its ``evidence`` or ``rule`` (the prompt shows them empty)."""
+    lines = _lines(text) if text else {}
+    return [Problem(json_path(path), message, _line_of(lines, path)) for path, message in _explain_warnings(raw)]
+
+
+def _explain_warnings(raw: Any) -> list[tuple[Path, str]]:
+    raw = _dict(raw)
+    asked = [k for k in ("evidence", "rule") if _dict(raw.get("explain")).get(k) is True]
+    out: list[tuple[Path, str]] = []
+    for i, ex in enumerate(_list(raw.get("examples"))):
+        texts = _dict(_dict(ex).get("texts"))
+        missing = [k for k in asked if not (isinstance(texts.get(k), str) and texts[k].strip())]
+        if missing:
+            names = " and ".join(repr(k) for k in missing)
+            out.append((("examples", i, "texts") if "texts" in _dict(ex) else ("examples", i),
+                        f"explain asks every answer for {names}, but this example has no {names}: the prompt "
+                        f"shows it empty (add {names} to the example's texts)"))
+    return out
+
+
 # -- lines -------------------------------------------------------------------------------------------------
 
 def _lines(text: str) -> dict[Path, int]:

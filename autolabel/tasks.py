@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autolabel.errors import TaskSpecError
 from autolabel.taskcheck import Problem as Problem  # re-exported: what spec_problems returns
-from autolabel.taskcheck import find_problems
+from autolabel.taskcheck import find_problems, find_warnings
 from autolabel.taskcheck import option_key as option_key  # re-exported: the one matching rule
 
 Scope = Literal["turn", "session"]
@@ -359,11 +359,12 @@ class TaskSpec(BaseModel):
         }
 
     def decode(self, fields: RoleFields, answer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        """Split a validated answer into (labels as option names, texts)."""
+        """Split a validated answer into (labels as option names, texts). A multi-label answer is sorted like
+        ``LabelField.normalize`` sorts a review's, so the same labels in another order are the same record."""
         labels: dict[str, Any] = {}
         for f in fields.labels:
             v = answer[f.name]
-            labels[f.name] = [f.name_of(c) for c in v] if f.multi else f.name_of(v)
+            labels[f.name] = sorted({f.name_of(c) for c in v}) if f.multi else f.name_of(v)
         texts = {t.name: answer[t.name] for t in fields.texts if t.name in answer}
         return labels, texts
 
@@ -552,6 +553,18 @@ def task_file_problems(path: str | Path) -> list[Problem]:
         return [Problem("$", e.detail)]
     raw, problem, line = _syntax(path, text)
     return [Problem("$", problem, line)] if problem else spec_problems(raw, text)
+
+
+def task_file_warnings(path: str | Path) -> list[Problem]:
+    """What a spec file that loads probably did not mean (``taskcheck.find_warnings``); empty for a spec that does
+    not parse."""
+    path = Path(path)
+    try:
+        text = _text(path)
+    except TaskSpecError:
+        return []
+    raw, problem, _ = _syntax(path, text)
+    return [] if problem else find_warnings(_json_keys(raw), text)
 
 
 def validate_task_file(path: str | Path) -> list[str]:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from autolabel.tasks import LabelField, builtin_demo, list_tasks, load_task, localize, task_file_problems
+from autolabel.tasks import (
+    LabelField,
+    builtin_demo,
+    list_tasks,
+    load_task,
+    localize,
+    task_file_problems,
+    task_file_warnings,
+)
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     pass
@@ -69,6 +77,9 @@ def _kind(f: LabelField) -> str:
 def tasks_validate(path: Annotated[Path, typer.Argument(help="Task spec file (YAML or JSON).")]) -> None:
     """Validate a task spec file; print every problem with its line and JSON path."""
     problems = task_file_problems(path)
+    for w in task_file_warnings(path) if not problems else []:  # a spec that loads, as it probably was not meant
+        where = f"{path}:{w.line}" if w.line else f"{path}"
+        out.print(f"{where}: {w.path}: warning: {w.message}", markup=False, soft_wrap=True)
     if problems:
         for p in problems:  # one line each, never wrapped: grep and editors read file:line
             where = f"{path}:{p.line}" if p.line else f"{path}"
