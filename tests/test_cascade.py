@@ -235,3 +235,24 @@ def test_bench_cascade_smoke(tmp_path: Path) -> None:
     assert 0 < arms["cascade"]["calls_per_1000_turns"]["stage 2"] < arms["stage 2 alone"]["calls_per_1000_turns"][
         "stage 2"]
     assert abs(sum(arms["cascade"]["decided"].values()) - 1) < 0.01
+
+
+def test_max_cost_is_one_budget_over_the_stages_and_a_stop_resumes_in_stage_two(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", dialogues())
+    prices = {"price_in": 1.0, "price_out": 1.0, "concurrency": 1, "few_shot": 0}
+    with FakeOpenAIServer(replies=stage1_replies, seed=1) as s1, FakeOpenAIServer(replies=agree, seed=2) as s2:
+        spec = cascade_file(tmp_path, s1, s2)
+        full = Cascade("psy-insight", spec, db=tmp_path / "full.db", **prices).run(src)
+        c1, c2 = (st.cost_usd for st in full.stages)
+        assert c1 > 0 and c2 > 0
+        db = tmp_path / "runs.db"
+        first = len(s1.requests)
+        stopped = Cascade("psy-insight", spec, db=db, max_cost=c1 + 0.9 * c2, **prices).run(src)
+        assert stopped.stopped_reason == "budget" and stopped.stages[1].stopped_reason == "budget"
+        assert stopped.stages[0].turns == 10 and stopped.cost_usd <= c1 + 0.9 * c2
+        asked = len(s1.requests) - first
+        resumed = Cascade("psy-insight", spec, db=db, **prices).run(src)
+        assert len(s1.requests) - first == asked  # stage 1 was not asked again
+    assert resumed.stopped_reason is None and resumed.stages[0].calls == 0
+    records = [r for r in exported(db, resumed.run_id, tmp_path) if r["kind"] == "turn"]
+    assert len(records) == 10 and sum(r["decided_by"]["stage"] == 2 for r in records) == 4
