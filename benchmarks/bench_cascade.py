@@ -8,8 +8,8 @@ reference is the dataset's silver labels (gpt-3.5-turbo's, see the data's SOURCE
 Stages:
 
 - **stage 1**: the embedded model (``--stage1 local``, default ``local:qwen2.5-0.5b``, real, in process; label and
-  self-critique, concurrency 1), or for a smoke run a scripted loopback server whose critic is unsure of a third of
-  the turns (``--stage1 scripted``).
+  self-critique, or the label call alone with ``--no-critique1``; concurrency 1), or for a smoke run a scripted
+  loopback server whose critic is unsure of a third of the turns (``--stage1 scripted``).
 - **stage 2**: a SIMULATED strong endpoint on loopback (``tests/fake_openai.py``), no self-critique. For each turn
   and field it answers the silver label with probability ``--accuracy`` (0.85), else another option; every token of
   a correct answer has probability 0.95; of the wrong answers ``--confident-errors`` (40%) also have 0.95 and the
@@ -29,7 +29,7 @@ sample this small the bounds are wide: they say what the sample can certify, not
 Usage::
 
     python benchmarks/bench_cascade.py [--turns 20] [--stage1 local|scripted] [--model qwen2.5-0.5b]
-                                       [--out benchmarks/results/cascade.json]
+                                       [--no-critique1] [--out benchmarks/results/cascade.json]
 """
 
 from __future__ import annotations

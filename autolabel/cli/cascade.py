@@ -71,7 +71,7 @@ def print_cascade_summary(s: CascadeSummary) -> None:
         out.print(f"note: {note}", markup=False)
     if s.stopped_reason:
         out.print(f"stopped: {s.stopped_reason}")
-    out.print(f"results: {s.db} (export the run {s.run_id})", markup=False)
+    out.print(f"results: {s.db}; one record per turn: autolabel export --run {s.run_id} ...", markup=False)
 
 
 def plan_cascade_cmd(task: str, cascade: Path, settings: Settings, input: Path, sample_dialogues: int) -> None:
