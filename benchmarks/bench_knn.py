@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -119,8 +120,12 @@ def certify(task: TaskSpec, rows: list[dict[str, Any]], answers: list[dict[str, 
         fit = [(r, a) for r, a in picked if part(r["id"], "cal") < 0.5]
         held = [(r, a) for r, a in picked if part(r["id"], "cal") >= 0.5]
         correct = [np.array([canon(a[0]) == canon(r["labels"][f.name]) for r, a in x]) for x in (fit, held)]
-        calibrator = Calibrator.fit({SIGNAL: np.array([a[1] for _, a in fit])}, correct[0])
-        scores = calibrator.predict({SIGNAL: np.array([a[1] for _, a in held])})
+        try:
+            calibrator: Calibrator | None = Calibrator.fit({SIGNAL: np.array([a[1] for _, a in fit])}, correct[0])
+        except ValueError:  # all right or all wrong: nothing to calibrate against
+            calibrator = None
+        raw = np.array([a[1] for _, a in held])
+        scores = calibrator.predict({SIGNAL: raw}) if calibrator is not None else raw
         res = certify_threshold(scores, correct[1], ALPHA, DELTA)
         out[f.name] = {"calibrator": calibrator, "threshold": res.threshold, "n_fit": len(fit), "n_certify": res.n,
                        "errors": res.k, "upper_bound": res.upper_bound, "calibration_coverage": res.coverage,
@@ -141,7 +146,8 @@ def measure(task: TaskSpec, rows: list[dict[str, Any]], answers: list[dict[str, 
         entry["turns"] = len(pairs)
         if certified is not None and answered:
             c = certified[f.name]
-            scores = c["calibrator"].predict({SIGNAL: np.array([a[1] for _, a in answered])})
+            raw = np.array([a[1] for _, a in answered])
+            scores = c["calibrator"].predict({SIGNAL: raw}) if c["calibrator"] is not None else raw
             accept = scores >= c["threshold"] if c["threshold"] is not None else np.zeros(len(answered), bool)
             kept = [x for x, ok in zip(answered, accept, strict=True) if ok]
             wrong = sum(canon(t) != canon(a[0]) for t, a in kept)
@@ -207,6 +213,9 @@ def main() -> None:
     parser.add_argument("--llm-turns", type=int, default=30)
     parser.add_argument("--llm-model", default="local:qwen2.5-0.5b")
     parser.add_argument("--no-llm", action="store_true")
+    parser.add_argument("--llm-only", action="store_true", help="run the LLM arm only, its answers to --llm-answers")
+    parser.add_argument("--llm-answers", type=Path, default=Path(tempfile.gettempdir()) / "bench-knn-llm.json",
+                        help="the LLM arm's answers: written by --llm-only, read (when present) by a full run")
     parser.add_argument("--test-turns", type=int, default=1500,
                         help="test sessions (whole, in a fixed order) up to this many turns; 0: the whole test side")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "knn.json")
@@ -239,10 +248,22 @@ def main() -> None:
              "turns": {"train": len(fit), "calibration": len(cal), "test": len(test)}}
     print(f"split: {sizes}", flush=True)
 
+    if args.llm_only:  # the LLM arm alone, in a process of its own (it needs no vectors), its answers to a file
+        sample_rows = llm_sample(test, args.llm_turns)
+        with tempfile.TemporaryDirectory(prefix="bench-knn-") as tmp:
+            llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, Path(tmp))
+        args.llm_answers.write_text(json.dumps({
+            "model": args.llm_model, "seconds": llm_seconds, "load_average": os.getloadavg()[0],
+            "answers": [{"id": r["id"], "index": r["index"], "labels": a}
+                        for r, a in zip(sample_rows, llm, strict=True)]},
+            ensure_ascii=False))
+        print(f"wrote {args.llm_answers}")
+        return
     e5 = E5Embedder()
     store = Store.open(args.embeddings_db)
     embedder = Cached(e5, store)
     started = time.perf_counter()
+    embedder([r["text"] for r in cal + test])  # into the cache first (chunk by chunk), then the examples
     stage = KnnStage.from_examples(task, [r["text"] for r in fit], [r["labels"] for r in fit], embedder,
                                    roles=[r["role"] for r in fit], keys=[(r["id"], r["index"]) for r in fit], k=args.k)
     cal_answers = knn_answers(stage, cal)
@@ -255,7 +276,8 @@ def main() -> None:
         "data": "Psy-Insight en_dev + cn_dev (shared; silver labels from the dataset's gpt-3.5 pipeline)",
         "split": sizes, "seed": SEED, "alpha": ALPHA, "delta": DELTA, "k": args.k,
         "embedder": e5.name,
-        "certified": {f: {k: v for k, v in c.items() if k != "calibrator"} | {"calibrator": c["calibrator"].to_dict()}
+        "certified": {f: {**{k: v for k, v in c.items() if k != "calibrator"},
+                          "calibrator": c["calibrator"].to_dict() if c["calibrator"] else None}
                       for f, c in certified.items()},
         "knn_full_test": measure(task, test, test_answers, certified),
         "knn_seconds": round(knn_seconds, 1), "knn_ms_per_turn": round(per_turn_ms, 2),
@@ -267,8 +289,13 @@ def main() -> None:
         sample_idx = {(r["id"], r["index"]) for r in sample}
         knn_sample = [a for r, a in zip(test, test_answers, strict=True) if (r["id"], r["index"]) in sample_idx]
         sample_rows = [r for r in test if (r["id"], r["index"]) in sample_idx]
-        with tempfile.TemporaryDirectory(prefix="bench-knn-") as tmp:
-            llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, Path(tmp))
+        if args.llm_answers.exists():  # made by --llm-only (in parallel)
+            saved = json.loads(args.llm_answers.read_text())
+            found = {(a["id"], a["index"]): {k: tuple(v) for k, v in a["labels"].items()} for a in saved["answers"]}
+            llm, llm_seconds = [found[r["id"], r["index"]] for r in sample_rows], float(saved["seconds"])
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-knn-") as tmp:
+                llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, Path(tmp))
         report["sample"] = {"turns": len(sample_rows), "sessions": sorted({r["id"] for r in sample_rows})}
         report["knn_sample"] = measure(task, sample_rows, knn_sample, certified)
         report["llm_sample"] = measure(task, sample_rows, llm, None)

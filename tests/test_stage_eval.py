@@ -194,3 +194,37 @@ def test_cli_calibrate_and_eval_show_the_stages(made: tuple[Path, Path], tmp_pat
     assert "per stage" in ev.output and "0.375" in ev.output  # stage 2's coverage
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [s["model"] for s in saved["stages"]] == ["knn", "openai:test"]
+
+
+def test_a_real_cascade_run_is_calibrated_and_evaluated_per_stage(tmp_path: Path) -> None:
+    """Two loopback endpoints (tests/test_cascade.py's cascade): stage 2 gets the turns stage 1's critic was unsure
+    of; calibrate fits stage 2 on exactly those, eval counts what each stage decided and the calls it made."""
+    from autolabel.cascade import Cascade
+    from tests.conftest import write_jsonl
+    from tests.fake_openai import FakeOpenAIServer
+    from tests.test_cascade import agree, cascade_file, dialogues, stage1_replies
+
+    src = write_jsonl(tmp_path / "in.jsonl", dialogues())
+    db = tmp_path / "runs.db"
+    with FakeOpenAIServer(replies=stage1_replies, seed=1) as s1, FakeOpenAIServer(replies=agree, seed=2) as s2:
+        summary = Cascade("psy-insight", cascade_file(tmp_path, s1, s2), db=db, few_shot=0).run(src)
+    first, second = summary.stages
+    gold = tmp_path / "gold.jsonl"
+    with gold.open("w", encoding="utf-8") as f:
+        for d in dialogues():
+            for t in d.turns:
+                field, label = ("strategy", "Question") if t.speaker == "Supporter" else ("emotion", "Sadness")
+                f.write(json.dumps({"dialogue_id": d.id, "turn_index": t.index, "field": field, "label": label}) + "\n")
+    rows = calibrate(db, gold, run_id=summary.run_id, min_n=1)
+    reached = {(r["stage"], r["model"]): 0 for r in rows}
+    for r in rows:
+        reached[r["stage"], r["model"]] += r["n_fit"] + r["n_held"]
+    assert second.turns == 4  # the turns stage 1's critic was unsure of (never the risk turns)
+    assert reached == {(1, "openai:small"): first.turns, (2, "openai:strong"): second.turns}
+    report = evaluate(db, gold, run_id=summary.run_id, n_boot=10)
+    one, two = report["stages"]
+    assert (one["reached"], two["reached"]) == (10, 4)
+    assert one["escalated"] == 4 and two["decided"] + two["flagged"] + two["failed"] == 4
+    assert one["decided"] + two["decided"] == report["coverage"]["turn"]["accepted"]
+    assert one["calls"] == first.calls and two["calls"] == second.calls > 0
+    assert set(one["certified"]) >= {"emotion", "strategy"} and set(two["certified"]) >= {"emotion", "strategy"}
