@@ -84,7 +84,11 @@ class Cascade:
         return runs.settings_with(self.settings, stage.overrides())
 
     def run_id(self, input_name: str) -> str:
-        key = f"{self.task.spec_hash}|cascade:{self.spec.key()}|{input_name}"
+        """The cascade's own run: the task, the stages, the settings every stage shares and the input (other
+        settings, e.g. another ``window``: other stage runs, so another cascade run)."""
+        from autolabel import runs
+
+        key = f"{self.task.spec_hash}|cascade:{self.spec.key()}|{runs.params_hash(self.settings)}|{input_name}"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def stage_input(self, input_name: str, k: int) -> str:
