@@ -19,6 +19,7 @@ from autolabel import runs
 from autolabel.annotator import result_of
 from autolabel.cascade_spec import StageSummary
 from autolabel.graphs.annotate.nodes import DEFAULT_THRESHOLD
+from autolabel.learned import MODEL, SIGNAL
 from autolabel.models import Dialogue, DialogueResult, FieldConfidence, Status, TurnAnnotation
 from autolabel.persistence.store import Store
 from autolabel.records import turn_record
@@ -26,9 +27,6 @@ from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec
 from autolabel.text import detect_language
-
-MODEL = "knn"
-SIGNAL = "knn_vote"
 
 
 def knn_stage_run(task: TaskSpec, settings: Settings, input_name: str, dialogues: Iterator[Dialogue],
