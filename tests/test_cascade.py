@@ -256,3 +256,13 @@ def test_max_cost_is_one_budget_over_the_stages_and_a_stop_resumes_in_stage_two(
     assert resumed.stopped_reason is None and resumed.stages[0].calls == 0
     records = [r for r in exported(db, resumed.run_id, tmp_path) if r["kind"] == "turn"]
     assert len(records) == 10 and sum(r["decided_by"]["stage"] == 2 for r in records) == 4
+
+
+def test_risk_turns_go_on_only_when_the_file_allows_it(two_servers: Any, tmp_path: Path) -> None:
+    s1, s2 = two_servers
+    src = write_jsonl(tmp_path / "in.jsonl", dialogues())
+    spec = cascade_file(tmp_path, s1, s2, "risk_to_later_stages: true\n")
+    summary = Cascade("psy-insight", spec, db=tmp_path / "runs.db", few_shot=0).run(src)
+    labeled = labeled_turns(s2)
+    assert summary.stages[1].turns == 6 and len(labeled) == 6
+    assert sum(RISK in t for t in labeled) == 2  # the risk turn of each dialogue, sent on as the file allows
