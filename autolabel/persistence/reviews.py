@@ -17,17 +17,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Select, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autolabel.errors import StoreError
+from autolabel.persistence import tables
 from autolabel.persistence.store import Store, now
-from autolabel.persistence.tx import for_update, transaction
+from autolabel.persistence.tx import for_update
 
 COLUMNS = ("id, run_id, dialogue_id, kind, turn_index, priority, reasons_json, proposal_json, status,"
            " version, lease_owner, lease_expires, required_reviews, agreement")
 _UNIT = "run_id=:r AND dialogue_id=:d AND kind=:k AND turn_index=:i"  # one turn (or session) of a run
 _OPEN = "i.status IN ('pending', 'claimed')"
+_i = tables.review_items.c
+_r, _w, _g, _a = tables.reviews.c, tables.reviewers.c, tables.gold.c, tables.review_audit.c
+_ITEMS = select(*(_i[name.strip()] for name in COLUMNS.split(",")))  # an Item's columns, on the Core table
 
 
 class ItemStatus(str, Enum):
@@ -83,6 +87,11 @@ def _item(row: Any) -> Item:
     return Item(**_decoded(row))
 
 
+def _only(query: Select[Any], column: Any, value: Any) -> Select[Any]:
+    """``query`` with ``column = value``, or unchanged when ``value`` is None (no filter)."""
+    return query if value is None else query.where(column == value)
+
+
 def dumps(value: Any) -> str:
     """JSON as the review tables store it (keys sorted, so equal answers are equal text)."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
@@ -97,7 +106,7 @@ class ReviewStore:
     @contextmanager
     def write(self) -> Iterator[ReviewTx]:
         """One write transaction (commits when the block ends, rolls back on any exception)."""
-        with transaction(self.store.engine, self.store.db) as conn:
+        with self.store.transaction() as conn:
             yield ReviewTx(conn)
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
@@ -109,32 +118,30 @@ class ReviewStore:
             raise StoreError(f"cannot read {self.store.db}: {detail}") from None
 
     def item(self, item_id: int) -> Item | None:
-        return next(map(_item, self._rows(f"SELECT {COLUMNS} FROM review_items WHERE id=:id", id=item_id)), None)
+        return next(map(_item, self.store.fetch(_ITEMS.where(_i.id == item_id))), None)
 
     def find(self, run_id: str, dialogue_id: str, kind: str, turn_index: int) -> Item | None:
-        rows = self._rows(f"SELECT {COLUMNS} FROM review_items WHERE {_UNIT}", r=run_id, d=dialogue_id, k=kind,
-                          i=turn_index)
-        return next(map(_item, rows), None)
+        return next(map(_item, self.store.fetch(_ITEMS.where(_i.run_id == run_id, _i.dialogue_id == dialogue_id,
+                                                             _i.kind == kind, _i.turn_index == turn_index))), None)
 
     def items(self, status: str | None, run_id: str | None) -> list[Item]:
         """Items in queue order (priority, then id), optionally of one status and one run."""
-        where = [c for c, v in (("status=:s", status), ("run_id=:r", run_id)) if v is not None]
-        sql = f"SELECT {COLUMNS} FROM review_items" + (" WHERE " + " AND ".join(where) if where else "")
-        return [_item(r) for r in self._rows(sql + " ORDER BY priority, id", s=status, r=run_id)]
+        query = _only(_only(_ITEMS, _i.status, status), _i.run_id, run_id)
+        return [_item(r) for r in self.store.fetch(query.order_by(_i.priority, _i.id))]
 
     def held(self, reviewer: str, at: float) -> list[Item]:
         """Items whose lease this reviewer holds at time ``at``, in queue order."""
-        rows = self._rows(f"SELECT {COLUMNS} FROM review_items WHERE status='claimed' AND lease_owner=:w"
-                          " AND lease_expires >= :now ORDER BY priority, id", w=reviewer, now=at)
+        rows = self.store.fetch(_ITEMS.where(_i.status == ItemStatus.CLAIMED.value, _i.lease_owner == reviewer,
+                                             _i.lease_expires >= at).order_by(_i.priority, _i.id))
         return [_item(r) for r in rows]
 
     def reviews(self, item_id: int) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT reviewer, labels_json, texts_json, note, decision, created_at FROM reviews"
-                          " WHERE item_id=:i ORDER BY id", i=item_id)
-        return [_decoded(r) for r in rows]
+        rows = self.store.fetch(select(_r.reviewer, _r.labels_json, _r.texts_json, _r.note, _r.decision, _r.created_at)
+                                .where(_r.item_id == item_id).order_by(_r.id))
+        return [_decoded(row) for row in rows]
 
     def took_part(self, item_id: int, reviewer: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM reviews WHERE item_id=:i AND reviewer=:w", i=item_id, w=reviewer))
+        return bool(self.store.fetch(select(_r.id).where(_r.item_id == item_id, _r.reviewer == reviewer).limit(1)))
 
     def history(self, reviewer: str, limit: int) -> list[dict[str, Any]]:
         """This reviewer's reviews, newest first, with the item's state now and the source of its gold (if any)."""
@@ -154,15 +161,15 @@ class ReviewStore:
         return [dict(r._mapping) for r in rows]
 
     def token_hash(self, name: str) -> str | None:
-        rows = self._rows("SELECT token_hash FROM reviewers WHERE name=:n", n=name)
+        rows = self.store.fetch(select(_w.token_hash).where(_w.name == name))
         return rows[0][0] if rows else None
 
     def token_hashes(self) -> list[tuple[str, str]]:
         """Every reviewer's (name, token hash)."""
-        return [(n, h) for n, h in self._rows("SELECT name, token_hash FROM reviewers")]
+        return [(n, h) for n, h in self.store.fetch(select(_w.name, _w.token_hash))]
 
     def has_reviewers(self) -> bool:
-        return bool(self._rows("SELECT 1 FROM reviewers LIMIT 1"))
+        return bool(self.store.fetch(select(tables.reviewers.c.id).limit(1)))
 
     def counts(self, run_id: str | None, at: float) -> dict[str, int]:
         """Items by status (a lease lapsed at time ``at`` counts as pending)."""
@@ -178,7 +185,8 @@ class ReviewStore:
         return {w: int(n) for w, n in rows}
 
     def gold_count(self, run_id: str | None) -> int:
-        return int(self._rows("SELECT COUNT(*) FROM gold" + (" WHERE run_id=:r" if run_id else ""), r=run_id)[0][0])
+        query = select(func.count()).select_from(tables.gold)
+        return int(self.store.fetch(_only(query, _g.run_id, run_id or None))[0][0])
 
     def stranded(self, run_id: str | None) -> dict[str, int]:
         """Open items every reviewer known so far (registered, or who reviewed or skipped anything) has reviewed
@@ -210,10 +218,8 @@ class ReviewStore:
         return [(int(i), run, json.loads(labels)) for i, run, labels in rows]
 
     def gold(self, task_name: str | None) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT run_id, dialogue_id, kind, turn_index, task_name, role, text, labels_json,"
-                          " texts_json, source, reviewer, item_id, created_at, note FROM gold"
-                          + (" WHERE task_name=:n" if task_name else "") + " ORDER BY id", n=task_name)
-        return [_decoded(r) for r in rows]
+        query = select(*(c for c in tables.gold.c if c.name != "id")).order_by(_g.id)  # run_id ... note
+        return [_decoded(r) for r in self.store.fetch(_only(query, _g.task_name, task_name or None))]
 
     def gold_with_records(self, run_id: str | None) -> list[dict[str, Any]]:
         """Gold rows (id, unit, item, labels, texts) with the final annotation record of their turn (``record``;
@@ -233,10 +239,8 @@ class ReviewStore:
         return [_decoded(r) for r in rows]
 
     def audit(self, item_id: int | None) -> list[dict[str, Any]]:
-        where = " WHERE item_id=:i" if item_id is not None else ""
-        rows = self._rows("SELECT id, item_id, reviewer, action, before_json, after_json, at"
-                          f" FROM review_audit{where} ORDER BY id", i=item_id)
-        return [_decoded(r) for r in rows]
+        query = select(_a.id, _a.item_id, _a.reviewer, _a.action, _a.before_json, _a.after_json, _a.at).order_by(_a.id)
+        return [_decoded(r) for r in self.store.fetch(_only(query, _a.item_id, item_id))]
 
 
 class ReviewTx:
