@@ -60,10 +60,11 @@ def measure(annotator: RayAnnotator, input: Path, n: int, n_turns: int) -> dict[
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    base = rows[0]["turns_per_s"] / rows[0]["workers"]
-    for r in rows:
-        r["speedup"] = round(r["turns_per_s"] / rows[0]["turns_per_s"], 2)
-        r["efficiency"] = round(r["turns_per_s"] / (base * r["workers"]), 2)
+    """Speed-up and efficiency against the first row, on labeling time (unrounded rates)."""
+    rate = [r["turns"] / r["labeling_s"] for r in rows]
+    for r, x in zip(rows, rate, strict=True):
+        r["speedup"] = round(x / rate[0], 2)
+        r["efficiency"] = round(x / (rate[0] / rows[0]["workers"] * r["workers"]), 2)
     return rows
 
 
