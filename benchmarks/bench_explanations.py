@@ -30,7 +30,7 @@ explanations of the same turns.
 Usage::
 
     python benchmarks/bench_explanations.py [--backends scripted,copy,local] [--variants before,after]
-                                            [--turns 12] [--model qwen2.5-0.5b]
+                                            [--turns 12] [--model qwen2.5-0.5b] [--tag NAME]
 
 It prints a markdown table and merges its results into ``benchmarks/results/explanations.json`` (one entry per
 backend and variant, so the slow local runs can be made separately).
@@ -274,6 +274,8 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-0.5b", help="the embedded model of the local backend")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "explanations.json")
+    parser.add_argument("--tag", default="", help="stored after the variant in the entry's key (e.g. the prompt's "
+                                                  "version, to keep earlier entries)")
     args = parser.parse_args()
 
     dialogues = sample(args.data, args.turns)
@@ -302,8 +304,9 @@ def main() -> None:
                 statuses: dict[str, int] = {}
                 for r in rows:
                     statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-                report["entries"][f"{backend}:{variant}"] = {
-                    **info, "variant": variant, "statuses": statuses, "load_average": os.getloadavg()[0],
+                name = f"{variant}+{args.tag}" if args.tag else variant
+                report["entries"][f"{backend}:{name}"] = {
+                    **info, "variant": name, "statuses": statuses, "load_average": os.getloadavg()[0],
                     "rates": rates(rows, task.context.window, example_texts(task)), "rows": rows}
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
