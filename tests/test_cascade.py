@@ -183,8 +183,10 @@ def test_cli_run_and_plan_per_stage(two_servers: Any, tmp_path: Path) -> None:
     before = cli("plan", str(src), "--cascade", str(spec), "--db", db, *prices)
     assert before.returncode == 0, before.stderr
     assert "assumed_escalation_rate 0.5" in before.stdout and "50%" in before.stdout
-    result = cli("run", str(src), "--cascade", str(spec), "--db", db, "--few-shot", "0", *prices)
+    result = cli("run", str(src), "--cascade", str(spec), "--db", db, "--few-shot", "0", "--progress-every", "0.01",
+                 *prices)
     assert result.returncode == 0, result.stderr
+    assert "progress: stage 1 (openai:small)" in result.stderr and "progress: stage 2 (openai:strong)" in result.stderr
     assert "openai:strong" in result.stdout and "uncalibrated rule" in result.stdout
     assert len(labeled_turns(s2)) == 4
     after = cli("plan", str(src), "--cascade", str(spec), "--db", db, *prices)

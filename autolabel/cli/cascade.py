@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -24,7 +25,8 @@ def refuse_with_cascade(**given: object) -> None:
                           "endpoint)")
 
 
-def run_cascade(task: str, cascade: Path, settings: Settings, input: Path, on_invalid: str, total_turns: int) -> None:
+def run_cascade(task: str, cascade: Path, settings: Settings, input: Path, on_invalid: str, total_turns: int,
+                progress_every: float = 30.0) -> None:
     """Run the cascade with one progress bar per stage (turns, calls, cost), then print the stages' table."""
     from autolabel.cli.run import run_stoppable
 
@@ -33,6 +35,7 @@ def run_cascade(task: str, cascade: Path, settings: Settings, input: Path, on_in
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
                TextColumn("calls {task.fields[calls]:,}"), TextColumn("${task.fields[cost]:.4f}"),
                TimeElapsedColumn()]
+    last = [time.monotonic()]
     with Progress(*columns, console=console, transient=False) as progress:
         bars: dict[int, object] = {}
 
@@ -41,6 +44,10 @@ def run_cascade(task: str, cascade: Path, settings: Settings, input: Path, on_in
                 total = total_turns if st.stage == 1 else None
                 bars[st.stage] = progress.add_task(f"stage {st.stage} {st.model}", total=total, calls=0, cost=0.0)
             progress.update(bars[st.stage], completed=st.turns, calls=st.calls, cost=st.cost_usd)  # type: ignore[arg-type]
+            if not console.is_terminal and time.monotonic() - last[0] >= progress_every:  # a log: a line now and then
+                last[0] = time.monotonic()
+                console.print(f"progress: stage {st.stage} ({st.model}): {st.turns} turns, {st.escalated} sent on, "
+                              f"{st.calls} calls, ${st.cost_usd:.4f}", markup=False, highlight=False)
 
         summary = run_stoppable(c.arun(input, on_invalid=on_invalid, progress=tick, errors=errors))
     print_cascade_summary(summary)

@@ -153,7 +153,7 @@ def run(
 
         load_cascade(cascade)  # first: a bad file stops here (exit 2)
         refuse_with_cascade(model=model, base_url=base_url, ray=ray, batch_api=batch_api)
-        run_cascade(task, cascade, s, input, on_invalid.value, input_turns(input))
+        run_cascade(task, cascade, s, input, on_invalid.value, input_turns(input), progress_every)
         return
     total_turns = input_turns(input)  # first: a file with no dialogues at all stops here (exit 3)
     from autolabel.annotator import Annotator
