@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from autolabel import Annotator, ConfigError, read_dialogues
-from autolabel.persistence.checkpoints import CHECKPOINT_SETUP_LOCK
 from autolabel.cli import app
+from autolabel.persistence.checkpoints import CHECKPOINT_SETUP_LOCK
 from autolabel.persistence.store import Store, engine_url
 from autolabel.scale.jobs import JobQueue, enqueue, work
 from tests.conftest import dialogue, write_jsonl
@@ -236,3 +236,26 @@ def test_workers_starting_at_the_same_moment_on_a_fresh_database(pg: Cluster, tm
         p.join(timeout=30)
     assert sum(done) == 8
     assert_every_turn_once(db, input)
+
+
+def test_a_worker_that_joins_mid_run_takes_only_what_is_left(new_db: str, tmp_path: Path) -> None:
+    """No head node and no registration: a worker started while another is mid-run claims only dialogues nobody
+    holds, and the run finishes with every turn once (what the job queue keeps beside Ray: workers join freely)."""
+    input = write_jsonl(tmp_path / "in.jsonl", [dialogue(f"d{i}", 4) for i in range(6)])
+    run_id = enqueue(input, db=new_db, task="psy-insight", model="openai:test").run_id
+    did: dict[str, Any] = {}
+    with FakeOpenAIServer(latency=0.3) as srv:
+        def first() -> None:
+            did["first"] = work(new_db, base_url=srv.base_url, concurrency=1, worker_id="first")
+
+        worker = threading.Thread(target=first)
+        worker.start()
+        while worker.is_alive() and not rows(new_db, "SELECT 1 FROM dialogues WHERE status='done'"):
+            time.sleep(0.05)
+        assert worker.is_alive(), "the first worker was still working when the second joined"
+        did["late"] = work(new_db, base_url=srv.base_url, concurrency=1, worker_id="late")
+        worker.join()
+    assert did["late"].dialogues >= 1 and did["first"].dialogues + did["late"].dialogues == 6
+    assert {w for (w,) in rows(new_db, "SELECT DISTINCT worker FROM dialogues")} == {"first", "late"}
+    assert_every_turn_once(new_db, input)
+    assert rows(new_db, f"SELECT status FROM runs WHERE id='{run_id}'") == [("finished",)]
