@@ -51,11 +51,11 @@ from pydantic import SecretStr
 from tenacity import Retrying, retry_if_exception, stop_after_delay
 
 from autolabel.errors import ConfigError, LLMError
-from autolabel.llm.client import (  # the chat calls' retry policy and error lines, alike
-    _first_line,
-    _Stop,
-    _transient,
-    _Wait,
+from autolabel.llm.retry import (  # the chat calls' retry policy and error lines, alike
+    Backoff,
+    StopAfterRetries,
+    first_line,
+    transient,
 )
 from autolabel.persistence import embeddings, gold
 from autolabel.persistence.store import Store
@@ -152,7 +152,7 @@ class OpenAIEmbedder:
                 http_client=self._http, openai_proxy=None, openai_api_type=None)
         except ValueError as e:  # pydantic's ValidationError is one: langchain-openai refused the settings
             self._http.close()
-            raise ConfigError(f"the embeddings client refused its settings: {_first_line(str(e))}") from None
+            raise ConfigError(f"the embeddings client refused its settings: {first_line(str(e))}") from None
 
     def close(self) -> None:
         """Close the HTTP connections (the run's end)."""
@@ -175,8 +175,8 @@ class OpenAIEmbedder:
     def _request(self, chunk: list[str]) -> list[list[float]]:
         s = self._settings
         seed = hashlib.sha256(json.dumps(chunk).encode()).digest()
-        retrying = Retrying(retry=retry_if_exception(_transient), wait=_Wait(rng_seed=int.from_bytes(seed[:4], "big")),
-                            stop=_Stop(s.max_retries) | stop_after_delay(s.retry_deadline), reraise=True)
+        retrying = Retrying(retry=retry_if_exception(transient), wait=Backoff(rng_seed=int.from_bytes(seed[:4], "big")),
+                            stop=StopAfterRetries(s.max_retries) | stop_after_delay(s.retry_deadline), reraise=True)
         try:
             for attempt in retrying:
                 with attempt:
@@ -190,7 +190,7 @@ class OpenAIEmbedder:
             raise LLMError("cannot reach the embeddings endpoint after retries") from None
         except openai.APIStatusError as e:
             raise LLMError(f"the embeddings endpoint answered HTTP {e.status_code}"
-                           f"{' after retries' if _transient(e) else ''}") from None
+                           f"{' after retries' if transient(e) else ''}") from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, httpx.TransportError, ValueError,
                 KeyError, TypeError) as e:
             raise LLMError(f"the embeddings endpoint sent an unreadable reply: {type(e).__name__}") from None

@@ -136,8 +136,9 @@ def prompt_counter(family: str, name: str) -> Callable[[dict[str, Any]], int]:
     def tokens() -> Callable[[str], int]:
         if family == "openai":
             enc, exact = encoding_for_model(name)
-            if exact:
-                return functools.partial(_tiktoken_count, enc.name)
+            if exact:  # cached per counter (one per run's client): the long system prompts repeat call to call;
+                # the texts (dialogue turns among them) go with the run, never kept for the life of the process
+                return functools.lru_cache(maxsize=256)(functools.partial(_tiktoken_count, enc.name))
         return _utf8_bytes
 
     return lambda kwargs: _count(kwargs, tokens=tokens())
@@ -153,9 +154,8 @@ def _count(kwargs: dict[str, Any], *, tokens: Callable[[str], int]) -> int:
     return total
 
 
-@functools.lru_cache(maxsize=256)
 def _tiktoken_count(encoding_name: str, text: str) -> int:
-    """Tokens of ``text``; cached, as the long system prompts repeat from call to call."""
+    """Tokens of ``text``."""
     return len(encoding(encoding_name).encode(text, disallowed_special=()))
 
 

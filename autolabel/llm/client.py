@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import re
 import ssl
 import sys
@@ -45,12 +44,12 @@ import pydantic
 from instructor.core import retry_async
 from instructor.core.exceptions import IncompleteOutputException, InstructorRetryException
 from openai.types.chat import ChatCompletion
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, retry_if_exception
 
 from autolabel.errors import BudgetExceeded, ConfigError, LLMError, RequestRefused, RetryExhausted, StoreError
 from autolabel.llm.budget import Budget
 from autolabel.llm.limits import AdaptiveLimit
+from autolabel.llm.retry import Backoff, Deadline, GarbledReply, StopAfterRetries, first_line, transient
 from autolabel.llm.structured import (
     FALLBACK,
     INSTRUCTOR_MODES,
@@ -176,10 +175,6 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class GarbledReply(ValueError):
-    """The endpoint answered 200 with JSON that is not a chat completion."""
-
-
 _CHAT_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}  # as chat.completions.create
 
 
@@ -224,77 +219,6 @@ def make_backend(settings: Settings) -> Backend:
         families = ", ".join(k.value for k in BackendKind)
         raise ConfigError(f"unknown model family {settings.family!r} in {settings.model!r} (use {families})") from None
     return BACKENDS[kind](settings)
-
-
-# -- transport retries --------------------------------------------------------------------------------------
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError):
-        return True  # APITimeoutError is an APIConnectionError
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 425, 429) or exc.status_code >= 500
-    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | GarbledReply | httpx.TransportError):
-        return True  # a garbled envelope or a dropped connection: the same request may well succeed
-    return False
-
-
-def _retry_after(exc: BaseException | None) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-class _Wait:
-    """Retry-After when the server says it; otherwise full-jitter exponential backoff."""
-
-    def __init__(self, rng_seed: int, base: float = 0.5, cap: float = 30.0) -> None:
-        self._seed = rng_seed
-        self._random: random.Random | None = None
-        self.base, self.cap = base, cap
-
-    @property
-    def _rng(self) -> random.Random:
-        if self._random is None:  # seeded on the first wait (~8 µs): most calls never wait
-            self._random = random.Random(self._seed)
-        return self._random
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after(exc)
-        if hinted is not None:
-            return min(hinted, self.cap) + self._rng.uniform(0, 0.05)
-        return self._rng.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
-
-
-class _Stop(stop_base):
-    """Stop after ``max_retries`` failed retries of one call. A 429 does not count: it asks the client to wait
-    (Retry-After) and to send fewer requests (``AdaptiveLimit``); the retry deadline bounds those waits."""
-
-    def __init__(self, max_retries: int) -> None:
-        self.max_retries = max_retries
-        self.failures = 0  # one instance per call (``_call_with_retries``); called once per failed attempt
-
-    def __call__(self, state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        if not isinstance(exc, openai.RateLimitError):
-            self.failures += 1
-        return self.failures > self.max_retries
-
-
-class _Deadline(stop_base):
-    """Stop once ``seconds`` have passed since the call's first attempt started (tenacity's ``stop_after_delay``,
-    timed from before attempt 1, which runs before tenacity starts)."""
-
-    def __init__(self, started: float, seconds: float) -> None:
-        self.started, self.seconds = started, seconds
-
-    def __call__(self, state: RetryCallState) -> bool:
-        return time.monotonic() - self.started >= self.seconds
 
 
 # -- results ------------------------------------------------------------------------------------------------
@@ -533,9 +457,9 @@ class LLMClient:
             except Exception as e:
                 failed: Exception | None = e
             retrying = AsyncRetrying(
-                retry=retry_if_exception(lambda e: _transient(e) and not refuses_mode(e, parts)),
-                stop=_Stop(s.max_retries) | _Deadline(started, s.retry_deadline),
-                wait=_Wait(rng_seed=int(key[:8], 16)),
+                retry=retry_if_exception(lambda e: transient(e) and not refuses_mode(e, parts)),
+                stop=StopAfterRetries(s.max_retries) | Deadline(started, s.retry_deadline),
+                wait=Backoff(rng_seed=int(key[:8], 16)),
                 reraise=True,
             )
             async for attempt in retrying:
@@ -556,7 +480,7 @@ class LLMClient:
                 raise _ModeRefused(parts.mode, e.status_code, " ".join(str(message or e.message).split())) from None
             raise _status_error(e, self.backend.model) from None
         except openai.APIConnectionError as e:
-            raise LLMError(f"cannot reach the endpoint after retries: {_first_line(str(e))}") from None
+            raise LLMError(f"cannot reach the endpoint after retries: {first_line(str(e))}") from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, GarbledReply, httpx.TransportError) as e:
             raise LLMError(f"the endpoint kept sending unreadable replies: {type(e).__name__}") from None
         raise LLMError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
@@ -640,7 +564,7 @@ def _params_hash(kwargs: dict[str, Any], parts: RequestParts | None = None) -> s
 def _status_error(e: openai.APIStatusError, model: str) -> LLMError:
     """The one-line error for an HTTP error status that retries did not cure (or that is not retried)."""
     if isinstance(e, openai.BadRequestError):
-        return RequestRefused(f"the endpoint refused the request: {_first_line(str(e))}")
+        return RequestRefused(f"the endpoint refused the request: {first_line(str(e))}")
     if isinstance(e, openai.AuthenticationError):
         return LLMError(f"the endpoint refused the API key ({e.status_code})")
     if isinstance(e, openai.NotFoundError):
@@ -668,11 +592,7 @@ def _validation_detail(e: InstructorRetryException) -> str:
     if callable(errors):
         msgs = [str(err.get("msg", "")).removeprefix("Value error, ") for err in errors()]
         return "; ".join(m for m in msgs if m)[:500] or type(exc).__name__
-    return _first_line(str(exc)) or type(exc).__name__
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else ""
+    return first_line(str(exc)) or type(exc).__name__
 
 
 def _token_logprobs(completion: ChatCompletion | None) -> list[tuple[str, float]] | None:
