@@ -55,3 +55,17 @@ def test_showcase_mixes_accepted_and_flagged_turns_in_dialogue_order(demo_run: t
     for t in shown:
         assert t.labels and t.confidence is not None and 0.0 <= t.confidence <= 1.0
         assert len(t.text) <= 60
+
+
+def test_the_demo_labels_windows_of_turns_on_an_embedded_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the embedded default a demo dialogue is labeled (and critiqued) a window at a time; an endpoint model, or
+    AUTOLABEL_TURNS_PER_CALL, keeps what the user asked for."""
+    from autolabel.cli.demo import LOCAL_TURNS_PER_CALL, demo_settings
+
+    monkeypatch.delenv("AUTOLABEL_TURNS_PER_CALL", raising=False)
+    monkeypatch.delenv("AUTOLABEL_MODEL", raising=False)
+    assert demo_settings(None, "x.db").turns_per_call == LOCAL_TURNS_PER_CALL > 1
+    assert demo_settings("local:smollm2-135m", "x.db").turns_per_call == LOCAL_TURNS_PER_CALL
+    assert demo_settings("openai:test", "x.db").turns_per_call == 1
+    monkeypatch.setenv("AUTOLABEL_TURNS_PER_CALL", "2")
+    assert demo_settings(None, "x.db").turns_per_call == 2

@@ -9,6 +9,22 @@ from rich.table import Table
 
 from autolabel.cli.app import app, out, settings_from
 from autolabel.cli.run import print_summary, run_with_progress
+from autolabel.settings import Settings
+
+LOCAL_TURNS_PER_CALL = 8
+"""Turns per call of the demo on an embedded model: a demo dialogue (7-9 turns) in one or two label calls and as
+many critiques, instead of one of each per turn. On 2 cores prompt evaluation is most of an embedded call's time,
+and windows send the system prompt and the dialogue once per window, not once per turn (benchmarks/bench_local.py
+compares both on the same sample)."""
+
+
+def demo_settings(model: str | None, db: str) -> Settings:
+    """The demo's settings: the user's (flags, ``AUTOLABEL_*``), with windows of ``LOCAL_TURNS_PER_CALL`` turns on
+    an embedded model unless ``AUTOLABEL_TURNS_PER_CALL`` says otherwise."""
+    settings = settings_from(model=model, db=db)
+    if settings.family == "local" and "turns_per_call" not in Settings().model_fields_set:
+        settings = settings_from(model=model, db=db, turns_per_call=LOCAL_TURNS_PER_CALL)
+    return settings
 
 
 @app.command("demo")
@@ -20,7 +36,7 @@ def demo_cmd(
     from autolabel.annotator import Annotator
     from autolabel.demo import demo_path, review_command, showcase
 
-    annotator = Annotator("psy-insight", settings=settings_from(model=model, db=db))
+    annotator = Annotator("psy-insight", settings=demo_settings(model, db))
     summary, _ = run_with_progress(annotator, demo_path(), "skip")
     print_summary(summary)
     table = Table("turn", "label", "confidence", "result", title="a few labeled turns")
