@@ -114,6 +114,12 @@ class Cascade:
         call of theirs is made again)."""
         errs = errors if errors is not None else []
         name = str(Path(path).resolve())
+        if self.settings.max_cost is not None:  # a budget no stage can keep is refused before stage 1 spends it
+            from autolabel.llm import pricing
+
+            for k, stage in enumerate(self.spec.stages, 1):
+                if stage.model != KNN:
+                    pricing.pricer(self.stage_settings(k))
         summary = CascadeSummary(run_id=self.run_id(name), db=self.settings.db)
         sent: dict[str, list[int]] | None = None  # None: stage 1, every turn
         withheld: dict[str, set[int]] = {}

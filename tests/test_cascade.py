@@ -268,3 +268,17 @@ def test_risk_turns_go_on_only_when_the_file_allows_it(two_servers: Any, tmp_pat
     labeled = labeled_turns(s2)
     assert summary.stages[1].turns == 6 and len(labeled) == 6
     assert sum(RISK in t for t in labeled) == 2  # the risk turn of each dialogue, sent on as the file allows
+
+
+def test_a_budget_no_stage_can_keep_is_refused_before_stage_one(two_servers: Any, tmp_path: Path) -> None:
+    from autolabel.errors import ConfigError
+
+    s1, s2 = two_servers
+    src = write_jsonl(tmp_path / "in.jsonl", dialogues())
+    spec = tmp_path / "remote.yaml"  # stage 2 a remote endpoint with no known price (never called here)
+    spec.write_text(f"stages:\n  - model: openai:small\n    base_url: {s1.base_url}\n"
+                    "  - model: openai:unpriced-model\n    base_url: https://api.example.invalid/v1\n",
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="--max-cost needs a price"):
+        Cascade("psy-insight", spec, db=tmp_path / "r.db", max_cost=1.0).run(src)
+    assert s1.requests == []
