@@ -127,9 +127,9 @@ def certify(task: TaskSpec, rows: list[dict[str, Any]], answers: list[dict[str, 
         raw = np.array([a[1] for _, a in held])
         scores = calibrator.predict({SIGNAL: raw}) if calibrator is not None else raw
         res = certify_threshold(scores, correct[1], ALPHA, DELTA)
-        out[f.name] = {"calibrator": calibrator, "threshold": res.threshold, "n_fit": len(fit), "n_certify": res.n,
-                       "errors": res.k, "upper_bound": res.upper_bound, "calibration_coverage": res.coverage,
-                       "reason": res.reason}
+        out[f.name] = {"calibrator": calibrator, "threshold": res.threshold, "n_fit": len(fit),
+                       "n_certify": len(held), "n_at_threshold": res.n, "errors_at_threshold": res.k,
+                       "upper_bound": res.upper_bound, "calibration_coverage": res.coverage, "reason": res.reason}
     return out
 
 
@@ -170,10 +170,11 @@ def llm_sample(test: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
     return out
 
 
-def llm_answers(task: TaskSpec, rows: list[dict[str, Any]], model: str, workdir: Path
+def llm_answers(task: TaskSpec, rows: list[dict[str, Any]], model: str, db: Path
                 ) -> tuple[list[dict[str, tuple[Any, float]]], float]:
-    """The embedded model's labels of ``rows`` (each session cut after its last sampled turn)."""
-    annotator = Annotator(task=task, model=model, db=str(workdir / "llm.db"), critique=False, concurrency=1)
+    """The embedded model's labels of ``rows`` (each session cut after its last sampled turn); ``db`` keeps its
+    answers (the LLM cache), so a stopped arm resumes without asking again."""
+    annotator = Annotator(task=task, model=model, db=str(db), critique=False, concurrency=1)
     wanted: dict[str, int] = {}
     for r in rows:
         wanted[r["id"]] = max(wanted.get(r["id"], 0), r["index"] + 1)
@@ -198,11 +199,17 @@ class Cached:
 
     def __init__(self, embedder: E5Embedder, store: Store) -> None:
         self.embedder, self.store, self.name = embedder, store, embedder.name
+        self.embedded = 0
+        """Texts embedded by this run (the others came from the store)."""
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        self.embedded += len(texts)
+        return self.embedder(texts)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         unique, vectors = sorted(set(texts)), {}
         for i in range(0, len(unique), 128):  # stored chunk by chunk: a stopped run keeps what it embedded
-            vectors.update(stored_vectors(self.store, embedder_name(self.embedder), unique[i:i + 128], self.embedder))
+            vectors.update(stored_vectors(self.store, embedder_name(self.embedder), unique[i:i + 128], self._embed))
         return np.vstack([vectors[t] for t in texts])
 
 
@@ -213,6 +220,8 @@ def main() -> None:
     parser.add_argument("--llm-turns", type=int, default=30)
     parser.add_argument("--llm-model", default="local:qwen2.5-0.5b")
     parser.add_argument("--no-llm", action="store_true")
+    parser.add_argument("--llm-db", type=Path, default=Path(tempfile.gettempdir()) / "bench-knn-llm.db",
+                        help="the LLM arm's store (its cache: a rerun asks nothing twice)")
     parser.add_argument("--llm-only", action="store_true", help="run the LLM arm only, its answers to --llm-answers")
     parser.add_argument("--llm-answers", type=Path, default=Path(tempfile.gettempdir()) / "bench-knn-llm.json",
                         help="the LLM arm's answers: written by --llm-only, read (when present) by a full run")
@@ -250,8 +259,7 @@ def main() -> None:
 
     if args.llm_only:  # the LLM arm alone, in a process of its own (it needs no vectors), its answers to a file
         sample_rows = llm_sample(test, args.llm_turns)
-        with tempfile.TemporaryDirectory(prefix="bench-knn-") as tmp:
-            llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, Path(tmp))
+        llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, args.llm_db)
         args.llm_answers.write_text(json.dumps({
             "model": args.llm_model, "seconds": llm_seconds, "load_average": os.getloadavg()[0],
             "answers": [{"id": r["id"], "index": r["index"], "labels": a}
@@ -281,6 +289,9 @@ def main() -> None:
                       for f, c in certified.items()},
         "knn_full_test": measure(task, test, test_answers, certified),
         "knn_seconds": round(knn_seconds, 1), "knn_ms_per_turn": round(per_turn_ms, 2),
+        "texts_embedded_this_run": embedder.embedded,
+        "seconds_note": "knn_seconds covers embedding only texts_embedded_this_run texts (the rest came from the "
+                        "vectors store) plus the votes of every turn",
         "load_average": os.getloadavg()[0],
         "note": "busy machine (2 cores shared with other work): seconds are indicative only",
     }
@@ -294,8 +305,7 @@ def main() -> None:
             found = {(a["id"], a["index"]): {k: tuple(v) for k, v in a["labels"].items()} for a in saved["answers"]}
             llm, llm_seconds = [found[r["id"], r["index"]] for r in sample_rows], float(saved["seconds"])
         else:
-            with tempfile.TemporaryDirectory(prefix="bench-knn-") as tmp:
-                llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, Path(tmp))
+            llm, llm_seconds = llm_answers(task, sample_rows, args.llm_model, args.llm_db)
         report["sample"] = {"turns": len(sample_rows), "sessions": sorted({r["id"] for r in sample_rows})}
         report["knn_sample"] = measure(task, sample_rows, knn_sample, certified)
         report["llm_sample"] = measure(task, sample_rows, llm, None)
