@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
@@ -65,6 +66,22 @@ def main_options(
 
 def settings_from(**kw: Any) -> Settings:
     return Settings.model_validate({**Settings().model_dump(), **{k: v for k, v in kw.items() if v is not None}})
+
+
+def end_of_run(stopped_reason: str | None, cost_usd: float, max_cost: float | None, errors: Sequence[object]) -> None:
+    """After a run's summary: a budget stop says how to go on (exit 6), skipped input records are listed (exit 3)."""
+    from autolabel.errors import BudgetExceeded
+
+    if stopped_reason == "budget":
+        console.print(f"cost budget reached: ${cost_usd:.4f} spent, --max-cost ${max_cost or 0:g}; finished "
+                      "dialogues are stored, run again with a higher --max-cost to go on", style="yellow",
+                      markup=False)
+        raise typer.Exit(BudgetExceeded.exit_code)
+    for e in errors[:20]:
+        console.print(f"skipped: {e}", markup=False)
+    if errors:
+        console.print(f"{len(errors)} bad input record(s) skipped", style="yellow")
+        raise typer.Exit(3)
 
 
 def _fail(message: str, code: int) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autolabel.cascade import Cascade, CascadeSummary, StageSummary
-from autolabel.cli.app import console, out
-from autolabel.errors import BudgetExceeded, ConfigError, InputError
+from autolabel.cli.app import console, end_of_run, out
+from autolabel.errors import ConfigError, InputError
 from autolabel.models import DialogueResult
 from autolabel.settings import Settings
 
@@ -51,16 +50,7 @@ def run_cascade(task: str, cascade: Path, settings: Settings, input: Path, on_in
 
         summary = run_stoppable(c.arun(input, on_invalid=on_invalid, progress=tick, errors=errors))
     print_cascade_summary(summary)
-    if summary.stopped_reason == "budget":
-        console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${settings.max_cost:g}; "
-                      "finished dialogues are stored, run again with a higher --max-cost to go on",
-                      style="yellow", markup=False)
-        raise typer.Exit(BudgetExceeded.exit_code)
-    for e in errors[:20]:
-        console.print(f"skipped: {e}", markup=False)
-    if errors:
-        console.print(f"{len(errors)} bad input record(s) skipped", style="yellow")
-        raise typer.Exit(3)
+    end_of_run(summary.stopped_reason, summary.cost_usd, settings.max_cost, errors)
 
 
 def print_cascade_summary(s: CascadeSummary) -> None:

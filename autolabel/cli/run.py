@@ -16,14 +16,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autolabel.errors import BudgetExceeded, InputError, Stopped
+from autolabel.errors import InputError, Stopped
 from autolabel.models import DialogueResult, RunSummary
 from autolabel.readers import count_input
 from autolabel.settings import StructuredMode
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     from autolabel.annotator import Annotator, RunState
-from autolabel.cli.app import OnInvalid, app, console, out, settings_from  # noqa: F401
+from autolabel.cli.app import OnInvalid, app, console, end_of_run, out, settings_from  # noqa: F401
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -169,16 +169,7 @@ def run(
     summary, errors = run_with_progress(annotator, input, on_invalid.value, total_turns=total_turns,
                                         progress_every=progress_every)
     print_summary(summary, cost_known=cost.known)
-    if summary.stopped_reason == "budget":
-        console.print(f"cost budget reached: ${summary.cost_usd:.4f} spent, --max-cost ${s.max_cost:g}; finished "
-                      "dialogues are stored, run again with a higher --max-cost to go on", style="yellow",
-                      markup=False)
-        raise typer.Exit(BudgetExceeded.exit_code)
-    for e in errors[:20]:
-        console.print(f"skipped: {e}", markup=False)
-    if errors:
-        console.print(f"{len(errors)} bad input record(s) skipped", style="yellow")
-        raise typer.Exit(3)
+    end_of_run(summary.stopped_reason, summary.cost_usd, s.max_cost, errors)
 
 
 def input_turns(input: Path) -> int:
