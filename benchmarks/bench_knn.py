@@ -182,7 +182,9 @@ def llm_answers(task: TaskSpec, rows: list[dict[str, Any]], model: str, db: Path
     results = {}
     for did, upto in wanted.items():
         d = next(r["dialogue"] for r in rows if r["id"] == did)
-        results[did] = annotator.annotate(d.model_copy(update={"turns": d.turns[:upto]}))
+        # the id names the cut: a longer cut of a session labeled before is a new dialogue to the store (its
+        # earlier turns' prompts are the same, so they come from the cache)
+        results[did] = annotator.annotate(d.model_copy(update={"id": f"{did}@{upto}", "turns": d.turns[:upto]}))
         print(f"  llm: {did} ({upto} turns) {time.perf_counter() - started:.0f} s", flush=True)
     seconds = time.perf_counter() - started
     out = []
@@ -220,6 +222,7 @@ def main() -> None:
     parser.add_argument("--llm-turns", type=int, default=30)
     parser.add_argument("--llm-model", default="local:qwen2.5-0.5b")
     parser.add_argument("--no-llm", action="store_true")
+    parser.add_argument("--whole-test", action="store_true", help="also the knn arm on every test session")
     parser.add_argument("--llm-db", type=Path, default=Path(tempfile.gettempdir()) / "bench-knn-llm.db",
                         help="the LLM arm's store (its cache: a rerun asks nothing twice)")
     parser.add_argument("--llm-only", action="store_true", help="run the LLM arm only, its answers to --llm-answers")
@@ -240,7 +243,7 @@ def main() -> None:
         for k, v in load_gold(path, task).items():
             gold[(f"{lang}-{k[0]}", k[1])] = v
         dialogues += [d.model_copy(update={"id": f"{lang}-{d.id}"}) for d in read_dialogues(path)]
-    test_d = [d for d in dialogues if part(d.id, "test") < 0.5]
+    test_d = whole_test_d = [d for d in dialogues if part(d.id, "test") < 0.5]
     if args.test_turns:  # whole sessions in a fixed pseudo-random order, up to the turns asked for
         kept, n = [], 0
         for d in sorted(test_d, key=lambda d: part(d.id, "order")):
@@ -295,6 +298,12 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "note": "busy machine (2 cores shared with other work): seconds are indicative only",
     }
+    if args.whole_test:  # the knn arm on every test session too (the LLM sample stays the --test-turns cut's)
+        whole = turns_of(task, whole_test_d, gold)
+        embedder([r["text"] for r in whole])
+        report["knn_whole_test"] = measure(task, whole, knn_answers(stage, whole), certified)
+        report["split"]["turns"]["whole_test"] = len(whole)
+        report["split"]["sessions"]["whole_test"] = len(whole_test_d)
     if not args.no_llm:
         sample = llm_sample(test, args.llm_turns)
         sample_idx = {(r["id"], r["index"]) for r in sample}
@@ -319,7 +328,8 @@ def main() -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     rows = []
-    arms = [("knn, full test split", "knn_full_test"), ("knn, LLM sample", "knn_sample"),
+    arms = [("knn, whole test side", "knn_whole_test"), ("knn, test cut", "knn_full_test"),
+            ("knn, LLM sample", "knn_sample"),
             (f"{report.get('llm', {}).get('model', 'LLM')}, LLM sample", "llm_sample")]
     for name, key in arms:
         for field, e in report.get(key, {}).items():
