@@ -18,6 +18,11 @@ calibration sample of its own answers (hundreds of calls); 30 turns cannot certi
 The labels are silver (the dataset's gpt-3.5 pipeline): agreement with them, not truth.
 
     python benchmarks/bench_knn.py [--llm-turns 30] [--no-llm] [--data ../shared/data/psy-insight]
+
+The committed results: ``--llm-only --test-turns 600 --llm-turns 30`` (the LLM arm in a process of its own, its
+answers to a file), then ``--test-turns 600 --llm-turns 30 --whole-test`` (the knn arms on the 600-turn cut, on the
+LLM's 30 turns and on the whole test side). The test cut must be the same in both: the LLM sample is the cut's
+first English sessions by id.
 """
 
 from __future__ import annotations
