@@ -118,3 +118,25 @@ def test_cancel_abandons_every_call_of_the_backend(backend: local.LocalBackend) 
     assert engine.busy() == 0
     after = asyncio.run(backend.complete(_label(LABEL, TEXTS[2])))  # the engine goes on serving
     assert json.loads(after.choices[0].message.content)["feeling"] in {"calm", "worried", "angry"}
+
+
+def test_more_prompts_than_the_context_holds_wait_for_room_instead_of_failing(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Windows of turns make long prompts: several at once may need more cells than the context has. They wait for
+    room (or are put back and redone) instead of failing with "the prompts do not fit" — what `autolabel demo` hit
+    with windows of 8 turns on five dialogues at once. Each answer is the one the request gets alone."""
+    from autolabel.llm.local_engine import Engine, Request
+
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 4)
+    try:
+        prompts = [engine.model.tokenize((f"Story {i}: " + f"the {word} walked on and on. " * 40).encode(),
+                                         add_bos=True, special=False)
+                   for i, word in enumerate(["cat", "dog", "fox", "owl"])]
+        assert all(250 < len(p) < 500 for p in prompts) and sum(len(p) for p in prompts) > 1024
+        together = [engine.submit(Request(prompt=p, max_tokens=24)) for p in prompts]
+        answers = [f.result(timeout=600).tokens for f in together]
+        alone = [engine.submit(Request(prompt=p, max_tokens=24)).result(timeout=600).tokens for p in prompts]
+        assert answers == alone and all(answers)
+    finally:
+        engine.close()

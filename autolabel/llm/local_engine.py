@@ -37,6 +37,7 @@ from autolabel.errors import LLMError
 log = logging.getLogger(__name__)
 
 TOP_N = 64  # candidates per step checked against the grammar, and the pool of reported alternatives
+RESERVE = 256  # answer tokens counted for a running request when deciding whether another one fits the context
 N_BATCH = 256  # tokens per llama_decode (prompt chunks): also the longest wait before an abandoned call stops
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 
@@ -109,6 +110,7 @@ class Engine:
         self.prompt_tokens_reused = 0  # counters (benchmarks, tests): prompt tokens taken from the KV cache,
         self.prompt_tokens_decoded = 0  # prompt tokens decoded,
         self.steps = 0  # llama_decode calls
+        self.requeued = 0  # requests put back to wait for room in the context
 
     # -- the caller's side ------------------------------------------------------------------------------------
 
@@ -200,17 +202,24 @@ class Engine:
                 self._finish(s, cancelled=True)
 
     def _admit(self) -> None:
-        """Give waiting requests a free slot each, starting from the longest cached prefix of any slot."""
+        """Give waiting requests a free slot each, starting from the longest cached prefix of any slot, while the
+        context has room for them: cells for what the busy sequences hold and will still write (up to ``RESERVE``
+        answer tokens each), plus the new prompt's uncached part and its answer. A request that does not fit waits
+        for a running one to finish (one alone always starts: if it cannot fit, it fails by itself)."""
         while self._queue:
             free = [s for s in self._slots if s.request is None]
             if not free:
                 return
-            req = self._queue.pop(0)
-            if not req.future.set_running_or_notify_cancel():
-                continue
+            req = self._queue[0]
             limit = len(req.prompt) - 1  # at least one token is decoded: its logits start the answer
             source, n = max(((s, _common(s.tokens, req.prompt, limit)) for s in self._slots),
                             key=lambda p: (p[1], p[0].request is None, -p[0].used))
+            busy = [s for s in self._slots if s.request is not None]
+            if busy and self._load(busy) + len(req.prompt) - n + min(req.max_tokens, RESERVE) > self.n_ctx:
+                return
+            self._queue.pop(0)
+            if not req.future.running() and not req.future.set_running_or_notify_cancel():
+                continue
             # take over the source's own slot only when most of what it holds is reused; otherwise a free slot
             # (empty, or the least recently used) gets the prefix shared into it and the source keeps its cache
             keep = source.request is None and 2 * n >= len(source.tokens)
@@ -266,6 +275,10 @@ class Engine:
             for s in busy:
                 del s.tokens[before[s.seq][0]:]
                 s.pending = before[s.seq][1]
+            if rc == 1 and len(busy) > 1:  # no room for all of them: the newest waits until the others are done
+                with self._cv:
+                    self._requeue(max(busy, key=lambda s: s.used))
+                return
             raise LLMError(f"the prompts do not fit the {self.n_ctx}-token context (llama_decode returned {rc})")
         self.prompt_tokens_decoded += decoded
         for idx, s in outputs:
@@ -278,6 +291,29 @@ class Engine:
         b.n_tokens = i + 1
         s.tokens.append(token)
         return i
+
+    @staticmethod
+    def _load(busy: list[_Slot]) -> int:
+        """Cells the busy sequences hold or will write (a shared prefix counted for each: an upper bound)."""
+        cells = 0
+        for s in busy:
+            cells += len(s.tokens) + len(s.pending)
+            if s.request is not None:
+                cells += max(0, min(s.request.max_tokens, RESERVE) - len(s.request.tokens))
+        return cells
+
+    def _requeue(self, s: _Slot) -> None:
+        """Put a running request back at the head of the queue, its cells freed and its answer so far dropped: it
+        starts again (the same answer at temperature 0) once the others have made room."""
+        req = s.request
+        assert req is not None
+        if s.grammar is not None:
+            self._c.llama_sampler_free(s.grammar)
+        self._c.llama_memory_seq_rm(self.ctx.memory, s.seq, -1, -1)
+        s.tokens, s.pending, s.text, s.request, s.grammar, s.rng = [], [], b"", None, None, None
+        req.tokens, req.steps, req.finish_reason = [], [], "stop"
+        self._queue.insert(0, req)
+        self.requeued += 1
 
     def _evict_idle(self) -> bool:
         idle = [s for s in self._slots if s.request is None and s.tokens]
