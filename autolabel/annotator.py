@@ -126,16 +126,36 @@ class Annotator:
             results: asyncio.Queue[DialogueResult | BaseException | None] = asyncio.Queue()
             source = _aiter(dialogues)
             lock = asyncio.Lock()
+            fetching: set[asyncio.Future[Dialogue | None]] = set()
+
+            async def next_dialogue() -> Dialogue | None:
+                """The source's next dialogue; None at its end, or once a call was refused — also while waiting
+                for input (a feed still open), which would otherwise hold the run open for good."""
+                if self._over_budget(run):
+                    return None
+                fetch = asyncio.ensure_future(anext(source, None))
+                fetching.add(fetch)
+                try:
+                    return await fetch
+                except asyncio.CancelledError:
+                    outside = getattr(asyncio.current_task(), "cancelling", lambda: 0)()  # this worker cancelled
+                    if fetch.cancelled() and self._over_budget(run) and not outside:
+                        return None
+                    raise
+                finally:
+                    fetching.discard(fetch)
 
             async def worker() -> None:
                 while True:
                     async with lock:  # once a call was refused no new dialogue starts: a re-run reads it again
-                        d = None if self._over_budget(run) else await anext(source, None)
+                        d = await next_dialogue()
                     if d is None:
                         return
                     try:
                         res = await self._one(run, d)
                     except BudgetExceeded:  # a call was refused: this dialogue stays resumable from its checkpoint
+                        for fetch in fetching:  # and a worker waiting for the next dialogue stops waiting
+                            fetch.cancel()
                         return  # (the others go on until their own next call is refused)
                     if res is not None:
                         await results.put(res)
