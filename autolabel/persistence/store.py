@@ -8,6 +8,7 @@ written by LangGraph's checkpointer).
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -65,11 +66,14 @@ def engine_url(db: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")  # first: switching a new file to WAL waits for its lock too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+OPEN_ATTEMPTS = 5  # migrating a database another process is creating at the same moment
 
 
 class Store:
@@ -92,11 +96,18 @@ class Store:
             raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        try:
-            migrate(engine)
-        except SQLAlchemyError as e:  # unreachable, locked, read-only, or not a database at all (a corrupt file)
-            engine.dispose()
-            raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                migrate(engine)
+                break
+            except SQLAlchemyError as e:  # unreachable, locked, read-only, or not a database at all (a corrupt file)
+                # SQLite answers "database is locked" at once, without its busy wait, to connections that would
+                # deadlock (e.g. a brand-new file being switched to WAL by another opener): a moment later it is free
+                if "database is locked" in str(e) and attempt + 1 < OPEN_ATTEMPTS:
+                    time.sleep(0.05 * 2 ** attempt)
+                    continue
+                engine.dispose()
+                raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
         return cls(engine, db)
 
     def close(self) -> None:
