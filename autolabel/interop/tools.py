@@ -26,7 +26,10 @@ without labels. The dialogue text is the point, so ``--no-text`` is refused.
   options (not required: each applies to some roles only), an optional ``note`` and a required ``decision``
   (accept / correct), because Argilla publishes no dataset without a required question. Load both with
   ``rg.Settings.from_json`` and ``rg.Record.from_dict``. A sub-coded field's question lists the answerable
-  options; each record keeps the upper level as metadata ``<field>_parent``, to filter on.
+  options; each record keeps the upper level as metadata ``<field>_parent``, to filter on. The settings declare
+  ``<field>_parent`` (values: the field's top-level options) and ``decided_by_stage`` / ``decided_by_model`` (values:
+  a cascade run's stages and their models; unlisted otherwise) as ``terms`` metadata properties, so Argilla's UI
+  filters by them without setup.
 
 A cascade run's records say which stage decided (``decided_by: {stage, model}``): the Label Studio prediction's
 ``model_version`` is that model, the Argilla record's metadata has ``decided_by_stage`` and ``decided_by_model``.
@@ -49,7 +52,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import groupby
@@ -265,9 +268,29 @@ def export_label_studio(store: Store, run_id: str, task: TaskSpec, out: IO[str],
 
 # -- Argilla -----------------------------------------------------------------------------------------------------
 
-def argilla_settings(task: TaskSpec) -> dict[str, Any]:
-    """Dataset settings in the shape of Argilla 2.x ``Settings.serialize()``."""
-    _check_names(task, ARGILLA_RESERVED, "Argilla")
+def terms_property(name: str, title: str, values: list[Any] | None) -> dict[str, Any]:
+    """A metadata property in the shape of Argilla 2.x ``TermsMetadataProperty.serialize()``; ``values`` None: any."""
+    return {"name": name, "title": title, "type": "terms", "visible_for_annotators": True,
+            "settings": {"type": "terms", "values": values}}
+
+
+def argilla_metadata(task: TaskSpec, stages: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The record metadata to filter on, declared: ``<field>_parent`` for each sub-coded field (its top-level
+    options), and ``decided_by_stage`` / ``decided_by_model`` (a cascade's stages, 1-based, and their models when
+    ``stages`` are known; any value otherwise)."""
+    out = [terms_property(f"{f.name}_parent", f"{f.name} (upper level)", [o.name for o in f.top])
+           for f, _ in label_fields(task) if f.has_children]
+    out.append(terms_property("decided_by_stage", "Cascade stage that decided",
+                              list(range(1, len(stages) + 1)) if stages else None))
+    out.append(terms_property("decided_by_model", "Model of the stage that decided", list(stages) if stages else None))
+    return out
+
+
+def argilla_settings(task: TaskSpec, stages: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dataset settings in the shape of Argilla 2.x ``Settings.serialize()``; ``stages``: a cascade run's stage
+    models, in order (``argilla_metadata``)."""
+    metadata = argilla_metadata(task, stages)
+    _check_names(task, ARGILLA_RESERVED + tuple(m["name"] for m in metadata), "Argilla")
 
     def text_field(name: str, title: str) -> dict[str, Any]:
         return {"name": name, "title": title, "required": True, "description": None,
@@ -297,8 +320,8 @@ def argilla_settings(task: TaskSpec) -> dict[str, Any]:
            "suggested labels where they are wrong.")
     return {"guidelines": f"{guidelines}\n\n{how}".strip(),
             "fields": [text_field("dialogue", "Dialogue"), text_field("target", "Target")],
-            "questions": questions, "metadata": [], "vectors": [], "allow_extra_metadata": True,
-            "distribution": {"strategy": "overlap", "min_submitted": 1}, "mapping": None}
+            "questions": questions, "metadata": metadata, "vectors": [],
+            "allow_extra_metadata": True, "distribution": {"strategy": "overlap", "min_submitted": 1}, "mapping": None}
 
 
 def argilla_record(unit: Unit, task: TaskSpec) -> dict[str, Any]:
@@ -327,7 +350,8 @@ def argilla_record(unit: Unit, task: TaskSpec) -> dict[str, Any]:
 
 def export_argilla(store: Store, run_id: str, task: TaskSpec, out: IO[str], include_text: bool) -> int:
     """Argilla records as JSONL, and ``<name>.settings.json`` beside them (module docstring)."""
-    settings = argilla_settings(task)
+    stages = json.loads(store.run(run_id).get("params_json") or "{}").get("stages")
+    settings = argilla_settings(task, stages)
     n = 0
     for unit in units(store, run_id, task, include_text):
         out.write(json.dumps(argilla_record(unit, task), ensure_ascii=False) + "\n")
