@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,15 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: the shared Psy-Insight data must sit beside the repo")
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """One small Ray instance for a module's runs (a run joins the caller's session, started here); Ray is imported
+    here, on use, so that test sessions without Ray tests do not load it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

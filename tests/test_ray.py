@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,6 @@ from tests.pg import Cluster, free_port, pg_fixture  # noqa: F401  (fixture)
 ray = pytest.importorskip("ray")
 from autolabel.scale.ray import RayAnnotator  # noqa: E402  (needs ray)
 from autolabel.scale.ray_cluster import preflight  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[Any]:
-    """One small Ray instance for the module's runs (a run joins the caller's session, started here)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ finished changes nothing — no record, review item, timestamp or call is added 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,6 @@ from autolabel.scale.ray_limits import Limits  # noqa: E402
 
 TABLES = {"dialogues": "dialogue_id", "turns": "dialogue_id, turn_index", "annotations": "id",
           "review_items": "id", "llm_calls": "id"}
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[Any]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def snapshot(db: str, *, calls: bool = True) -> dict[str, list[tuple[Any, ...]]]:
