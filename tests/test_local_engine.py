@@ -140,3 +140,30 @@ def test_more_prompts_than_the_context_holds_wait_for_room_instead_of_failing(
         assert answers == alone and all(answers)
     finally:
         engine.close()
+
+
+def test_calls_started_together_decode_their_shared_prefix_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Five dialogues start at once with the same long system prompt (the demo): the prefix is decoded by the first
+    call and shared into the others' sequences, not decoded five times side by side (the demo decoded the system
+    prompt once per dialogue: 3 of 5 session calls reused 0-3 tokens). Each answer is the one the request gets
+    when the calls come one at a time."""
+    from autolabel.llm.local_engine import Engine, Request
+
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    engine = Engine(str(local.model_path(MODEL, s)), 1, 4096, 8)
+    try:
+        head = engine.model.tokenize(("You label counseling turns. " * 120).encode(), add_bos=True, special=False)
+        tails = [engine.model.tokenize(f" Turn {i}: I feel {w} today.".encode(), add_bos=False, special=False)
+                 for i, w in enumerate(["sad", "calm", "angry", "tired", "hopeful"])]
+        assert len(head) > 2 * 256  # longer than one prompt chunk: the later calls arrive while it is decoded
+        prompts = [head + t for t in tails]
+        together = [engine.submit(Request(prompt=p, max_tokens=8)) for p in prompts]
+        answers = [f.result(timeout=600).tokens for f in together]
+        decoded = engine.prompt_tokens_decoded
+        assert decoded <= len(head) + sum(len(t) for t in tails) + len(prompts)  # the head once, each tail once
+        engine._evict_idle()  # the reference: one call at a time, the later ones finding the head in the cache
+        alone = [engine.submit(Request(prompt=p, max_tokens=8)).result(timeout=600).tokens for p in prompts]
+        assert engine.prompt_tokens_decoded - decoded == decoded  # the same work as the sequential calls
+        assert answers == alone and all(answers)
+    finally:
+        engine.close()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TOP_N = 64  # candidates per step checked against the grammar, and the pool of reported alternatives
 RESERVE = 256  # answer tokens counted for a running request when deciding whether another one fits the context
+SHARE_MIN = 32  # a request waits for a prefix being decoded by another only when it shares this many more tokens
 N_BATCH = 256  # tokens per llama_decode (prompt chunks): also the longest wait before an abandoned call stops
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 
@@ -205,19 +206,30 @@ class Engine:
         """Give waiting requests a free slot each, starting from the longest cached prefix of any slot, while the
         context has room for them: cells for what the busy sequences hold and will still write (up to ``RESERVE``
         answer tokens each), plus the new prompt's uncached part and its answer. A request that does not fit waits
-        for a running one to finish (one alone always starts: if it cannot fit, it fails by itself)."""
-        while self._queue:
+        for a running one to finish (one alone always starts: if it cannot fit, it fails by itself).
+
+        A request whose prompt shares more with a prompt still being decoded (the same system prompt, sent by
+        several dialogues at once) than with any cache waits until that prefix is in the cache, then shares it:
+        the prefix is decoded once, not once per request side by side. Other requests go ahead meanwhile."""
+        waiting = 0
+        while waiting < len(self._queue):
             free = [s for s in self._slots if s.request is None]
             if not free:
                 return
-            req = self._queue[0]
+            req = self._queue[waiting]
             limit = len(req.prompt) - 1  # at least one token is decoded: its logits start the answer
             source, n = max(((s, _common(s.tokens, req.prompt, limit)) for s in self._slots),
                             key=lambda p: (p[1], p[0].request is None, -p[0].used))
             busy = [s for s in self._slots if s.request is not None]
-            if busy and self._load(busy) + len(req.prompt) - n + min(req.max_tokens, RESERVE) > self.n_ctx:
+            coming = max((_common(s.tokens + s.pending, req.prompt, limit) for s in busy if s.pending), default=0)
+            if coming - n >= SHARE_MIN:
+                waiting += 1
+                continue
+            need = self._load(busy) + len(req.prompt) - n + min(req.max_tokens, RESERVE)
+            if busy and need > self.n_ctx:
                 return
-            self._queue.pop(0)
+            self._make_room(need, keep=source)
+            self._queue.pop(waiting)
             if not req.future.running() and not req.future.set_running_or_notify_cancel():
                 continue
             # take over the source's own slot only when most of what it holds is reused; otherwise a free slot
@@ -314,6 +326,20 @@ class Engine:
         req.tokens, req.steps, req.finish_reason = [], [], "stop"
         self._queue.insert(0, req)
         self.requeued += 1
+
+    def _make_room(self, need: int, keep: _Slot) -> None:
+        """Drop idle slots' cached prompts, least recently used first (never ``keep``, the prefix about to be
+        shared), until what the busy sequences and the new request need fits beside what stays cached: llama.cpp
+        is not asked to decode into a full context (it logs an error line for each refusal)."""
+        idle = sorted((s for s in self._slots if s.request is None and s.tokens and s is not keep),
+                      key=lambda s: s.used)
+        held = sum(len(s.tokens) for s in idle) + (len(keep.tokens) if keep.request is None else 0)
+        for s in idle:
+            if need + held <= self.n_ctx:
+                return
+            self._c.llama_memory_seq_rm(self.ctx.memory, s.seq, -1, -1)
+            held -= len(s.tokens)
+            s.tokens = []
 
     def _evict_idle(self) -> bool:
         idle = [s for s in self._slots if s.request is None and s.tokens]
