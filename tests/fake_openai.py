@@ -349,6 +349,12 @@ def _wrong_types(value: Any) -> Any:
     return value
 
 
+def prompt_of(body: dict[str, Any]) -> str:
+    """Every message of a chat request, joined: scripted replies tell the calls apart by it (the critic's call
+    carries the label call's system message; its own instructions follow the proposal in the user message)."""
+    return "\n".join(_text(m.get("content")) for m in body.get("messages", []))
+
+
 def requested_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON Schema a chat request asks for: in ``response_format``, in the function ``tool_choice`` forces,
     or at the end of the system message (a prompt-only request); None if none."""

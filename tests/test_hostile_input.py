@@ -88,6 +88,8 @@ def _obeys_the_turn(body: dict[str, Any]) -> dict[str, Any] | None:
 
     The first injected turn gets a schema-valid answer (Happiness, code D) once re-asked; the fake-JSON turn never
     gets a valid one."""
+    if purpose(body) == "critique":  # the critic agrees: the labels stored are the labeler's (not a random revision)
+        return {"reason": "The labels follow the turn.", "verdict": "agree", "revised": None}
     if purpose(body) != "label":
         return None
     target = re.search(r"<target[^>]*>(.*?)</target>", body["messages"][1]["content"], re.S).group(1)

@@ -67,29 +67,33 @@ def uniform_input(path: Path, n: int = 6) -> Path:
 def representative_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
     """Answers every label, critique and session call with the plan's representative answer (always valid, so
     there are no re-asks). Sample calls show shuffled options and get the server's own valid answer."""
-    by_system: dict[str, str] = {}
+    by_system: dict[str, tuple[str, str | None]] = {}  # the critic shares the label call's system message
     for lang in ("en", "zh"):
         for role in task.roles:
             fields = task.fields_for(role)
             if fields is None:
                 continue
             answer = json.dumps(representative_answer(task, fields, lang), ensure_ascii=False)
-            by_system[prompts.label_system(task, fields, lang)] = answer
             critique = json.dumps(representative_critique(task, fields, lang), ensure_ascii=False)
-            by_system[prompts.critique_system(task, fields, lang)] = critique
+            by_system[prompts.label_system(task, fields, lang)] = (answer, critique)
         session = task.session_fields()
         assert session is not None
         answer = json.dumps(representative_answer(task, session, lang), ensure_ascii=False)
-        by_system[prompts.session_system(task, session, lang)] = answer
-    return lambda body: by_system.get(body["messages"][0]["content"])
+        by_system[prompts.session_system(task, session, lang)] = (answer, None)
+
+    def reply(body: dict[str, Any]) -> str | None:
+        found = by_system.get(body["messages"][0]["content"])
+        if found is None:
+            return None
+        return found[1] if "<proposal>" in body["messages"][-1]["content"] else found[0]
+    return reply
 
 
 def representative_window_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
     """The plan's representative answer for every turn of a window's label and critique calls (sample calls get
     the server's own valid answer); session calls as ``representative_replies``."""
     roles = labeled_roles(task)
-    lang_of = {s: lang for lang in ("en", "zh") for s in (prompts.group_system(task, roles, lang),
-                                                           prompts.group_critique_system(task, roles, lang))}
+    lang_of = {prompts.group_system(task, roles, lang): lang for lang in ("en", "zh")}
     role_of = {frozenset(task.output_schema(f)["properties"]): f for f in roles}
     session = representative_replies(task)
 
@@ -97,7 +101,7 @@ def representative_window_replies(task: TaskSpec) -> Callable[[dict[str, Any]], 
         system = body["messages"][0]["content"]
         if system not in lang_of:
             return session(body)
-        lang, critique = lang_of[system], "review" in system or "复核" in system
+        lang, critique = lang_of[system], "<proposal>" in body["messages"][-1]["content"]
         answer = {}
         for key, sub in body["response_format"]["json_schema"]["schema"]["properties"].items():
             if critique:

@@ -131,8 +131,8 @@ class RequestBuilder:
 
     def critique(self, turn_prompt: str, fields: RoleFields, answer: dict[str, Any], language: str) -> Request:
         """The critic's call: the label call's turn prompt and the proposed answer."""
-        system = self.once(("critique_system", fields.role, language),
-                           lambda: prompts.critique_system(self.task, fields, language))
+        system = self.once(("label_system", fields.role, language),
+                           lambda: prompts.label_system(self.task, fields, language))
         return Request("critique", _pair(system, prompts.critique_user(turn_prompt, answer, language)),
                        self.critique_schema(fields), f"critique_{fields.role}")
 
@@ -164,9 +164,9 @@ class RequestBuilder:
 
     def window_critique(self, window_prompt: str, targets: dict[int, RoleFields], proposals: dict[str, Any],
                         language: str) -> Request:
-        system = self.once(("group_critique_system", language),
-                           lambda: prompts.group_critique_system(self.task, labeled_roles(self.task), language))
-        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language)),
+        system = self.once(("group_system", language),
+                           lambda: prompts.group_system(self.task, labeled_roles(self.task), language))
+        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True)),
                        self.group_schema(targets, "critique"), "critique_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
