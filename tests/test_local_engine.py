@@ -167,3 +167,31 @@ def test_calls_started_together_decode_their_shared_prefix_once(tmp_path_factory
         assert answers == alone and all(answers)
     finally:
         engine.close()
+
+
+def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Greedy decoding of a small model can write one sentence again and again until max_tokens: the JSON never
+    closes and the answer is invalid (the demo's Chinese session summary looped to 512 tokens, then was re-asked).
+    Without a repeat penalty this prompt loops; with llama.cpp's DRY sampler (the default) it closes, valid."""
+    from autolabel.llm.local_engine import DRY, Engine, Request
+
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    schema = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 2000}},
+              "required": ["summary"], "additionalProperties": False}
+    grammar = local._grammar(json.dumps(schema))
+    text = "Summarize: I can't sleep. I can't sleep. Every night I lie awake and worry about work."
+    answers = {}
+    for dry in (None, DRY):
+        engine = Engine(str(local.model_path(MODEL, s)), 1, 2048, 2, dry=dry)
+        try:
+            prompt = engine.model.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n".encode(),
+                                           add_bos=False, special=True)
+            r = engine.submit(Request(prompt=prompt, max_tokens=200, grammar=grammar)).result(timeout=600)
+            answers[dry is not None] = (r.finish_reason, b"".join(engine.piece(t) for t in r.tokens).decode())
+        finally:
+            engine.close()
+    looped, fixed = answers[False], answers[True]
+    assert looped[0] == "length"  # the loop: cut at max_tokens, not valid JSON
+    assert fixed[0] == "stop" and set(json.loads(fixed[1])) == {"summary"}
+    sentences = [x.strip() for x in json.loads(fixed[1])["summary"].split(".") if x.strip()]
+    assert max(sentences.count(x) for x in sentences) <= 2  # the prompt's own repeat, not a loop

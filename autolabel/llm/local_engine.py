@@ -16,6 +16,12 @@ nearly always holds. Only when none is (or when sampling at a temperature) is th
 vocabulary. Logprobs are renormalised over the allowed candidates, as hosted APIs report them under structured
 output.
 
+Greedy decoding of a small model can fall into a loop (a sentence written again and again until ``max_tokens``, so
+the JSON never closes and the answer is invalid). llama.cpp's DRY sampler ("don't repeat yourself") lowers the
+logit of a token that would extend a repeat of what this answer already wrote, more the longer the repeat; JSON's
+quotes, colons and newlines break sequences, so keys and label codes (always right after a quote) are never
+penalised, only repeated free text. It changes which token is chosen, not the logprobs reported.
+
 A request can be abandoned (``Engine.abandon``, or ``cancel`` for all): the worker drops it at the next step — at
 most one prompt chunk (``N_BATCH`` tokens) or one token later.
 """
@@ -40,6 +46,8 @@ TOP_N = 64  # candidates per step checked against the grammar, and the pool of r
 RESERVE = 256  # answer tokens counted for a running request when deciding whether another one fits the context
 SHARE_MIN = 32  # a request waits for a prefix being decoded by another only when it shares this many more tokens
 N_BATCH = 256  # tokens per llama_decode (prompt chunks): also the longest wait before an abandoned call stops
+DRY = (0.8, 1.75, 2, 1024)  # llama.cpp DRY: multiplier, base, allowed repeat length, tokens looked back
+DRY_BREAKERS = ("\n", ":", "\"", "*")  # llama.cpp's default sequence breakers
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 
 
@@ -69,6 +77,7 @@ class _Slot:
     request: Request | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     grammar: Any = None  # llama_sampler of the request's grammar
+    dry: Any = None  # llama_sampler DRY of the request's answer so far
     rng: np.random.Generator | None = None
     text: bytes = b""
     used: int = 0  # when it last served a request (eviction order)
@@ -77,7 +86,8 @@ class _Slot:
 class Engine:
     """A model, one context of ``n_ctx`` cells shared by ``n_slots`` sequences, and the thread that decodes."""
 
-    def __init__(self, model_path: str, threads: int, n_ctx: int, n_slots: int) -> None:
+    def __init__(self, model_path: str, threads: int, n_ctx: int, n_slots: int,
+                 dry: tuple[float, float, int, int] | None = DRY) -> None:
         import llama_cpp
         from llama_cpp import _internals, _logger
 
@@ -90,6 +100,7 @@ class Engine:
         if b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b""):
             params.use_extra_bufts = False
         self.model = _internals.LlamaModel(path_model=model_path, params=params, verbose=False)
+        self.dry = dry  # None: no repeat penalty (the model's own greedy choice)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, N_BATCH, N_BATCH
         cparams.n_seq_max, cparams.kv_unified = n_slots, True  # one pool of cells: shared prefixes stored once
@@ -247,6 +258,7 @@ class Engine:
             self.prompt_tokens_reused += n
             slot.request, slot.pending, slot.text, slot.used = req, req.prompt[n:], b"", next(self._clock)
             slot.grammar = self._grammar(req) if req.grammar else None
+            slot.dry = self._dry() if self.dry else None
             slot.rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
 
     def _grammar(self, req: Request) -> Any:
@@ -256,6 +268,22 @@ class Engine:
         if not smpl:
             raise LLMError("llama.cpp could not parse the grammar made from the response schema")
         return smpl
+
+    def _dry(self) -> Any:
+        breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode("utf-8") for b in DRY_BREAKERS))
+        assert self.dry is not None
+        multiplier, base, allowed, last_n = self.dry
+        smpl = self._c.llama_sampler_init_dry(self.vocab, multiplier, base, allowed, last_n, breakers,
+                                              len(DRY_BREAKERS))
+        if not smpl:
+            raise LLMError("llama.cpp could not create its DRY sampler")
+        return smpl
+
+    def _free_samplers(self, s: _Slot) -> None:
+        for smpl in (s.grammar, s.dry):
+            if smpl is not None:
+                self._c.llama_sampler_free(smpl)
+        s.grammar = s.dry = None
 
     def _step(self) -> None:
         """One llama_decode: each generating slot's last token, then prompt chunks while the batch has room."""
@@ -319,10 +347,9 @@ class Engine:
         starts again (the same answer at temperature 0) once the others have made room."""
         req = s.request
         assert req is not None
-        if s.grammar is not None:
-            self._c.llama_sampler_free(s.grammar)
+        self._free_samplers(s)
         self._c.llama_memory_seq_rm(self.ctx.memory, s.seq, -1, -1)
-        s.tokens, s.pending, s.text, s.request, s.grammar, s.rng = [], [], b"", None, None, None
+        s.tokens, s.pending, s.text, s.request, s.rng = [], [], b"", None, None
         req.tokens, req.steps, req.finish_reason = [], [], "stop"
         self._queue.insert(0, req)
         self.requeued += 1
@@ -363,7 +390,7 @@ class Engine:
             cand = self._allowed_all(s.grammar, row)  # rare: none of the top candidates fits the grammar
         if len(cand) == 0:
             raise LLMError("the grammar allows no token: the model cannot finish a valid answer")
-        logits = row[cand].astype(np.float64)
+        logits = row[cand].astype(np.float64) if s.dry is None else self._penalised(s.dry, cand, row[cand])
         if req.temperature > 0:
             token = self._draw(s, cand, logits, req)
         else:
@@ -380,6 +407,8 @@ class Engine:
             req.steps.append((token, chosen, [(int(pool[i]), float(lp[i] - norm)) for i in order]))
         if s.grammar is not None:
             self._c.llama_sampler_accept(s.grammar, token)
+        if s.dry is not None:
+            self._c.llama_sampler_accept(s.dry, token)
         req.tokens.append(token)
         s.text += self.piece(token)
         stopped = next((x for x in req.stop if x.encode("utf-8") in s.text), None)
@@ -392,13 +421,23 @@ class Engine:
 
     def _allowed(self, grammar: Any, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Which of ``ids`` the grammar allows now (a boolean mask)."""
+        return np.isfinite(self._apply(grammar, ids, logits))
+
+    def _penalised(self, dry: Any, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """The logits of ``ids`` after the DRY sampler's penalty for extending a repeat of this answer."""
+        return self._apply(dry, ids, logits).astype(np.float64)
+
+    def _apply(self, smpl: Any, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """``llama_sampler_apply`` of ``smpl`` to the candidates ``ids``: their logits afterwards, in order."""
         data = np.empty(len(ids), dtype=_TOKEN_DATA)
         data["id"], data["logit"], data["p"] = ids, logits, 0.0
         c = self._c
         arr = c.llama_token_data_array(data=data.ctypes.data_as(c.llama_token_data_p), size=len(ids), selected=-1,
                                        sorted=False)
-        c.llama_sampler_apply(grammar, ctypes.byref(arr))
-        return np.isfinite(data["logit"])
+        c.llama_sampler_apply(smpl, ctypes.byref(arr))
+        if arr.size != len(ids) or arr.sorted:  # samplers used here change logits in place, never the order
+            raise LLMError("a llama.cpp sampler reordered the candidates")
+        return data["logit"].copy()
 
     def _allowed_all(self, grammar: Any, row: np.ndarray) -> np.ndarray:
         ids = np.arange(self.n_vocab, dtype=np.intc)
@@ -420,9 +459,8 @@ class Engine:
 
     def _finish(self, s: _Slot, *, cancelled: bool = False, error: BaseException | None = None) -> None:
         req = s.request
-        if s.grammar is not None:
-            self._c.llama_sampler_free(s.grammar)
-        s.request, s.grammar, s.rng, s.used = None, None, None, next(self._clock)
+        self._free_samplers(s)
+        s.request, s.rng, s.used = None, None, next(self._clock)
         s.pending = []  # an unfinished prompt: the slot keeps what was decoded
         if req is None:
             return
