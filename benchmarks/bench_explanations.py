@@ -166,11 +166,34 @@ def sample(data: Path, turns: int) -> list[Dialogue]:
     return out
 
 
+MORE_EXAMPLES = [  # written for this benchmark
+    {"role": "seeker", "language": "en",
+     "text": "Honestly, things went better this week. I slept through the night twice.",
+     "texts": {"observation": "The seeker reports sleeping better and sounds relieved."},
+     "labels": {"emotion": ["Happiness"]}},
+    {"role": "seeker", "language": "en",
+     "text": "Why does my boss always pick on me in meetings? It's not fair.",
+     "texts": {"observation": "The seeker is angry at being singled out by the boss."},
+     "labels": {"emotion": ["Anger"]}},
+    {"role": "supporter", "language": "en",
+     "text": "Maybe you could write down the three tasks that matter most tomorrow, and start with the smallest one.",
+     "texts": {"reasoning": "The supporter proposes a concrete first step for tomorrow's work."},
+     "labels": {"strategy": ["Providing Suggestions"]}},
+    {"role": "supporter", "language": "en",
+     "text": "Many people feel this way after a loss; grief often comes in waves rather than fading steadily.",
+     "texts": {"reasoning": "The supporter explains how grief usually unfolds, which makes the feeling normal."},
+     "labels": {"strategy": ["Information", "Affirmation and Reassurance"]}},
+]
+
+
 def spec(variant: str) -> TaskSpec:
-    """psy-insight's turn fields; ``after`` asks for the evidence and the rule before the explanation."""
+    """psy-insight's turn fields; ``after`` asks for the evidence and the rule before the explanation;
+    ``examples3`` shows three English examples per role instead of one."""
     raw = yaml.safe_load(builtin_tasks()["psy-insight"].read_text(encoding="utf-8"))
     raw["labels"] = [f for f in raw["labels"] if f["scope"] == "turn"]
     raw["texts"] = [t for t in raw.get("texts", []) if t["scope"] == "turn"]
+    if variant == "examples3":  # three English examples per role instead of one (the 0.5B model copies the one)
+        raw["examples"] = [*raw.get("examples", []), *MORE_EXAMPLES]
     if variant == "after":
         raw["explain"] = {"evidence": True, "rule": True}
         for ex, extra in zip(raw.get("examples", []), EXAMPLE_EXPLAIN, strict=False):
