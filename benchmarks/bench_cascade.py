@@ -56,7 +56,7 @@ from autolabel import Annotator, Cascade, Dialogue, Store  # noqa: E402
 from autolabel.quality.evaluate import load_gold  # noqa: E402
 from autolabel.readers import read_dialogues  # noqa: E402
 from autolabel.tasks import TaskSpec, builtin_tasks, parse_spec  # noqa: E402
-from tests.fake_openai import FakeOpenAIServer, prompt_of, requested_schema, synthesize  # noqa: E402
+from tests.fake_openai import FakeOpenAIServer, is_critique, requested_schema, synthesize  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "psy-insight"
 RESULTS = HERE / "results" / "cascade.json"
@@ -146,7 +146,7 @@ class Simulated:
 
 def stage1_scripted(body: dict[str, Any]) -> dict[str, Any] | None:
     """The smoke run's stage 1: a critic unsure of a third of the turns (by a hash of the target text)."""
-    if "review another annotator" not in prompt_of(body):
+    if not is_critique(body):
         return None
     unsure = _u(_target(body) or "") < 1 / 3
     return {"reason": "x", "verdict": "unsure" if unsure else "agree", "revised": None}

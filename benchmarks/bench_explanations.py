@@ -60,7 +60,7 @@ from autolabel.annotator import Annotator  # noqa: E402
 from autolabel.models import Dialogue, DialogueResult  # noqa: E402
 from autolabel.readers import read_dialogues  # noqa: E402
 from autolabel.tasks import TaskSpec, builtin_tasks, parse_spec  # noqa: E402
-from tests.fake_openai import FakeOpenAIServer, prompt_of  # noqa: E402
+from tests.fake_openai import FakeOpenAIServer, is_critique  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "psy-insight"
 COPY_LCS = 0.6
@@ -208,7 +208,7 @@ def copy_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
     def reply(body: dict[str, Any]) -> str | None:
         user = body["messages"][-1]["content"]
         m = re.search(r"<target[^>]*>(.*?)</target>", user, re.S)
-        if m is None or "review another annotator" in prompt_of(body):
+        if m is None or is_critique(body):
             return None
         text = re.sub(r"^\s*\[[^\]]*\]\s*", "", m.group(1).strip())[:200] or "x"
         schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})

@@ -59,8 +59,9 @@ def shared_file(name: str) -> Path:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
     """One small Ray instance for a module's runs (a run joins the caller's session, started here); Ray is imported
-    here, on use, so that test sessions without Ray tests do not load it."""
-    ray = pytest.importorskip("ray")
+    here, on use, so that test sessions without Ray tests do not load it (and fail, never skip, without it: CI
+    installs the [ray] extra)."""
+    import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray

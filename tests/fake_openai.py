@@ -355,6 +355,12 @@ def prompt_of(body: dict[str, Any]) -> str:
     return "\n".join(_text(m.get("content")) for m in body.get("messages", []))
 
 
+def is_critique(body: dict[str, Any]) -> bool:
+    """Whether a chat request is the critic's call (its instructions, English or Chinese, follow the proposal)."""
+    prompt = prompt_of(body)
+    return "review another annotator" in prompt or "复核" in prompt
+
+
 def requested_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON Schema a chat request asks for: in ``response_format``, in the function ``tool_choice`` forces,
     or at the end of the system message (a prompt-only request); None if none."""

@@ -12,12 +12,12 @@ import jsonschema
 from autolabel import Annotator, Status, export, load_task, read_dialogues
 from autolabel.tasks import load_schema
 from tests.conftest import dialogue, shared_file, write_jsonl
-from tests.fake_openai import FakeOpenAIServer, Fault, prompt_of
+from tests.fake_openai import FakeOpenAIServer, Fault, is_critique
 
 
 def purpose(body: dict[str, Any]) -> str:
-    system, prompt = body["messages"][0]["content"], prompt_of(body)
-    if "review another annotator" in prompt or "复核" in prompt:
+    system = body["messages"][0]["content"]
+    if is_critique(body):
         return "critique"
     if "annotator of counseling sessions" in system or "心理咨询会话的专业标注员" in system:
         return "session"

@@ -15,15 +15,10 @@ from autolabel import Dialogue, Turn, export
 from autolabel.cascade import WITHHELD, Cascade, load_cascade
 from autolabel.errors import LLMError, TaskSpecError
 from tests.conftest import write_jsonl
-from tests.fake_openai import FakeOpenAIServer, Fault, prompt_of
+from tests.fake_openai import FakeOpenAIServer, Fault, is_critique
 
 RISK = "Some nights I just want to kill myself."
 UNSURE = "not sure"  # the stage-1 critic is unsure of every turn whose text holds this
-
-
-def is_critique(body: dict[str, Any]) -> bool:
-    prompt = prompt_of(body)
-    return "review another annotator" in prompt or "复核" in prompt
 
 
 def dialogues() -> list[Dialogue]:

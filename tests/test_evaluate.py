@@ -40,7 +40,7 @@ from autolabel.quality.evaluate import (
 from autolabel.quality.metrics import classification_report, multilabel_report
 from autolabel.review.queue import ReviewQueue
 from tests.conftest import shared_file
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 
 TASK = load_task("psy-insight")
 N_DIALOGUES, N_TURNS = 48, 6
@@ -99,7 +99,7 @@ def write_input(path: Path) -> Path:
 
 def _purpose(body: dict[str, Any]) -> str:
     system = body["messages"][0]["content"]
-    if "review another annotator" in prompt_of(body):
+    if is_critique(body):
         return "critique"
     return "session" if "annotator of counseling sessions" in system else "label"
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from autolabel import Annotator, Dialogue, Status, Turn, read_dialogues
 from autolabel.cli import app
 from tests.conftest import dialogue, write_jsonl
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 
 
 def annotator(server: FakeOpenAIServer, db: Path, **kw: Any) -> Annotator:
@@ -22,7 +22,7 @@ def annotator(server: FakeOpenAIServer, db: Path, **kw: Any) -> Annotator:
 
 def purpose(body: dict[str, Any]) -> str:
     system = body["messages"][0]["content"]
-    if "review another annotator" in prompt_of(body):
+    if is_critique(body):
         return "critique"
     if "annotator of counseling sessions" in system:
         return "session"

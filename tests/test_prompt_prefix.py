@@ -12,7 +12,7 @@ import pytest
 
 from autolabel import Annotator, Dialogue, Turn
 from tests.conftest import dialogue
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 
 ZH = Dialogue(id="zh1", turns=tuple(Turn(index=i, speaker=s, text=t) for i, (s, t) in enumerate([
     ("咨询师", "你好，今天想聊些什么？"), ("来访者", "我最近总是睡不着，一想到考试就心慌。"),
@@ -41,5 +41,5 @@ def test_each_critique_prompt_starts_with_its_label_prompt(tmp_path: Path, turns
         label = [b for b in labels if b["messages"][0]["content"] == system and user.startswith(
             b["messages"][1]["content"] + "\n")]
         assert len(label) == 1, user[:200]  # its own label call, whole, is the critique's prefix
-        assert "review another annotator" in prompt_of(c) or "复核" in prompt_of(c)
+        assert is_critique(c)
     assert any("复核" in c["messages"][1]["content"] for c in critiques)  # the Chinese ask for Chinese turns

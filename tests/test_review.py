@@ -22,7 +22,7 @@ from autolabel.cli import app
 from autolabel.persistence.store import Store, engine_url
 from autolabel.review.queue import Item, ReviewQueue
 from tests.conftest import dialogue
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 from tests.pg import Cluster, cluster, dbname, engine_fixture, new_db_fixture, pg_fixture  # noqa: F401
 
 RISK_TEXT = "Some nights I think about killing myself. I just want it all to end."
@@ -55,7 +55,7 @@ def _critic_agrees_on_d0_turn_1(body: dict[str, Any]) -> str | None:
     """Random answers (the server's), except the critic's on d0's first seeker turn: "agree", so that the run has an
     accepted seeker turn whatever order the requests arrive in."""
     user = body["messages"][-1]["content"]
-    if "review another annotator" in prompt_of(body) and 'index="1"' in user \
+    if is_critique(body) and 'index="1"' in user \
             and "(session d0)" in user:
         return json.dumps({"reason": "The labels fit the turn.", "verdict": "agree", "revised": None})
     return None

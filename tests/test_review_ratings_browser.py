@@ -14,7 +14,7 @@ import pytest
 from autolabel import Annotator, Dialogue, Turn
 from autolabel.review.queue import ReviewQueue
 from autolabel.review.web import create_app
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 from tests.test_web_browser import TOKEN, LiveServer, browser  # noqa: F401 - pytest fixture
 
 ANCHORS = {0: "no attempt to understand", 1: "shallow, occasional attempts", 2: "tries, with moderate success",
@@ -38,7 +38,7 @@ labels:
 
 
 def replies(body: dict[str, Any]) -> str:
-    if "review another annotator" in prompt_of(body):
+    if is_critique(body):
         return json.dumps({"reason": "Hard to tell.", "verdict": "unsure", "revised": None})  # every turn flagged
     return json.dumps({"explanation": "A reflection.", "stance": "B", "empathy": "R1"})  # B: reflection
 

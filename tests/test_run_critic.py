@@ -14,14 +14,9 @@ import jsonschema
 from autolabel import Annotator, load_task
 from autolabel.validation import validation_errors
 from tests.conftest import dialogue
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 
 REVISE_NULL = {"reason": "I would change these labels.", "verdict": "revise", "revised": None}
-
-
-def is_critique(body: dict[str, Any]) -> bool:
-    prompt = prompt_of(body)
-    return "review another annotator" in prompt or "复核" in prompt
 
 
 def annotator(server: FakeOpenAIServer, db: Path, **kw: Any) -> Annotator:

@@ -27,7 +27,7 @@ from autolabel.quality.agreement import krippendorff_alpha
 from autolabel.quality.hierarchy import to_parent
 from autolabel.quality.ordinal import icc_a1, krippendorff_alpha_ordinal, quadratic_weighted_kappa
 from autolabel.tasks import load_task, meta_items
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 
 runner = CliRunner()
 
@@ -114,7 +114,7 @@ def code(name: str) -> str:
 
 def replies(body: dict[str, Any]) -> str:
     system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-    if "review another annotator" in prompt_of(body):
+    if is_critique(body):
         return json.dumps({"reason": "Checked.", "verdict": "agree", "revised": None})
     if "annotator of counseling sessions" in system:
         d = int(MARK.search(user).group(1))  # type: ignore[union-attr]

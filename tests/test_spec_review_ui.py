@@ -13,7 +13,7 @@ from typing import Any
 from autolabel import Annotator, Dialogue, Turn
 from autolabel.review.queue import ReviewQueue
 from autolabel.review.web import create_app
-from tests.fake_openai import FakeOpenAIServer, prompt_of
+from tests.fake_openai import FakeOpenAIServer, is_critique
 from tests.test_web_browser import TOKEN, LiveServer, browser, page  # noqa: F401 - pytest fixtures
 
 SPEC = """\
@@ -36,7 +36,7 @@ labels:
 
 
 def replies(body: dict[str, Any]) -> str:
-    if "review another annotator" in prompt_of(body):
+    if is_critique(body):
         return json.dumps({"reason": "Hard to tell.", "verdict": "unsure", "revised": None})  # every turn flagged
     return json.dumps({"explanation": "Kind words.", "warmth": "R2"})
 

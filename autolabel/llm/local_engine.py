@@ -32,6 +32,7 @@ import ctypes
 import itertools
 import logging
 import threading
+from collections.abc import Iterable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,7 +233,8 @@ class Engine:
             source, n = max(((s, _common(s.tokens, req.prompt, limit)) for s in self._slots),
                             key=lambda p: (p[1], p[0].request is None, -p[0].used))
             busy = [s for s in self._slots if s.request is not None]
-            coming = max((_common(s.tokens + s.pending, req.prompt, limit) for s in busy if s.pending), default=0)
+            coming = max((_common(itertools.chain(s.tokens, s.pending), req.prompt, limit) for s in busy if s.pending),
+                         default=0)
             if coming - n >= SHARE_MIN:
                 waiting += 1
                 continue
@@ -482,7 +484,7 @@ def _set(future: Future[Request], *, result: Request | None = None, exc: BaseExc
         future.set_result(result)  # type: ignore[arg-type]
 
 
-def _common(a: list[int], b: list[int], limit: int) -> int:
+def _common(a: Iterable[int], b: list[int], limit: int) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y or n >= limit:

@@ -8,7 +8,6 @@ written by LangGraph's checkpointer).
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -32,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from autolabel.errors import LeaseLost, StoreError
 from autolabel.persistence import tables
@@ -96,18 +96,16 @@ class Store:
             raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        for attempt in range(OPEN_ATTEMPTS):
-            try:
-                migrate(engine)
-                break
-            except SQLAlchemyError as e:  # unreachable, locked, read-only, or not a database at all (a corrupt file)
-                # SQLite answers "database is locked" at once, without its busy wait, to connections that would
-                # deadlock (e.g. a brand-new file being switched to WAL by another opener): a moment later it is free
-                if "database is locked" in str(e) and attempt + 1 < OPEN_ATTEMPTS:
-                    time.sleep(0.05 * 2 ** attempt)
-                    continue
-                engine.dispose()
-                raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
+        # SQLite answers "database is locked" at once, without its busy wait, to connections that would deadlock
+        # (e.g. a brand-new file being switched to WAL by another opener): a moment later it is free
+        retrying = Retrying(retry=retry_if_exception(lambda e: "database is locked" in str(e)),
+                            stop=stop_after_attempt(OPEN_ATTEMPTS), wait=wait_exponential(multiplier=0.05),
+                            reraise=True)
+        try:
+            retrying(migrate, engine)
+        except SQLAlchemyError as e:  # unreachable, locked, read-only, or not a database at all (a corrupt file)
+            engine.dispose()
+            raise StoreError(f"cannot open database {db}: {_reason(e)}") from None
         return cls(engine, db)
 
     def close(self) -> None:
