@@ -143,7 +143,7 @@ def plan(input: str | Path, task: TaskSpec | str | Path, settings: Settings, sam
         for purpose, messages, estimate_key in _calls(requests, d):
             row = rows[purpose]
             if estimate_key not in estimates:
-                estimates[estimate_key] = text_tokens(_answer_json(spec, *estimate_key))
+                estimates[estimate_key] = text_tokens(_answer_json(requests, *estimate_key))
             prompt = counter(messages)
             row.sample_calls += 1
             row.sample_prompt_tokens += prompt
@@ -267,23 +267,25 @@ def representative_answer(task: TaskSpec, fields: RoleFields, language: str) -> 
     return answer
 
 
-def representative_critique(task: TaskSpec, fields: RoleFields, language: str) -> dict[str, Any]:
-    """A critic's answer valid for ``task.critique_schema(fields)``: agree, a reason of typical length."""
-    reason_max = task.critique_schema(fields)["properties"]["reason"]["maxLength"]
-    return {"reason": representative_text(task, "reason", reason_max, language), "verdict": "agree",
-            "revised": None}
+def representative_critique(task: TaskSpec, fields: RoleFields, language: str, reason: bool = True
+                            ) -> dict[str, Any]:
+    """A critic's answer valid for ``task.critique_schema(fields, reason)``: agree, and a reason of typical length
+    unless the run asks for labels only (``Settings.texts``)."""
+    props = task.critique_schema(fields, reason)["properties"]
+    said = {"reason": representative_text(task, "reason", props["reason"]["maxLength"], language)} if reason else {}
+    return {**said, "verdict": "agree", "revised": None}
 
 
-def _answer_json(task: TaskSpec, purpose: Purpose, role: str, language: str) -> str:
+def _answer_json(requests: RequestBuilder, purpose: Purpose, role: str, language: str) -> str:
     if role.startswith(WINDOW):  # a window's roles, in order: one answer each, keyed by turn index
-        parts = [json.loads(_answer_json(task, purpose, r, language) or "null")
+        parts = [json.loads(_answer_json(requests, purpose, r, language) or "null")
                  for r in role.removeprefix(WINDOW).split(",")]
         return json.dumps({str(10 + j): a for j, a in enumerate(parts)}, ensure_ascii=False)
-    fields = task.session_fields() if purpose == Purpose.SESSION else task.fields_for(role)
+    fields = requests.session_fields() if purpose == Purpose.SESSION else requests.fields(role)
     if fields is None:
         return ""
-    answer = (representative_critique(task, fields, language) if purpose == Purpose.CRITIQUE
-              else representative_answer(task, fields, language))
+    answer = (representative_critique(requests.task, fields, language, requests.texts) if purpose == Purpose.CRITIQUE
+              else representative_answer(requests.task, fields, language))
     return json.dumps(answer, ensure_ascii=False)
 
 

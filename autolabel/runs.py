@@ -11,8 +11,9 @@ import hashlib
 import json
 from typing import Any
 
+from autolabel.llm.local import MODELS
 from autolabel.persistence.store import Store
-from autolabel.settings import Settings
+from autolabel.settings import Settings, TextsMode
 from autolabel.tasks import TaskSpec
 
 OUTPUT_PARAMS = ("temperature", "max_tokens", "max_reasks", "samples", "critique", "window", "logprobs", "redact",
@@ -25,6 +26,19 @@ def settings_with(base: Settings | None, overrides: dict[str, Any]) -> Settings:
     return Settings.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
 
 
+def writes_texts(settings: Settings) -> bool:
+    """Does this run ask the model for free text (``Settings.texts``; ``auto``: the model's own default)?"""
+    if settings.texts == TextsMode.AUTO:
+        return model_writes_text(settings)
+    return settings.texts == TextsMode.ON
+
+
+def model_writes_text(settings: Settings) -> bool:
+    """The model's own default: False for an embedded model registered as too small to explain."""
+    spec = MODELS.get(settings.model_name) if settings.family == "local" else None
+    return spec is None or spec.writes_text
+
+
 def run_params(settings: Settings) -> dict[str, Any]:
     """The parameters that change what a run answers (another value: another run)."""
     params = {k: getattr(settings, k) for k in OUTPUT_PARAMS}
@@ -32,6 +46,10 @@ def run_params(settings: Settings) -> dict[str, Any]:
         params["embeddings"] = settings.embeddings  # another embedder picks other examples: another run
     if settings.turns_per_call != 1:
         params["turns_per_call"] = settings.turns_per_call  # other prompts and answers: another run
+    texts = writes_texts(settings)
+    if not (texts and model_writes_text(settings)):  # labels only, or text from a model that by default writes none:
+        params["texts"] = "on" if texts else "off"   # other answers, another run (the others keep their ids)
+
     return params
 
 

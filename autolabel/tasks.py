@@ -306,23 +306,27 @@ class TaskSpec(BaseModel):
         """The role a raw speaker name plays, or None when the spec does not know it."""
         return self._speaker_roles.get(speaker.strip().casefold())
 
-    def fields_for(self, role: str | None) -> RoleFields | None:
-        """The turn fields a role is labeled with, or None when nothing applies to that role."""
+    def fields_for(self, role: str | None, texts: bool = True) -> RoleFields | None:
+        """The turn fields a role is labeled with, or None when nothing applies to that role; its labels alone when
+        ``texts`` is False (a model asked for labels only)."""
         if role is None:
             return None
         labels = tuple(f for f in self.labels if f.scope == "turn" and (f.roles is None or role in f.roles))
         if not labels:
             return None
-        texts = tuple(f for f in self.texts if f.scope == "turn" and (f.roles is None or role in f.roles))
-        texts = texts or (EXPLANATION,)
-        return RoleFields(role, (*self.explain.fields(texts), *texts), labels)
+        if not texts:
+            return RoleFields(role, (), labels)
+        fields = tuple(f for f in self.texts if f.scope == "turn" and (f.roles is None or role in f.roles))
+        fields = fields or (EXPLANATION,)
+        return RoleFields(role, (*self.explain.fields(fields), *fields), labels)
 
-    def session_fields(self) -> RoleFields | None:
+    def session_fields(self, texts: bool = True) -> RoleFields | None:
+        """The session's fields (its labels alone when ``texts`` is False), or None when nothing is asked of it."""
         labels = tuple(f for f in self.labels if f.scope == "session")
-        texts = tuple(f for f in self.texts if f.scope == "session")
-        if not labels and not texts:
+        fields = tuple(f for f in self.texts if f.scope == "session") if texts else ()
+        if not labels and not fields:
             return None
-        return RoleFields("session", texts, labels)
+        return RoleFields("session", fields, labels)
 
     def label(self, name: str) -> LabelField:
         for f in self.labels:
@@ -341,18 +345,17 @@ class TaskSpec(BaseModel):
         props = {f.name: f.value_schema() for f in fields.labels}
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
-    def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
-        """The critic's answer: reason first, then verdict, then revised labels (null unless revising). A "revise"
-        must carry valid revised labels (``if``/``then``)."""
+    def critique_schema(self, fields: RoleFields, reason: bool = True) -> dict[str, Any]:
+        """The critic's answer: reason first (unless ``reason`` is False: labels only), then verdict, then revised
+        labels (null unless revising). A "revise" must carry valid revised labels (``if``/``then``)."""
         labels = self.labels_schema(fields)
+        props: dict[str, Any] = {"reason": {"type": "string", "minLength": 1, "maxLength": 600}} if reason else {}
+        props.update({"verdict": {"type": "string", "enum": list(VERDICTS)},
+                      "revised": {"anyOf": [labels, {"type": "null"}]}})
         return {
             "type": "object",
-            "properties": {
-                "reason": {"type": "string", "minLength": 1, "maxLength": 600},
-                "verdict": {"type": "string", "enum": list(VERDICTS)},
-                "revised": {"anyOf": [labels, {"type": "null"}]},
-            },
-            "required": ["reason", "verdict", "revised"],
+            "properties": props,
+            "required": list(props),
             "additionalProperties": False,
             "if": {"properties": {"verdict": {"const": "revise"}}, "required": ["verdict"]},
             "then": {"properties": {"revised": labels}, "required": ["revised"]},

@@ -19,7 +19,7 @@ from rich.table import Table
 from autolabel.errors import InputError, Stopped
 from autolabel.models import DialogueResult, RunSummary
 from autolabel.readers import count_input
-from autolabel.settings import StructuredMode
+from autolabel.settings import Settings, StructuredMode, TextsMode
 
 if TYPE_CHECKING:  # LangGraph, the openai client and the tokenizers load only in the commands that use them
     from autolabel.annotator import Annotator, RunState
@@ -79,6 +79,9 @@ async def _until_stopped(work: Coroutine[Any, Any, T]) -> T:
 BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share one batch round
 TurnsPerCall = Annotated[int | None, typer.Option(
     help="Consecutive turns labeled (and critiqued) by one call: fewer tokens per turn (default 1).")]
+Texts = Annotated[TextsMode | None, typer.Option(
+    help="Free text in the answers (explanations, session texts, the critic's reason): auto (off for embedded "
+         "models too small to explain, on for others), on, or off (labels only).")]
 PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
 PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
 Embeddings = Annotated[str | None, typer.Option(help="Embedding model that picks the reviewed examples and scores "
@@ -103,6 +106,7 @@ def run(
     turns_per_call: TurnsPerCall = None,
     samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    texts: Texts = None,
     max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
     max_cost: Annotated[float | None, typer.Option(help="Stop cleanly before spending more (USD).")] = None,
@@ -141,7 +145,7 @@ def run(
     if batch_api and concurrency is None:
         concurrency = BATCH_CONCURRENCY
     s = settings_from(model=model, base_url=base_url, api_key_env=api_key_env, db=db, concurrency=concurrency,
-                  window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
+                  window=window, turns_per_call=turns_per_call, samples=samples, critique=critique, texts=texts,
                   max_reasks=max_reasks, temperature=temperature, max_cost=max_cost, price_in=price_in,
                   price_out=price_out, redact=redact or None,
                   batch_api=batch_api or None, few_shot=few_shot, embeddings=embeddings,
@@ -241,11 +245,24 @@ class ProgressLines:
                     await task
 
 
+def texts_note(settings: Settings) -> str | None:
+    """Why a run asks for labels only when nobody said so (``--texts auto`` on a model too small to explain)."""
+    from autolabel.runs import writes_texts
+
+    if settings.texts != TextsMode.AUTO or writes_texts(settings):
+        return None
+    return (f"labels only: {settings.model} is too small to explain (its explanations copy the spec's example or the "
+            "turn); --texts on asks it anyway, a larger model explains")
+
+
 def run_with_progress(annotator: Annotator, input: Path, on_invalid: str, *, total_turns: int | None = None,
                       progress_every: float = PROGRESS_EVERY) -> tuple[RunSummary, list[InputError]]:
     """Run with a progress bar on a terminal; elsewhere (a log, a pipe) with a progress line now and then."""
     if total_turns is None:
         total_turns = input_turns(input)
+    note = texts_note(annotator.settings)
+    if note:
+        console.print(note, markup=False)
     errors: list[InputError] = []
     columns = [TextColumn("[bold]labeling"), BarColumn(), MofNCompleteColumn(), TextColumn("turns"),
                TextColumn("{task.fields[rate]}"), TextColumn("tokens {task.fields[tokens]:,}"),
@@ -303,6 +320,7 @@ def enqueue_cmd(
     turns_per_call: TurnsPerCall = None,
     samples: Annotated[int | None, typer.Option(help="Answers per turn for agreement (k > 1 samples).")] = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")] = True,
+    texts: Texts = None,
     max_reasks: Annotated[int | None, typer.Option(help="Re-asks after invalid output.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature of the label call.")] = None,
     on_invalid: Annotated[OnInvalid, typer.Option(help="Bad input records: skip (report) or fail.")]
@@ -316,7 +334,7 @@ def enqueue_cmd(
     from autolabel.scale.jobs import enqueue
 
     s = settings_from(model=model, window=window, turns_per_call=turns_per_call, samples=samples, critique=critique,
-                  max_reasks=max_reasks, temperature=temperature, redact=redact or None)
+                  texts=texts, max_reasks=max_reasks, temperature=temperature, redact=redact or None)
     r = enqueue(input, db=db, task=task, settings=s, on_invalid=on_invalid.value)
     out.print(f"run {r.run_id}: {r.added} dialogue(s) queued, {r.existing} already in the run", markup=False)
     for e in r.input_errors[:20]:
@@ -378,6 +396,7 @@ def plan_cmd(
     turns_per_call: TurnsPerCall = None,
     critique: Annotated[bool, typer.Option("--critique/--no-critique", help="Self-critique every label.")]
     = True,
+    texts: Texts = None,
     db: Annotated[str | None, typer.Option(help="Store whose past calls give observed completion lengths.")]
     = None,
     price_in: PriceIn = None,
@@ -388,7 +407,7 @@ def plan_cmd(
 ) -> None:
     """Estimate calls, tokens and cost of a run on INPUT from the real prompts, without calling a model."""
     s = settings_from(model=model, base_url=base_url, db=db, window=window, turns_per_call=turns_per_call,
-                  critique=critique, price_in=price_in, price_out=price_out)
+                  critique=critique, texts=texts, price_in=price_in, price_out=price_out)
     if cascade is not None:
         from autolabel.cli.cascade import plan_cascade_cmd, refuse_with_cascade
 

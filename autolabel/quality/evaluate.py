@@ -519,16 +519,17 @@ def _calibrate_items(store: Store, task: TaskSpec, key: Mapping[str, Any], items
     return results
 
 
-SIGNAL_PARAMS = ("critique", "samples", "temperature", "logprobs", "few_shot", "embeddings", "turns_per_call")
+SIGNAL_PARAMS = ("critique", "samples", "temperature", "logprobs", "few_shot", "embeddings", "turns_per_call",
+                 "texts")
 """Run settings that shape the confidence signals (which signals there are, and how they are distributed): a
 threshold certified on a run holds for runs with the same ones."""
 
 
 def signal_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """``SIGNAL_PARAMS`` of a run's stored parameters, with the defaults a run leaves out (``Annotator.params``
-    names ``embeddings`` and ``turns_per_call`` only when they are not the default); the embedder only matters
-    with few-shot examples."""
-    out = {k: params.get(k, Settings.model_fields[k].default) for k in SIGNAL_PARAMS}
+    names ``embeddings`` and ``turns_per_call`` only when they are not the default, ``texts`` only when the run asked
+    for labels only or a model's non-default text); the embedder only matters with few-shot examples."""
+    out = {k: params.get(k, "on" if k == "texts" else Settings.model_fields[k].default) for k in SIGNAL_PARAMS}
     if not out["few_shot"]:
         out["embeddings"] = None
     return out

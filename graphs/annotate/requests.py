@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from autolabel.graphs.annotate import prompts
 from autolabel.graphs.annotate.excerpt import Excerpt, redact_example
 
+from autolabel.runs import writes_texts
 from autolabel.settings import Settings
 from autolabel.tasks import RoleFields, TaskSpec
 from autolabel.validation import Schema
@@ -43,9 +44,9 @@ class Request:
         return self.messages[-1]["content"]
 
 
-def labeled_roles(task: TaskSpec) -> list[RoleFields]:
+def labeled_roles(task: TaskSpec, texts: bool = True) -> list[RoleFields]:
     """Every role with turn fields, in the spec's order: what a multi-turn system message describes."""
-    return [f for f in (task.fields_for(r) for r in task.roles) if f is not None]
+    return [f for f in (task.fields_for(r, texts) for r in task.roles) if f is not None]
 
 
 def sample_rng(dialogue_id: str, index: int, k: int) -> random.Random:
@@ -70,6 +71,8 @@ class RequestBuilder:
         self.task = task
         self.settings = settings
         self.window = settings.window if settings.window is not None else task.context.window
+        self.texts = writes_texts(settings)
+        """Free text asked for (explanations, session texts, the critic's reason), or labels only."""
         self._once: dict[Hashable, Any] = {}
 
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -82,17 +85,18 @@ class RequestBuilder:
 
     # -- what a role is asked ------------------------------------------------------------------------------
     def fields(self, role: str | None) -> RoleFields | None:
-        return self.once(("fields", role), lambda: self.task.fields_for(role))
+        return self.once(("fields", role), lambda: self.task.fields_for(role, self.texts))
 
     def session_fields(self) -> RoleFields | None:
-        return self.once("session_fields", self.task.session_fields)
+        return self.once("session_fields", lambda: self.task.session_fields(self.texts))
 
     def schema(self, fields: RoleFields, kind: str = "turn") -> dict[str, Any]:
         """The output schema of a role's turns (``kind`` "turn") or of the session."""
         return self.once(("output_schema", kind, fields.role), lambda: Schema(self.task.output_schema(fields)))
 
     def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
-        return self.once(("critique_schema", fields.role), lambda: Schema(self.task.critique_schema(fields)))
+        return self.once(("critique_schema", fields.role),
+                         lambda: Schema(self.task.critique_schema(fields, self.texts)))
 
     def labels_schema(self, fields: RoleFields) -> dict[str, Any]:
         """A role's labels alone, as option codes (a critic's revised labels)."""
@@ -133,8 +137,8 @@ class RequestBuilder:
         """The critic's call: the label call's turn prompt and the proposed answer."""
         system = self.once(("label_system", fields.role, language),
                            lambda: prompts.label_system(self.task, fields, language))
-        return Request("critique", _pair(system, prompts.critique_user(turn_prompt, answer, language)),
-                       self.critique_schema(fields), f"critique_{fields.role}")
+        user = prompts.critique_user(turn_prompt, answer, language, reason=self.texts)
+        return Request("critique", _pair(system, user), self.critique_schema(fields), f"critique_{fields.role}")
 
     # -- a window of turns (``turns_per_call`` > 1) ----------------------------------------------------------
     def window_label(self, ex: Excerpt, indices: list[int], targets: dict[int, RoleFields], language: str,
@@ -148,7 +152,7 @@ class RequestBuilder:
                                   targets, self.task.context.max_turn_chars, language, similar, self.task,
                                   prompts.session_info(self.task, ex.meta, language))
         system = self.once(("group_system", language),
-                           lambda: prompts.group_system(self.task, labeled_roles(self.task), language))
+                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
         return Request("label", _pair(system, user), self.group_schema(targets), "label_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
@@ -156,7 +160,7 @@ class RequestBuilder:
         out = []
         for k in range(1, self.settings.samples):
             rng = sample_rng(dialogue_id, first, k)
-            shuffled = [shuffle_options(f, rng) for f in labeled_roles(self.task)]
+            shuffled = [shuffle_options(f, rng) for f in labeled_roles(self.task, self.texts)]
             out.append(Request("sample", _pair(prompts.group_system(self.task, shuffled, language), label.user),
                                label.schema, "sample_turns",
                                {**label.options, "temperature": SAMPLE_TEMPERATURE, "seed": k}))
@@ -165,8 +169,9 @@ class RequestBuilder:
     def window_critique(self, window_prompt: str, targets: dict[int, RoleFields], proposals: dict[str, Any],
                         language: str) -> Request:
         system = self.once(("group_system", language),
-                           lambda: prompts.group_system(self.task, labeled_roles(self.task), language))
-        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True)),
+                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
+        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True,
+                                                                  reason=self.texts)),
                        self.group_schema(targets, "critique"), "critique_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
