@@ -267,13 +267,11 @@ def representative_answer(task: TaskSpec, fields: RoleFields, language: str) -> 
     return answer
 
 
-def representative_critique(task: TaskSpec, fields: RoleFields, language: str, reason: bool = True
-                            ) -> dict[str, Any]:
-    """A critic's answer valid for ``task.critique_schema(fields, reason)``: agree, and a reason of typical length
-    unless the run asks for labels only (``Settings.texts``)."""
-    props = task.critique_schema(fields, reason)["properties"]
-    said = {"reason": representative_text(task, "reason", props["reason"]["maxLength"], language)} if reason else {}
-    return {**said, "verdict": "agree", "revised": None}
+def representative_critique(task: TaskSpec, fields: RoleFields, language: str) -> dict[str, Any]:
+    """A critic's answer valid for ``task.critique_schema(fields)``: agree, a reason of typical length."""
+    reason_max = task.critique_schema(fields)["properties"]["reason"]["maxLength"]
+    return {"reason": representative_text(task, "reason", reason_max, language), "verdict": "agree",
+            "revised": None}
 
 
 def _answer_json(requests: RequestBuilder, purpose: Purpose, role: str, language: str) -> str:
@@ -284,7 +282,7 @@ def _answer_json(requests: RequestBuilder, purpose: Purpose, role: str, language
     fields = requests.session_fields() if purpose == Purpose.SESSION else requests.fields(role)
     if fields is None:
         return ""
-    answer = (representative_critique(requests.task, fields, language, requests.texts) if purpose == Purpose.CRITIQUE
+    answer = (representative_critique(requests.task, fields, language) if purpose == Purpose.CRITIQUE
               else representative_answer(requests.task, fields, language))
     return json.dumps(answer, ensure_ascii=False)
 

@@ -30,14 +30,15 @@ class StructuredMode(str, Enum):
 
 
 class TextsMode(str, Enum):
-    """Whether a run asks the model for free text: turn explanations, session texts, the critic's reason."""
+    """Whether a run asks the model for the spec's text fields: turn explanations (e.g. ``observation``), session
+    texts (e.g. ``summary``). The critic gives its reason either way."""
 
     AUTO = "auto"
     """the model's own default: off for the embedded models too small to explain (``LocalModel.writes_text``),
     on for every other model"""
     ON = "on"
     OFF = "off"
-    """labels only: the answers, the critic's verdict and the records carry no text"""
+    """labels only: the answers and the records carry no text field"""
 
 
 class Settings(BaseSettings):
@@ -62,8 +63,8 @@ class Settings(BaseSettings):
     max_reasks: int = Field(2, ge=0, le=10, description="re-asks after output that fails validation")
     samples: int = Field(1, ge=1, le=16, description="extra samples per turn for agreement (temperature > 0)")
     critique: bool = True
-    texts: TextsMode = Field(TextsMode.AUTO, description="free text in the answers (explanations, session texts, "
-                             "the critic's reason): auto (off for embedded models too small to explain), on, off")
+    texts: TextsMode = Field(TextsMode.AUTO, description="the spec's text fields in the answers (explanations, session "
+                             "texts): auto (off for embedded models too small to explain), on, off")
     logprobs: bool = True
     request_timeout: float = Field(60.0, gt=0)
     retry_deadline: float = Field(300.0, gt=0, description="total seconds of transport retries per call")

@@ -345,17 +345,18 @@ class TaskSpec(BaseModel):
         props = {f.name: f.value_schema() for f in fields.labels}
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
-    def critique_schema(self, fields: RoleFields, reason: bool = True) -> dict[str, Any]:
-        """The critic's answer: reason first (unless ``reason`` is False: labels only), then verdict, then revised
-        labels (null unless revising). A "revise" must carry valid revised labels (``if``/``then``)."""
+    def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
+        """The critic's answer: reason first, then verdict, then revised labels (null unless revising). A "revise"
+        must carry valid revised labels (``if``/``then``)."""
         labels = self.labels_schema(fields)
-        props: dict[str, Any] = {"reason": {"type": "string", "minLength": 1, "maxLength": 600}} if reason else {}
-        props.update({"verdict": {"type": "string", "enum": list(VERDICTS)},
-                      "revised": {"anyOf": [labels, {"type": "null"}]}})
         return {
             "type": "object",
-            "properties": props,
-            "required": list(props),
+            "properties": {
+                "reason": {"type": "string", "minLength": 1, "maxLength": 600},
+                "verdict": {"type": "string", "enum": list(VERDICTS)},
+                "revised": {"anyOf": [labels, {"type": "null"}]},
+            },
+            "required": ["reason", "verdict", "revised"],
             "additionalProperties": False,
             "if": {"properties": {"verdict": {"const": "revise"}}, "required": ["verdict"]},
             "then": {"properties": {"revised": labels}, "required": ["revised"]},

@@ -80,8 +80,8 @@ BATCH_CONCURRENCY = 1024  # with --batch-api: the dialogues whose calls share on
 TurnsPerCall = Annotated[int | None, typer.Option(
     help="Consecutive turns labeled (and critiqued) by one call: fewer tokens per turn (default 1).")]
 Texts = Annotated[TextsMode | None, typer.Option(
-    help="Free text in the answers (explanations, session texts, the critic's reason): auto (off for embedded "
-         "models too small to explain, on for others), on, or off (labels only).")]
+    help="The task's text fields in the answers (explanations, session texts): auto (off for embedded models too "
+         "small to explain, on for others), on, or off (labels only).")]
 PriceIn = Annotated[float | None, typer.Option(help="USD per million prompt tokens (overrides price data).")]
 PriceOut = Annotated[float | None, typer.Option(help="USD per million completion tokens (with --price-in).")]
 Embeddings = Annotated[str | None, typer.Option(help="Embedding model that picks the reviewed examples and scores "

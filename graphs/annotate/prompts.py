@@ -52,20 +52,6 @@ CRITIQUE_ASK = {
     ),
 }
 
-CRITIQUE_ASK_LABELS = {  # a run asking for labels only (``Settings.texts``): a verdict without a reason
-    "en": (
-        "Now review another annotator's labels of this turn instead of annotating it: check the proposed labels "
-        'against the turn and the guidelines. Answer with one JSON object: "verdict" ("agree" if the labels are '
-        'right, "revise" if you would change them, "unsure" if the turn is ambiguous), and "revised" (the corrected '
-        'labels as option codes when the verdict is "revise", otherwise null).'
-    ),
-    "zh": (
-        "现在不要再标注该轮次，而是复核另一位标注员的标注：对照该轮次和标注准则检查所给标签。只回答一个 JSON 对象："
-        '"verdict"（标签正确为 "agree"，需要修改为 "revise"，轮次含义模糊为 "unsure"），'
-        '"revised"（verdict 为 "revise" 时给出修改后的标签代码，否则为 null）。'
-    ),
-}
-
 SESSION_SYSTEM = {
     "en": (
         "You are an expert annotator of counseling sessions.\n{guidelines}\n\n"
@@ -113,22 +99,6 @@ GROUP_CRITIQUE_ASK = {
         '其键为目标轮次的序号（字符串，按顺序），每个键的值是一个对象："reason"（一两句理由），"verdict"（标签正确为 '
         '"agree"，需要修改为 "revise"，轮次含义模糊为 "unsure"），"revised"（verdict 为 "revise" 时给出修改后的标签'
         "代码，否则为 null）。"
-    ),
-}
-
-GROUP_CRITIQUE_ASK_LABELS = {
-    "en": (
-        "Now review another annotator's labels of these turns instead of annotating them: check each proposed "
-        "annotation against its turn and the guidelines. Answer with one JSON object whose keys are the target "
-        'indices as strings, in order; the value of each is one object: "verdict" ("agree" if the labels are '
-        'right, "revise" if you would change them, "unsure" if the turn is ambiguous), and "revised" (the '
-        'corrected labels as option codes when the verdict is "revise", otherwise null).'
-    ),
-    "zh": (
-        "现在不要再标注这些轮次，而是复核另一位标注员的标注：对照每个轮次和标注准则检查所给的标注。"
-        "只回答一个 JSON 对象，"
-        '其键为目标轮次的序号（字符串，按顺序），每个键的值是一个对象："verdict"（标签正确为 "agree"，需要修改为 '
-        '"revise"，轮次含义模糊为 "unsure"），"revised"（verdict 为 "revise" 时给出修改后的标签代码，否则为 null）。'
     ),
 }
 
@@ -301,14 +271,11 @@ def group_user(context: Sequence[Turn], turns: Sequence[Turn], targets: dict[int
     return "\n".join(parts)
 
 
-def critique_user(turn_prompt: str, answer: dict[str, Any], language: str, *, group: bool = False,
-                  reason: bool = True) -> str:
+def critique_user(turn_prompt: str, answer: dict[str, Any], language: str, *, group: bool = False) -> str:
     """The critic's user message: the label call's own user message (``turn_prompt``), the proposal, then what to
-    do with it (a verdict without a reason when ``reason`` is False: a run asking for labels only). With the label
-    call's system message, the critic's prompt starts with the whole label prompt, so a KV cache (the embedded
-    engine, providers' prefix caches) holds everything but the proposal and the ask."""
-    asks = ((GROUP_CRITIQUE_ASK, GROUP_CRITIQUE_ASK_LABELS) if group else (CRITIQUE_ASK, CRITIQUE_ASK_LABELS))
-    ask = asks[0 if reason else 1][_lang(language)]
+    do with it. With the label call's system message, the critic's prompt starts with the whole label prompt, so a
+    KV cache (the embedded engine, providers' prefix caches) holds everything but the proposal and the ask."""
+    ask = (GROUP_CRITIQUE_ASK if group else CRITIQUE_ASK)[_lang(language)]
     return (f"{turn_prompt}\n\n{REVIEW[_lang(language)]}\n<proposal>{json.dumps(answer, ensure_ascii=False)}"
             f"</proposal>\n{ask}")
 

@@ -72,7 +72,7 @@ class RequestBuilder:
         self.settings = settings
         self.window = settings.window if settings.window is not None else task.context.window
         self.texts = writes_texts(settings)
-        """Free text asked for (explanations, session texts, the critic's reason), or labels only."""
+        """The spec's text fields asked for (explanations, session texts), or labels only."""
         self._once: dict[Hashable, Any] = {}
 
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -95,8 +95,7 @@ class RequestBuilder:
         return self.once(("output_schema", kind, fields.role), lambda: Schema(self.task.output_schema(fields)))
 
     def critique_schema(self, fields: RoleFields) -> dict[str, Any]:
-        return self.once(("critique_schema", fields.role),
-                         lambda: Schema(self.task.critique_schema(fields, self.texts)))
+        return self.once(("critique_schema", fields.role), lambda: Schema(self.task.critique_schema(fields)))
 
     def labels_schema(self, fields: RoleFields) -> dict[str, Any]:
         """A role's labels alone, as option codes (a critic's revised labels)."""
@@ -137,7 +136,7 @@ class RequestBuilder:
         """The critic's call: the label call's turn prompt and the proposed answer."""
         system = self.once(("label_system", fields.role, language),
                            lambda: prompts.label_system(self.task, fields, language))
-        user = prompts.critique_user(turn_prompt, answer, language, reason=self.texts)
+        user = prompts.critique_user(turn_prompt, answer, language)
         return Request("critique", _pair(system, user), self.critique_schema(fields), f"critique_{fields.role}")
 
     # -- a window of turns (``turns_per_call`` > 1) ----------------------------------------------------------
@@ -170,8 +169,7 @@ class RequestBuilder:
                         language: str) -> Request:
         system = self.once(("group_system", language),
                            lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
-        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True,
-                                                                  reason=self.texts)),
+        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True)),
                        self.group_schema(targets, "critique"), "critique_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
