@@ -42,6 +42,7 @@ from autolabel.llm.local import MODELS, load_model
 from autolabel.models import Dialogue, DialogueResult
 from autolabel.quality.metrics import classification_report, multilabel_report
 from autolabel.readers import read_dialogues
+from autolabel.runs import writes_texts
 from autolabel.settings import Settings
 from autolabel.tasks import TaskSpec, load_task
 
@@ -118,14 +119,16 @@ def _rejected(db: str) -> int:
 
 
 def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critique: bool, workdir: Path,
-                turns_per_call: int = 1, concurrency: int = 1, threads: int | None = None) -> dict[str, Any]:
+                turns_per_call: int = 1, concurrency: int = 1, threads: int | None = None,
+                texts: str = "auto") -> dict[str, Any]:
     settings = Settings(model=f"local:{name}", local_threads=threads)
     started = time.perf_counter()
     engine = load_model(name, settings).engine  # joined and loaded once, outside the timed part
     load_seconds = time.perf_counter() - started
-    db = str(workdir / f"{name}@{turns_per_call}.db")
+    db = str(workdir / f"{name}@{turns_per_call}-{texts}.db")
     annotator = Annotator(task=task, model=f"local:{name}", db=db, critique=critique, cache=False,
-                          concurrency=concurrency, turns_per_call=turns_per_call, local_threads=threads)
+                          concurrency=concurrency, turns_per_call=turns_per_call, local_threads=threads,
+                          texts=texts)
     load_avg = os.getloadavg()
     counters = (engine.prompt_tokens_decoded, engine.prompt_tokens_reused, engine.steps)
     cpu = time.process_time()
@@ -161,6 +164,7 @@ def bench_model(name: str, dialogues: list[Dialogue], task: TaskSpec, *, critiqu
         "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
         "completion_tokens": sum(c["completion_tokens"] for c in calls),
         "statuses": statuses, "crashed_dialogues": crashed, "turns_per_call": turns_per_call,
+        "texts": "on" if writes_texts(annotator.settings) else "off",
         "rejected_answers": _rejected(db),
         "load_average_at_start": [round(x, 2) for x in load_avg],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
@@ -199,6 +203,8 @@ def main() -> None:
     parser.add_argument("--zh", type=int, default=3, help="Chinese sessions in the sample")
     parser.add_argument("--critique", action="store_true", help="also run the critique call (about 2x time)")
     parser.add_argument("--turns-per-call", default="1", help="comma-separated: one run per value")
+    parser.add_argument("--texts", default="auto", help="comma-separated: one run per value of the texts setting "
+                                                       "(auto: labels only on the models too small to explain)")
     parser.add_argument("--concurrency", type=int, default=1, help="calls in flight (the CLI's default is 8)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -222,11 +228,14 @@ def main() -> None:
         "models": models,
     }
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
-        for name, k in ((n, int(k)) for n in args.models.split(",") for k in args.turns_per_call.split(",")):
+        runs = ((n, int(k), t) for n in args.models.split(",") for k in args.turns_per_call.split(",")
+                for t in args.texts.split(","))
+        for name, k, texts in runs:
             result = bench_model(name, dialogues, task, critique=args.critique, workdir=Path(tmp), turns_per_call=k,
-                                 concurrency=args.concurrency, threads=args.threads)
+                                 concurrency=args.concurrency, threads=args.threads, texts=texts)
             key = (name if k == 1 else f"{name}@{k}") + ("+critique" if args.critique else "") + (
-                f"/c{args.concurrency}" if args.concurrency != 1 else "")
+                f"/c{args.concurrency}" if args.concurrency != 1 else "") + (
+                f"/texts-{texts}" if texts != "auto" else "")
             report["models"][key] = {"sample": sample_info, "settings": settings_info, **result}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
