@@ -39,7 +39,6 @@ backend and variant, so the slow local runs can be made separately).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import re
@@ -58,14 +57,20 @@ import yaml  # noqa: E402
 
 from autolabel.annotator import Annotator  # noqa: E402
 from autolabel.models import Dialogue, DialogueResult  # noqa: E402
+from autolabel.quality.explanations import (  # noqa: E402
+    COPY_JACCARD,
+    COPY_LCS,
+    SAME_JACCARD,
+    copied,
+    from_example,
+    norm,
+    same,
+)
 from autolabel.readers import read_dialogues  # noqa: E402
 from autolabel.tasks import TaskSpec, builtin_tasks, parse_spec  # noqa: E402
 from tests.fake_openai import FakeOpenAIServer, is_critique  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "psy-insight"
-COPY_LCS = 0.6
-COPY_JACCARD = 0.8
-SAME_JACCARD = 0.8
 NOT_EXPLANATIONS = ("evidence", "rule")
 
 # Evidence and rule for the spec's own examples (in the order of its examples: seeker en, supporter en, seeker zh).
@@ -81,43 +86,13 @@ EXAMPLE_EXPLAIN = [
 
 # -- the measure --------------------------------------------------------------------------------------------
 
-def norm(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
-def tokens(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.casefold()))
-
-
-def jaccard(a: str, b: str) -> float:
-    ta, tb = tokens(a), tokens(b)
-    return len(ta & tb) / len(ta | tb) if ta | tb else 0.0
-
-
-def lcs_share(explanation: str, turn: str) -> float:
-    """The longest common substring of the two as a share of the explanation's characters."""
-    a, b = norm(explanation), norm(turn)
-    if not a:
-        return 0.0
-    m = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
-    return m.size / len(a)
-
-
-def copied(explanation: str, turn: str) -> bool:
-    return lcs_share(explanation, turn) >= COPY_LCS or jaccard(explanation, turn) >= COPY_JACCARD
-
-
-def same(a: str, b: str) -> bool:
-    return norm(a) == norm(b) or jaccard(a, b) >= SAME_JACCARD
-
-
 def rates(rows: list[dict[str, Any]], window: int, examples: tuple[str, ...] = ()) -> dict[str, Any]:
     """The rates over ``rows`` (one per labeled turn: dialogue, index, turn text, explanation, evidence, rule);
     ``examples`` are the spec's example explanations."""
     by_dialogue: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         by_dialogue.setdefault(r["dialogue"], {})[r["index"]] = r
-    n = n_copy = n_same = n_example = n_either = 0
+    n = n_copy = n_same = n_example = n_either = n_accepted = 0
     n_ev = n_quote = n_rule = n_rule_copy = 0
     words = 0
     for r in rows:
@@ -130,8 +105,9 @@ def rates(rows: list[dict[str, Any]], window: int, examples: tuple[str, ...] = (
         before = by_dialogue[r["dialogue"]]
         s = any(same(expl, before[j]["explanation"]) for j in range(r["index"] - window, r["index"])
                 if j in before and before[j]["explanation"])
-        e = any(jaccard(expl, x) >= SAME_JACCARD for x in examples)
+        e = from_example(expl, examples)
         n_copy, n_same, n_example, n_either = n_copy + c, n_same + s, n_example + e, n_either + (c or s or e)
+        n_accepted += (c or s or e) and r.get("status") == "accepted"
         if r.get("evidence"):
             n_ev += 1
             n_quote += norm(r["evidence"]).strip(" .\"'“”") in norm(r["text"])
@@ -139,7 +115,8 @@ def rates(rows: list[dict[str, Any]], window: int, examples: tuple[str, ...] = (
             n_rule += 1
             n_rule_copy += copied(r["rule"], r["text"])
     out: dict[str, Any] = {"n": n, "copied": n_copy, "same_in_window": n_same, "from_example": n_example,
-                           "either": n_either, "copied_rate": _rate(n_copy, n), "same_rate": _rate(n_same, n),
+                           "either": n_either, "either_accepted": n_accepted, "copied_rate": _rate(n_copy, n),
+                           "same_rate": _rate(n_same, n),
                            "from_example_rate": _rate(n_example, n),
                            "either_rate": _rate(n_either, n), "words_per_explanation": _rate(words, n)}
     if n_ev or n_rule:
@@ -272,8 +249,9 @@ def silver_rows(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
 
 def table(entries: dict[str, Any]) -> str:
     lines = ["| backend | variant | turns with an explanation | copies the turn | same in window | an example's "
-             "| any of these | words per explanation | evidence is a quote | rule copies the turn |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| any of these | of these accepted | words per explanation | evidence is a quote "
+             "| rule copies the turn |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(v: Any) -> str:
         return "" if v is None else f"{100 * v:.0f}%"
@@ -283,7 +261,7 @@ def table(entries: dict[str, Any]) -> str:
         lines.append(f"| {e['model']} | {e['variant']} | {r['n']} | {r['copied']} ({pct(r['copied_rate'])}) | "
                      f"{r['same_in_window']} ({pct(r['same_rate'])}) | "
                      f"{r.get('from_example', 0)} ({pct(r.get('from_example_rate'))}) | "
-                     f"{r['either']} ({pct(r['either_rate'])}) | "
+                     f"{r['either']} ({pct(r['either_rate'])}) | {r.get('either_accepted', '')} | "
                      f"{r['words_per_explanation'] or 0:.1f} | {pct(r.get('evidence_quoted_rate'))} | "
                      f"{pct(r.get('rule_copied_rate'))} |")
     return "\n".join(lines)

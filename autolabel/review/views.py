@@ -24,6 +24,8 @@ def reason_text(reason: str) -> str:
     kind, _, detail = reason.partition(":")
     if kind == "low_confidence":
         return f"low model confidence in {detail}"
+    if kind == "explanation_copied":
+        return f"the model's {detail} repeats the turn or an example's answer instead of explaining"
     if kind == "failed":
         return f"labeling failed ({detail.replace('_', ' ')}): the model gave no valid answer"
     return _REASONS.get(reason, reason.replace("_", " "))

@@ -15,6 +15,7 @@ from langgraph.runtime import Runtime
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm.client import CallTrace, Structured, option_probabilities
 from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.quality.explanations import NOT_EXPLANATIONS, copy_problem
 from autolabel.records import session_record, turn_record
 from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.tasks import RoleFields
@@ -307,6 +308,7 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
         flags = _content_flags(state, ctx)
     if state.get("failed"):
         return {"turns": [_turn_annotation({**state, "flags": flags}, Status.FAILED)]}
+    flags += _copied_explanations(state, ctx)
     crit = state.get("critique")
     if crit is not None and crit["verdict"] == "revise":
         flags.append("critic_disagrees")
@@ -319,6 +321,18 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
             flags.append("sample_disagreement")
     status = Status.FLAGGED if flags else Status.ACCEPTED
     return {"turns": [_turn_annotation({**state, "flags": flags}, status)]}
+
+
+def _copied_explanations(state: TurnState, ctx: Context) -> list[str]:
+    """``explanation_copied:<field>`` for each text field that repeats the turn or a spec example's explanation
+    (``autolabel.quality.explanations``): a person sees it before it is taken as the model's reasoning."""
+    fields, texts = ctx.requests.fields(state.get("role")), state.get("texts") or {}
+    if fields is None or not texts:
+        return []
+    turn = state["excerpt"].turn(state["index"]).text
+    return [f"explanation_copied:{t.name}" for t in fields.texts
+            if t.name not in NOT_EXPLANATIONS and texts.get(t.name)
+            and copy_problem(texts[t.name], turn, ctx.requests.example_texts(t.name))]
 
 
 def _content_flags(state: TurnState, ctx: Context) -> list[str]:

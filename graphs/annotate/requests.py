@@ -90,6 +90,11 @@ class RequestBuilder:
     def session_fields(self) -> RoleFields | None:
         return self.once("session_fields", lambda: self.task.session_fields(self.texts))
 
+    def example_texts(self, name: str) -> tuple[str, ...]:
+        """What the spec's examples show for text field ``name`` (a copied example answer is flagged)."""
+        return self.once(("example_texts", name),
+                         lambda: tuple(e.texts[name] for e in self.task.examples if e.texts.get(name)))
+
     def schema(self, fields: RoleFields, kind: str = "turn") -> dict[str, Any]:
         """The output schema of a role's turns (``kind`` "turn") or of the session."""
         return self.once(("output_schema", kind, fields.role), lambda: Schema(self.task.output_schema(fields)))

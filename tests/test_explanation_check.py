@@ -1,0 +1,80 @@
+"""A copied explanation is never accepted unseen (issue 19, item 6).
+
+A model too small to explain gave a spec example's explanation word for word, or the turn's own words, and the turn
+was accepted with it (benchmarks/bench_explanations.py). ``route`` now flags a turn whose explanation repeats the
+turn or one of the spec's example explanations (``explanation_copied:<field>``), by the rule the benchmark measures
+with (``autolabel.quality.explanations``); the labels stay and a person sees why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autolabel import Annotator
+from autolabel.quality.explanations import copy_problem
+from autolabel.tasks import load_task
+from tests.conftest import dialogue
+from tests.fake_openai import FakeOpenAIServer, is_critique
+
+TASK = load_task("psy-insight")
+EXAMPLES = {name: next(e.texts[name] for e in TASK.examples if name in e.texts)
+            for name in ("observation", "reasoning")}
+EXAMPLE = EXAMPLES["reasoning"]
+
+
+def _replies(text_of: Any) -> Any:
+    """Label answers whose text fields are ``text_of(field, turn text)``; labels and critiques from the server."""
+    def reply(body: dict[str, Any]) -> str | None:
+        m = re.search(r"<target[^>]*>\n?(.*?)\n?</target>", body["messages"][-1]["content"], re.S)
+        if m is None or is_critique(body):
+            return None
+        props = body["response_format"]["json_schema"]["schema"]["properties"]
+        out: dict[str, Any] = {}
+        for name, sub in props.items():
+            if sub.get("type") == "string" and "enum" not in sub:
+                out[name] = text_of(name, m.group(1).strip())
+            elif "enum" in sub:
+                out[name] = sub["enum"][0]
+            else:
+                out[name] = [sub["items"]["enum"][0]]
+        return json.dumps(out, ensure_ascii=False)
+    return reply
+
+
+def _flags(tmp_path: Path, text_of: Any) -> list[list[str]]:
+    with FakeOpenAIServer(replies=_replies(text_of)) as srv:
+        r = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=tmp_path / "r.db",
+                      critique=False, few_shot=0).annotate(dialogue("d1", 4))
+    return [t.flags for t in r.turns]
+
+
+def test_an_explanation_repeating_the_turn_is_flagged(tmp_path: Path) -> None:
+    flags = _flags(tmp_path, lambda name, turn: turn)
+    assert all(any(f.startswith("explanation_copied:") for f in fl) for fl in flags), flags
+
+
+def test_an_examples_explanation_is_flagged(tmp_path: Path) -> None:
+    flags = _flags(tmp_path, lambda name, turn: EXAMPLES[name])  # the example of the field's role
+    assert all(any(f.startswith("explanation_copied:") for f in fl) for fl in flags), flags
+
+
+def test_an_own_explanation_is_not_flagged(tmp_path: Path) -> None:
+    flags = _flags(tmp_path, lambda name, turn: f"The speaker's turn has {len(turn.split())} words and asks for "
+                                                "support.")
+    assert not any(f.startswith("explanation_copied") for fl in flags for f in fl), flags
+
+
+@pytest.mark.parametrize(("explanation", "turn", "problem"), [
+    ("I can't sleep before exams.", "I can't sleep before exams.", "repeats the turn"),
+    ("The seeker says: I can't sleep before my exams at all", "I can't sleep before my exams at all.",
+     "repeats the turn"),
+    (EXAMPLE.upper(), "Anything else.", "is an example's explanation"),
+    ("The seeker is anxious about exams and cannot sleep.", "I can't sleep before exams.", None),
+])
+def test_the_rule(explanation: str, turn: str, problem: str | None) -> None:
+    assert copy_problem(explanation, turn, (EXAMPLE,)) == problem
