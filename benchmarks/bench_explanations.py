@@ -12,7 +12,12 @@ the ``psy-insight`` task's turn fields (its session fields are left out, to save
   dialogue — equal after case-folding and collapsing whitespace, or word-token Jaccard at least 0.8;
 - **from an example**: the explanation is (nearly) one of the spec's example explanations — word-token Jaccard
   at least 0.8 with one of them (a small model copies the prompt's example answer);
-- **either**: any of the three (the headline rate).
+- **either**: any of the three (the headline rate);
+- **of these accepted**: those the run accepted anyway (``route`` flags an explanation that repeats the turn or an
+  example's, ``explanation_copied:<field>``, by the same rule: ``autolabel/quality/explanations.py``).
+
+``--texts`` is the runs' ``texts`` setting: ``on`` (the default here) asks every model to explain; ``auto`` is the
+product's default, in which the embedded models too small to explain are asked for labels only.
 
 The explanation of a turn is its spec text field (``observation`` for the seeker, ``reasoning`` for the supporter);
 ``evidence`` and ``rule`` are not explanations (the evidence is meant to be a quote). For the ``after`` variant it
@@ -202,10 +207,10 @@ def copy_replies(task: TaskSpec) -> Callable[[dict[str, Any]], str | None]:
     return reply
 
 
-def label(task: TaskSpec, dialogues: list[Dialogue], backend: str, model: str, workdir: Path
+def label(task: TaskSpec, dialogues: list[Dialogue], backend: str, model: str, workdir: Path, texts: str = "on"
           ) -> tuple[dict[str, DialogueResult], dict[str, Any]]:
     db = str(workdir / f"{backend}.db")
-    common: dict[str, Any] = {"db": db, "critique": False, "cache": False}
+    common: dict[str, Any] = {"db": db, "critique": False, "cache": False, "texts": texts}
     started = time.perf_counter()
     if backend == "local":
         annotator = Annotator(task=task, model=f"local:{model}", concurrency=1, **common)
@@ -272,6 +277,9 @@ def main() -> None:
     parser.add_argument("--backends", default="scripted,copy", help="comma-separated: scripted, copy, local")
     parser.add_argument("--variants", default="before,after")
     parser.add_argument("--turns", type=int, default=12)
+    parser.add_argument("--texts", default="on", help="the runs' texts setting (on: ask every model to explain, "
+                                                      "as before; auto: the product's default, labels only on the "
+                                                      "models too small to explain)")
     parser.add_argument("--model", default="qwen2.5-0.5b", help="the embedded model of the local backend")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "explanations.json")
@@ -300,12 +308,13 @@ def main() -> None:
                 task = spec(variant)
                 workdir = Path(tmp) / variant
                 workdir.mkdir(exist_ok=True)
-                results, info = label(task, dialogues, backend, args.model, workdir)
+                results, info = label(task, dialogues, backend, args.model, workdir, args.texts)
                 rows = rows_of(task, dialogues, results)
                 statuses: dict[str, int] = {}
                 for r in rows:
                     statuses[r["status"]] = statuses.get(r["status"], 0) + 1
                 name = f"{variant}+{args.tag}" if args.tag else variant
+                info["texts"] = args.texts
                 report["entries"][f"{backend}:{name}"] = {
                     **info, "variant": name, "statuses": statuses, "load_average": os.getloadavg()[0],
                     "rates": rates(rows, task.context.window, example_texts(task)), "rows": rows}
