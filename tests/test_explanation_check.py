@@ -27,22 +27,31 @@ EXAMPLES = {name: next(e.texts[name] for e in TASK.examples if name in e.texts)
 EXAMPLE = EXAMPLES["reasoning"]
 
 
+def _answer(props: dict[str, Any], turn: str, text_of: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, sub in props.items():
+        if sub.get("type") == "string" and "enum" not in sub:
+            out[name] = text_of(name, turn)
+        elif "enum" in sub:
+            out[name] = sub["enum"][0]
+        else:
+            out[name] = [sub["items"]["enum"][0]]
+    return out
+
+
 def _replies(text_of: Any) -> Any:
-    """Label answers whose text fields are ``text_of(field, turn text)``; labels and critiques from the server."""
+    """Label answers (one turn or a window) whose text fields are ``text_of(field, turn text)``; labels first
+    options; critiques from the server."""
     def reply(body: dict[str, Any]) -> str | None:
-        m = re.search(r"<target[^>]*>\n?(.*?)\n?</target>", body["messages"][-1]["content"], re.S)
-        if m is None or is_critique(body):
+        targets = dict(re.findall(r'<target index="(\d+)"[^>]*>\n?(.*?)\n?</target>', body["messages"][-1]["content"],
+                                  re.S))
+        if not targets or is_critique(body):
             return None
         props = body["response_format"]["json_schema"]["schema"]["properties"]
-        out: dict[str, Any] = {}
-        for name, sub in props.items():
-            if sub.get("type") == "string" and "enum" not in sub:
-                out[name] = text_of(name, m.group(1).strip())
-            elif "enum" in sub:
-                out[name] = sub["enum"][0]
-            else:
-                out[name] = [sub["items"]["enum"][0]]
-        return json.dumps(out, ensure_ascii=False)
+        if all(k.isdigit() for k in props):  # a window: one object per target turn
+            return json.dumps({k: _answer(sub["properties"], targets[k].strip(), text_of) for k, sub in props.items()},
+                              ensure_ascii=False)
+        return json.dumps(_answer(props, next(iter(targets.values())).strip(), text_of), ensure_ascii=False)
     return reply
 
 
@@ -63,9 +72,20 @@ def test_an_examples_explanation_is_flagged(tmp_path: Path) -> None:
     assert all(any(f.startswith("explanation_copied:") for f in fl) for fl in flags), flags
 
 
+@pytest.mark.parametrize("turns_per_call", [1, 4])
+def test_an_explanation_repeating_an_earlier_turns_is_flagged(tmp_path: Path, turns_per_call: int) -> None:
+    """The same sentence for every turn (a generic explanation): each turn whose explanation an earlier turn of its
+    context window already gave is flagged, the first one is not."""
+    with FakeOpenAIServer(replies=_replies(lambda name, turn: "The speaker talks about the exams.")) as srv:
+        r = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=tmp_path / "r.db",
+                      critique=False, few_shot=0, turns_per_call=turns_per_call).annotate(dialogue("d1", 4))
+    copied = [any(f.startswith("explanation_copied:") for f in t.flags) for t in r.turns]
+    assert copied == [False, False, True, True], [t.flags for t in r.turns]  # turns 2 and 3 repeat 0 and 1
+
+
 def test_an_own_explanation_is_not_flagged(tmp_path: Path) -> None:
-    flags = _flags(tmp_path, lambda name, turn: f"The speaker's turn has {len(turn.split())} words and asks for "
-                                                "support.")
+    flags = _flags(tmp_path, lambda name, turn: f"The speaker mentions {turn.split()[1]!r} and ends on "
+                                                f"{turn.split()[-1]!r}.")
     assert not any(f.startswith("explanation_copied") for fl in flags for f in fl), flags
 
 

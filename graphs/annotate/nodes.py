@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm.client import CallTrace, Structured, option_probabilities
 from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
-from autolabel.quality.explanations import NOT_EXPLANATIONS, copy_problem
+from autolabel.quality.explanations import NOT_EXPLANATIONS, copy_problem, same
 from autolabel.records import session_record, turn_record
 from autolabel.safety.risk import detect_injection, detect_risk
 from autolabel.tasks import RoleFields
@@ -324,15 +324,30 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _copied_explanations(state: TurnState, ctx: Context) -> list[str]:
-    """``explanation_copied:<field>`` for each text field that repeats the turn or a spec example's explanation
-    (``autolabel.quality.explanations``): a person sees it before it is taken as the model's reasoning."""
+    """``explanation_copied:<field>`` for each text field that repeats the turn, a spec example's explanation or an
+    earlier turn's of the context window (``autolabel.quality.explanations``, ``mark_repeats``): a person sees it
+    before it is taken as the model's reasoning."""
     fields, texts = ctx.requests.fields(state.get("role")), state.get("texts") or {}
     if fields is None or not texts:
         return []
-    turn = state["excerpt"].turn(state["index"]).text
+    turn, repeats = state["excerpt"].turn(state["index"]).text, state.get("repeats", [])
     return [f"explanation_copied:{t.name}" for t in fields.texts
             if t.name not in NOT_EXPLANATIONS and texts.get(t.name)
-            and copy_problem(texts[t.name], turn, ctx.requests.example_texts(t.name))]
+            and (t.name in repeats or copy_problem(texts[t.name], turn, ctx.requests.example_texts(t.name)))]
+
+
+def mark_repeats(work: dict[int, TurnState], ctx: Context) -> None:
+    """Mark each turn of a chunk whose explanation (a text field) is the same as an earlier turn's within the context
+    window (``TurnState.repeats``): a generic sentence given for every turn explains none of them. Turns of an
+    earlier chunk (32 turns) are not compared."""
+    window = ctx.requests.window
+    for i in sorted(work):
+        texts = work[i].get("texts") or {}
+        earlier = [work[j].get("texts") or {} for j in range(i - window, i) if j in work]
+        repeats = [name for name, text in texts.items() if name not in NOT_EXPLANATIONS and text
+                   and any(same(text, e.get(name) or "") for e in earlier)]
+        if repeats:
+            work[i]["repeats"] = repeats
 
 
 def _content_flags(state: TurnState, ctx: Context) -> list[str]:
