@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from autolabel import Annotator
+from autolabel import Annotator, Dialogue, Turn
 from autolabel.quality.explanations import copy_problem
 from autolabel.tasks import load_task
 from tests.conftest import dialogue
@@ -81,6 +81,19 @@ def test_an_explanation_repeating_an_earlier_turns_is_flagged(tmp_path: Path, tu
                       critique=False, few_shot=0, turns_per_call=turns_per_call).annotate(dialogue("d1", 4))
     copied = [any(f.startswith("explanation_copied:") for f in t.flags) for t in r.turns]
     assert copied == [False, False, True, True], [t.flags for t in r.turns]  # turns 2 and 3 repeat 0 and 1
+
+
+def test_repeats_are_found_across_chunks(tmp_path: Path) -> None:
+    """A dialogue's turns run in chunks of 32, apart: turns 32 and 33 repeat turns 30 and 31 of the chunk before."""
+    base = dialogue("long", 6).turns
+    long = Dialogue(id="long", turns=tuple(Turn(index=i, speaker=base[i % 6].speaker, text=f"{base[i % 6].text} ({i})")
+                                           for i in range(34)))
+    with FakeOpenAIServer(replies=_replies(lambda name, turn: "The speaker talks about the exams.")) as srv:
+        r = Annotator("psy-insight", model="openai:test", base_url=srv.base_url, db=tmp_path / "r.db",
+                      critique=False, few_shot=0).annotate(long)
+    copied = [any(f.startswith("explanation_copied:") for f in t.flags) for t in r.turns]
+    assert copied == [False, False] + [True] * 32
+    assert all(t.status.value == "flagged" for t in r.turns[2:])
 
 
 def test_an_own_explanation_is_not_flagged(tmp_path: Path) -> None:

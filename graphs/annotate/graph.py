@@ -161,7 +161,6 @@ async def score(state: ChunkState, runtime: Runtime[Context]) -> dict[str, Any]:
 async def route(state: ChunkState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Accept or flag each turn (failures keep their reason): the chunk's annotations, in turn order."""
     work = state["work"]
-    nodes.mark_repeats(work, runtime.context)
     outs = await _gather([nodes.route(work[i], runtime) for i in sorted(work)])
     return {"turns": [a for out in outs for a in out["turns"]]}
 

@@ -308,7 +308,6 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
         flags = _content_flags(state, ctx)
     if state.get("failed"):
         return {"turns": [_turn_annotation({**state, "flags": flags}, Status.FAILED)]}
-    flags += _copied_explanations(state, ctx)
     crit = state.get("critique")
     if crit is not None and crit["verdict"] == "revise":
         flags.append("critic_disagrees")
@@ -321,33 +320,6 @@ async def route(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
             flags.append("sample_disagreement")
     status = Status.FLAGGED if flags else Status.ACCEPTED
     return {"turns": [_turn_annotation({**state, "flags": flags}, status)]}
-
-
-def _copied_explanations(state: TurnState, ctx: Context) -> list[str]:
-    """``explanation_copied:<field>`` for each text field that repeats the turn, a spec example's explanation or an
-    earlier turn's of the context window (``autolabel.quality.explanations``, ``mark_repeats``): a person sees it
-    before it is taken as the model's reasoning."""
-    fields, texts = ctx.requests.fields(state.get("role")), state.get("texts") or {}
-    if fields is None or not texts:
-        return []
-    turn, repeats = state["excerpt"].turn(state["index"]).text, state.get("repeats", [])
-    return [f"explanation_copied:{t.name}" for t in fields.texts
-            if t.name not in NOT_EXPLANATIONS and texts.get(t.name)
-            and (t.name in repeats or copy_problem(texts[t.name], turn, ctx.requests.example_texts(t.name)))]
-
-
-def mark_repeats(work: dict[int, TurnState], ctx: Context) -> None:
-    """Mark each turn of a chunk whose explanation (a text field) is the same as an earlier turn's within the context
-    window (``TurnState.repeats``): a generic sentence given for every turn explains none of them. Turns of an
-    earlier chunk (32 turns) are not compared."""
-    window = ctx.requests.window
-    for i in sorted(work):
-        texts = work[i].get("texts") or {}
-        earlier = [work[j].get("texts") or {} for j in range(i - window, i) if j in work]
-        repeats = [name for name, text in texts.items() if name not in NOT_EXPLANATIONS and text
-                   and any(same(text, e.get(name) or "") for e in earlier)]
-        if repeats:
-            work[i]["repeats"] = repeats
 
 
 def _content_flags(state: TurnState, ctx: Context) -> list[str]:
@@ -447,10 +419,11 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     by_index = {t.turn_index: t for t in state.get("turns", [])}
     turns, annotations, review = [], [], []
     only = state.get("only")
-    for t in d.turns if only is None else [t for t in d.turns if t.index in set(only)]:
-        ann = by_index.get(t.index) or TurnAnnotation(
-            dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
-            status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text))
+    todo = d.turns if only is None else tuple(t for t in d.turns if t.index in set(only))
+    anns = copied_explanations(d, [by_index.get(t.index) or TurnAnnotation(
+        dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
+        status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text)) for t in todo], ctx)
+    for t, ann in zip(todo, anns, strict=True):
         turns.append({"turn_index": t.index, "speaker": t.speaker, "role": ann.role, "text": t.text,
                       "meta": t.meta, "status": ann.status.value})
         for i, h in enumerate(ann.history):
@@ -477,6 +450,29 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                             task=ctx.task, language=lang, lease_owner=ctx.lease_owner)
     await ctx.close()  # a context opened from a configuration (LangGraph's tooling) closes its run here
     return {"turns": None}  # stored: the thread lets them go
+
+
+def copied_explanations(d: Dialogue, anns: list[TurnAnnotation], ctx: Context) -> list[TurnAnnotation]:
+    """``anns`` (in turn order), each turn flagged ``explanation_copied:<field>`` whose explanation (a text field)
+    repeats the turn, is one of the spec's example explanations, or is the same as an earlier turn's within the
+    context window (``autolabel.quality.explanations``): a generic or copied sentence explains nothing, and a person
+    sees it before it is taken as the model's reasoning. Here, not in ``route``: only the dialogue sees every
+    turn's answer (its chunks run apart)."""
+    text_of, window = {t.index: t.text for t in d.turns}, ctx.requests.window
+    explained: dict[int, dict[str, str]] = {}
+    out = []
+    for ann in anns:
+        fields = ctx.requests.fields(ann.role) if ann.status != Status.FAILED else None
+        texts = {t.name: ann.texts[t.name] for t in (fields.texts if fields else ())
+                 if t.name not in NOT_EXPLANATIONS and ann.texts.get(t.name)}
+        explained[ann.turn_index] = texts
+        earlier = [explained[j] for j in range(ann.turn_index - window, ann.turn_index) if j in explained]
+        copied = [f"explanation_copied:{name}" for name, text in texts.items()
+                  if copy_problem(text, text_of[ann.turn_index], ctx.requests.example_texts(name))
+                  or any(same(text, e.get(name) or "") for e in earlier)]
+        new = [f for f in copied if f not in ann.flags]
+        out.append(ann.model_copy(update={"flags": [*ann.flags, *new], "status": Status.FLAGGED}) if new else ann)
+    return out
 
 
 def review_reasons(ann: TurnAnnotation) -> list[str]:

@@ -83,8 +83,6 @@ class TurnState(TurnInput, total=False):
     texts: dict[str, str]
     confidence: dict[str, Any]
     flags: list[str]
-    repeats: list[str]
-    """Text fields whose explanation an earlier turn of the context window already gave (``nodes.mark_repeats``)."""
     failed: str | None
     """Why the turn failed (``invalid_output: ...``, ``llm_error: ...``), or None."""
     history: list[dict[str, Any]]
