@@ -454,10 +454,10 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def copied_explanations(d: Dialogue, anns: list[TurnAnnotation], ctx: Context) -> list[TurnAnnotation]:
     """``anns`` (in turn order), each turn flagged ``explanation_copied:<field>`` whose explanation (a text field)
-    repeats the turn, is one of the spec's example explanations, or is the same as an earlier turn's within the
-    context window (``autolabel.quality.explanations``): a generic or copied sentence explains nothing, and a person
-    sees it before it is taken as the model's reasoning. Here, not in ``route``: only the dialogue sees every
-    turn's answer (its chunks run apart)."""
+    repeats the turn, is one of the spec's example explanations, or is the same as an earlier turn's (any of its
+    explanations) within the context window (``autolabel.quality.explanations``): a generic or copied sentence
+    explains nothing, and a person sees it before it is taken as the model's reasoning. Here, not in ``route``:
+    only the dialogue sees every turn's answer (its chunks run apart)."""
     text_of, window = {t.index: t.text for t in d.turns}, ctx.requests.window
     explained: dict[int, dict[str, str]] = {}
     out = []
@@ -469,7 +469,7 @@ def copied_explanations(d: Dialogue, anns: list[TurnAnnotation], ctx: Context) -
         earlier = [explained[j] for j in range(ann.turn_index - window, ann.turn_index) if j in explained]
         copied = [f"explanation_copied:{name}" for name, text in texts.items()
                   if copy_problem(text, text_of[ann.turn_index], ctx.requests.example_texts(name))
-                  or any(same(text, e.get(name) or "") for e in earlier)]
+                  or any(same(text, other) for e in earlier for other in e.values())]
         new = [f for f in copied if f not in ann.flags]
         out.append(ann.model_copy(update={"flags": [*ann.flags, *new], "status": Status.FLAGGED}) if new else ann)
     return out
