@@ -118,7 +118,8 @@ def replies(body: dict[str, Any]) -> str:
         verdict = "unsure" if not case.correct and int(d_id[1:]) % 2 else "agree"
         return json.dumps({"reason": "Checked against the guidelines.", "verdict": verdict, "revised": None})
     text = "reasoning" if field == "strategy" else "observation"
-    return json.dumps({text: "The turn speaks for itself.", field: case.codes})
+    # an explanation of each turn's own: one sentence for all would be flagged as repeated (explanation_copied)
+    return json.dumps({text: f"Turn {i} of {d_id} gives evidence {int(i) * 7 + 3}.", field: case.codes})
 
 
 def expected(field: str) -> list[Case]:
