@@ -1,10 +1,11 @@
-"""Is an explanation the model's own? The one rule ``route`` flags turns by (``explanation_copied:<field>``) and
-``benchmarks/bench_explanations.py`` measures with.
+"""Is an explanation the model's own? The rules a run flags turns by (``explanation_copied:<field>``, in the
+graph's ``finalize``) and ``benchmarks/bench_explanations.py`` measures with.
 
 An explanation **repeats the turn** when the longest common substring of the two (case-folded, whitespace collapsed)
 is at least 60% of the explanation's characters, or their word-token Jaccard similarity is at least 0.8; it **is an
 example's** when its Jaccard similarity with one of the spec's example explanations is at least 0.8 (a small model
-copies the prompt's example answer).
+copies the prompt's example answer); two explanations are **the same** when equal once normalised or at Jaccard
+0.8 or more (a generic sentence given for every turn).
 """
 
 from __future__ import annotations

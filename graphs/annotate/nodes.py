@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 
 from autolabel.errors import RequestRefused, RetryExhausted
 from autolabel.llm.client import CallTrace, Structured, option_probabilities
-from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, TurnAnnotation
+from autolabel.models import Dialogue, FieldConfidence, SessionAnnotation, Status, Turn, TurnAnnotation
 from autolabel.quality.explanations import NOT_EXPLANATIONS, copy_problem, same
 from autolabel.records import session_record, turn_record
 from autolabel.safety.risk import detect_injection, detect_risk
@@ -420,9 +420,7 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     turns, annotations, review = [], [], []
     only = state.get("only")
     todo = d.turns if only is None else tuple(t for t in d.turns if t.index in set(only))
-    anns = copied_explanations(d, [by_index.get(t.index) or TurnAnnotation(
-        dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
-        status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text)) for t in todo], ctx)
+    anns = copied_explanations(d, [by_index.get(t.index) or _lost(d, t, ctx) for t in todo], ctx)
     for t, ann in zip(todo, anns, strict=True):
         turns.append({"turn_index": t.index, "speaker": t.speaker, "role": ann.role, "text": t.text,
                       "meta": t.meta, "status": ann.status.value})
@@ -452,13 +450,20 @@ async def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return {"turns": None}  # stored: the thread lets them go
 
 
+def _lost(d: Dialogue, t: Turn, ctx: Context) -> TurnAnnotation:
+    """The failed record of a turn that produced no result."""
+    return TurnAnnotation(dialogue_id=d.id, turn_index=t.index, speaker=t.speaker, role=ctx.task.role_of(t.speaker),
+                          status=Status.FAILED, error="lost: the turn produced no result", flags=_risk_flag(t.text))
+
+
 def copied_explanations(d: Dialogue, anns: list[TurnAnnotation], ctx: Context) -> list[TurnAnnotation]:
     """``anns`` (in turn order), each turn flagged ``explanation_copied:<field>`` whose explanation (a text field)
     repeats the turn, is one of the spec's example explanations, or is the same as an earlier turn's (any of its
     explanations) within the context window (``autolabel.quality.explanations``): a generic or copied sentence
     explains nothing, and a person sees it before it is taken as the model's reasoning. Here, not in ``route``:
     only the dialogue sees every turn's answer (its chunks run apart)."""
-    text_of, window = {t.index: t.text for t in d.turns}, ctx.requests.window
+    limit, window = ctx.task.context.max_turn_chars, ctx.requests.window
+    text_of = {t.index: truncate(t.text, limit)[0] for t in d.turns}  # as the model saw it: bounded work
     explained: dict[int, dict[str, str]] = {}
     out = []
     for ann in anns:
