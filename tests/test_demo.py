@@ -69,3 +69,21 @@ def test_the_demo_labels_windows_of_turns_on_an_embedded_model(monkeypatch: pyte
     assert demo_settings("openai:test", "x.db").turns_per_call == 1
     monkeypatch.setenv("AUTOLABEL_TURNS_PER_CALL", "2")
     assert demo_settings(None, "x.db").turns_per_call == 2
+
+
+def test_the_demo_set_is_small_and_shows_what_the_tool_does() -> None:
+    """The demo is the first thing a user runs, on 2 cores (issue 18: 90 s): a few dialogues, each labeled in one
+    window (one label call and one critique per dialogue on the embedded model), yet both built-in languages, both
+    roles and a turn with a risk sentence (flagged for a human whatever the labels)."""
+    import json
+
+    from autolabel.cli.demo import LOCAL_TURNS_PER_CALL
+    from autolabel.demo import demo_path
+    from autolabel.safety.risk import detect_risk
+
+    dialogues = [json.loads(line) for line in demo_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(dialogues) <= 3
+    assert all(len(d["turns"]) <= LOCAL_TURNS_PER_CALL for d in dialogues)
+    assert {"en", "zh"} <= {"zh" if d["id"].startswith("demo-zh") else "en" for d in dialogues}
+    assert all(len({t["speaker"] for t in d["turns"]}) == 2 for d in dialogues)  # a seeker and a supporter each
+    assert any(detect_risk(t["text"]) for d in dialogues for t in d["turns"])

@@ -11,11 +11,11 @@ from autolabel.cli.app import app, out, settings_from
 from autolabel.cli.run import print_summary, run_with_progress
 from autolabel.settings import Settings
 
-LOCAL_TURNS_PER_CALL = 8
-"""Turns per call of the demo on an embedded model: a demo dialogue (7-9 turns) in one or two label calls and as
-many critiques, instead of one of each per turn. On 2 cores prompt evaluation is most of an embedded call's time,
-and windows send the system prompt and the dialogue once per window, not once per turn (benchmarks/bench_local.py
-compares both on the same sample)."""
+LOCAL_TURNS_PER_CALL = 10
+"""Turns per call of the demo on an embedded model: a demo dialogue (7-9 turns) in one label call and one critique,
+instead of one of each per turn. On 2 cores prompt evaluation is much of an embedded call's time, and windows send the
+system prompt and the dialogue once per window, not once per turn (benchmarks/bench_local.py compares both on the
+same sample); with windows of 8 the 9-turn dialogue took a second label call and critique for its last turn."""
 
 
 def demo_settings(model: str | None, db: str) -> Settings:
