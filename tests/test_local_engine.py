@@ -179,7 +179,10 @@ def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.
     schema = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 2000}},
               "required": ["summary"], "additionalProperties": False}
     grammar = local._grammar(json.dumps(schema))
-    text = "Summarize: I can't sleep. I can't sleep. Every night I lie awake and worry about work."
+    # the control (no penalty) must loop whatever the build's rounding: with two repeats in the prompt it closed on
+    # the AVX-512 build, with three (and one more at the end) it loops on both the AVX2 and the AVX-512 builds
+    text = ("Summarize: I can't sleep. I can't sleep. I can't sleep. Every night I lie awake and worry about work. "
+            "I can't sleep.")
     answers = {}
     for dry in (None, DRY):
         engine = Engine(str(local.model_path(MODEL, s)), 1, 2048, 2, dry=dry)
@@ -194,4 +197,5 @@ def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.
     assert looped[0] == "length"  # the loop: cut at max_tokens, not valid JSON
     assert fixed[0] == "stop" and set(json.loads(fixed[1])) == {"summary"}
     sentences = [x.strip() for x in json.loads(fixed[1])["summary"].split(".") if x.strip()]
-    assert max(sentences.count(x) for x in sentences) <= 2  # the prompt's own repeat, not a loop
+    own = [x.strip() for x in text.removeprefix("Summarize:").split(".") if x.strip()]
+    assert max(sentences.count(x) for x in sentences) <= max(own.count(x) for x in own)  # the prompt's, not a loop
