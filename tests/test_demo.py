@@ -80,10 +80,11 @@ def test_the_demo_set_is_small_and_shows_what_the_tool_does() -> None:
     from autolabel.cli.demo import LOCAL_TURNS_PER_CALL
     from autolabel.demo import demo_path
     from autolabel.safety.risk import detect_risk
+    from autolabel.text import detect_language
 
     dialogues = [json.loads(line) for line in demo_path().read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(dialogues) <= 3
     assert all(len(d["turns"]) <= LOCAL_TURNS_PER_CALL for d in dialogues)
-    assert {"en", "zh"} <= {"zh" if d["id"].startswith("demo-zh") else "en" for d in dialogues}
+    assert {"en", "zh"} <= {detect_language([t["text"] for t in d["turns"]]) for d in dialogues}
     assert all(len({t["speaker"] for t in d["turns"]}) == 2 for d in dialogues)  # a seeker and a supporter each
     assert any(detect_risk(t["text"]) for d in dialogues for t in d["turns"])

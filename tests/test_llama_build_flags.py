@@ -1,5 +1,5 @@
 """``scripts/llama-cmake-args``: the CMake arguments the README's install and ``.ci/run`` give llama-cpp-python's
-source build — this CPU's vector instructions (AVX-512 with VNNI where it has them: about 1.9x the prompt tokens/s of
+source build — this CPU's vector instructions (AVX-512 with VNNI where it has them: 1.4-1.6x the prompt tokens/s of
 the AVX2 build on this machine, README *Embedded local models*), never AMX (ggml's AMX kernels die with SIGILL in VMs
 that report AMX without enabling it), and nothing the CPU lacks."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import cache
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
@@ -19,6 +20,7 @@ SAPPHIRE_RAPIDS = (AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_v
                    " avx512_fp16 amx_bf16 amx_tile amx_int8")
 
 
+@cache
 def _script() -> ModuleType:
     loader = SourceFileLoader("llama_cmake_args", str(SCRIPT))  # a script without .py: loaded by path
     module = module_from_spec(spec_from_loader(loader.name, loader))
