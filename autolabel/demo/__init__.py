@@ -1,7 +1,7 @@
-"""Demo dialogues written for autolabel (three English, two Chinese counseling sessions), ``run_demo``, and
+"""Demo dialogues written for autolabel (an English and a Chinese counseling session), ``run_demo``, and
 ``showcase``: the few labeled turns ``autolabel demo`` shows at its end.
 
-The sessions are original text made for this project, not excerpts of any dataset. One English session
+The sessions are original text made for this project, not excerpts of any dataset. The English session
 contains a risk sentence, so the demo also shows a turn flagged for a human whatever the model's confidence.
 """
 
