@@ -43,3 +43,52 @@ def test_each_critique_prompt_starts_with_its_label_prompt(tmp_path: Path, turns
         assert len(label) == 1, user[:200]  # its own label call, whole, is the critique's prefix
         assert is_critique(c)
     assert any("复核" in c["messages"][1]["content"] for c in critiques)  # the Chinese ask for Chinese turns
+
+
+def test_on_the_embedded_model_every_call_shares_one_system_message_and_a_one_window_session_extends_its_label(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows on the embedded model (the demo, issue 18): the label, critique and session calls of a language
+    start with one system message (the roles' fields and the session's), which the engine's KV cache holds once;
+    the session call of a dialogue that is one window extends that window's label prompt, so neither its own
+    system prompt nor the dialogue is decoded again. A dialogue longer than a window sends the whole dialogue after
+    the same system message. English and Chinese, run on SmolLM2 (the [local] extra)."""
+    from autolabel.llm import local
+    from autolabel.planning import plan
+
+    sent: list[dict[str, Any]] = []
+    complete = local.LocalBackend.complete
+
+    async def record(self: local.LocalBackend, kwargs: dict[str, Any]) -> Any:
+        sent.append(kwargs)
+        return await complete(self, kwargs)
+
+    monkeypatch.setattr(local.LocalBackend, "complete", record)
+    long = dialogue("long", 6)
+    ann = Annotator("psy-insight", model="local:smollm2-135m", model_dir=tmp_path / "models", db=tmp_path / "r.db",
+                    turns_per_call=4, local_threads=2)
+    list(ann.annotate_many([dialogue("d1", 4), ZH, long]))
+    bodies = [b for b in sent if len(b["messages"]) == 2]
+    sessions = [b for b in bodies if set(b["response_format"]["json_schema"]["schema"]["properties"]) ==
+                {"psychotherapy", "topic"}]
+    labels = [b for b in bodies if b not in sessions and "<proposal>" not in b["messages"][1]["content"]]
+    assert len(sessions) == 3 and labels
+    systems = {b["messages"][0]["content"] for b in bodies}
+    assert len(systems) == 2  # one per language, whatever the call
+    one_window = [s for s in sessions if "<target" in s["messages"][1]["content"]]
+    assert len(one_window) == 2
+    for s in one_window:
+        user = s["messages"][1]["content"]
+        assert any(b["messages"][0] == s["messages"][0] and user.startswith(b["messages"][1]["content"] + "\n")
+                   for b in labels)
+    whole = next(s for s in sessions if s not in one_window)
+    assert all(t.text[:40] in whole["messages"][1]["content"] for t in long.turns)
+    engine = local.load_model("smollm2-135m", ann.settings).engine
+    assert engine.prompt_tokens_reused > 0
+    # plan counts the prompts a run sends: the one-window session extends its label prompt there too
+    input = tmp_path / "in.jsonl"
+    input.write_text("\n".join(d.model_dump_json() for d in [dialogue("d1", 4), ZH, long]) + "\n", encoding="utf-8")
+    p = plan(input, "psy-insight", ann.settings)
+    row = next(c for c in p.calls if c.purpose == "session")
+    assert row.sample_calls == 3
+    assert row.sample_prompt_tokens == sum(local.count_tokens("smollm2-135m", s["messages"], ann.settings)
+                                           for s in sessions)

@@ -73,6 +73,11 @@ class RequestBuilder:
         self.window = settings.window if settings.window is not None else task.context.window
         self.texts = writes_texts(settings)
         """The spec's text fields asked for (explanations, session texts), or labels only."""
+        self.one_prefix = settings.family == "local" and settings.turns_per_call > 1
+        """Windows on the embedded model: every call of a language (label, critique, session) starts with one system
+        message, which the engine's KV cache holds once, and the session call of a dialogue that is one window
+        extends that window's label prompt. (A provider bills each call's system message, so elsewhere the session
+        call keeps a system message of its own and the windows' stays short.)"""
         self._once: dict[Hashable, Any] = {}
 
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -155,10 +160,14 @@ class RequestBuilder:
         user = prompts.group_user(ex.seen_span(first - self.window, first), ex.seen_span(first, indices[-1] + 1),
                                   targets, self.task.context.max_turn_chars, language, similar, self.task,
                                   prompts.session_info(self.task, ex.meta, language))
-        system = self.once(("group_system", language),
-                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
-        return Request("label", _pair(system, user), self.group_schema(targets), "label_turns",
+        return Request("label", _pair(self.group_system(language), user), self.group_schema(targets), "label_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
+
+    def group_system(self, language: str) -> str:
+        """The windows' system message: every labeled role's fields, and the session's with ``one_prefix``."""
+        session = self.session_fields() if self.one_prefix else None
+        return self.once(("group_system", language), lambda: prompts.group_system(
+            self.task, labeled_roles(self.task, self.texts), language, session))
 
     def window_samples(self, label: Request, dialogue_id: str, first: int, language: str) -> list[Request]:
         out = []
@@ -172,19 +181,35 @@ class RequestBuilder:
 
     def window_critique(self, window_prompt: str, targets: dict[int, RoleFields], proposals: dict[str, Any],
                         language: str) -> Request:
-        system = self.once(("group_system", language),
-                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
-        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True)),
+        user = prompts.critique_user(window_prompt, proposals, language, group=True)
+        return Request("critique", _pair(self.group_system(language), user),
                        self.group_schema(targets, "critique"), "critique_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
     # -- the session ---------------------------------------------------------------------------------------
-    def session(self, ex: Excerpt, fields: RoleFields, language: str) -> tuple[Request, bool]:
-        """The session call over the whole dialogue (each turn capped); True when anything was cut."""
-        user, truncated = prompts.session_user(ex.seen_span(0, ex.first + len(ex.turns)),
-                                               self.task.context.max_turn_chars, language,
+    def one_window(self, ex: Excerpt) -> tuple[list[int], dict[int, RoleFields]] | None:
+        """The window (indices, targets) that is the whole dialogue ``ex``, when its session call extends that
+        window's label prompt (``one_prefix``); else None."""
+        if not self.one_prefix or ex.first != 0 or len(ex.turns) > self.settings.turns_per_call:
+            return None
+        targets = {t.index: f for t in ex.turns if (f := self.fields(self.task.role_of(t.speaker))) is not None}
+        return ([t.index for t in ex.turns], targets) if targets else None
+
+    def session(self, ex: Excerpt, fields: RoleFields, language: str,
+                window: Request | None = None) -> tuple[Request, bool]:
+        """The session call over the whole dialogue (each turn capped); True when anything was cut. ``window``: the
+        label request of the window that is the whole dialogue (``one_window``), which the call extends."""
+        limit = self.task.context.max_turn_chars
+        turns = ex.seen_span(0, ex.first + len(ex.turns))
+        schema = self.schema(fields, "session")
+        if window is not None:
+            truncated = any(len(t.text) > limit for t in turns)
+            return Request("session", _pair(window.messages[0]["content"], prompts.session_after(
+                window.user, language)), schema, "session"), truncated
+        tag = "context" if self.one_prefix else "dialogue"  # the tag the system message names as data
+        user, truncated = prompts.session_user(turns, limit, language,
                                                prompts.session_info(self.task, ex.meta, language),
-                                               self.task.context.turn_meta)
-        system = self.once(("session_system", language),
-                           lambda: prompts.session_system(self.task, fields, language))
-        return Request("session", _pair(system, user), self.schema(fields, "session"), "session"), truncated
+                                               self.task.context.turn_meta, tag)
+        system = self.group_system(language) if self.one_prefix else self.once(
+            ("session_system", language), lambda: prompts.session_system(self.task, fields, language))
+        return Request("session", _pair(system, user), schema, "session"), truncated
