@@ -117,14 +117,12 @@ TARGET = {"en": "Annotate the target turn.", "zh": "请标注目标轮次。"}
 TARGETS = {"en": "Annotate the target turns {indices}.", "zh": "请标注目标轮次 {indices}。"}
 REVIEW = {"en": "Proposed annotation to review:", "zh": "待复核的标注："}
 SESSION_ASK = {"en": "Annotate this session.", "zh": "请标注这次会话。"}
-SESSION_PART = {  # a windowed system message on the embedded model also describes the session's fields
-    "en": ("When asked to annotate the whole session instead of turns, fill the session's fields, in order:\n{fields}\n"
-           "Answer that with one JSON object with exactly these keys: {keys}. {order}"),
-    "zh": ("当要求标注整个会话而不是轮次时，按顺序填写会话的字段：\n{fields}\n"
-           "此时只回答一个 JSON 对象，键恰好为：{keys}。{order}"),
+SESSION_AFTER = {  # the session call that extends a window's label prompt
+    "en": ("Now annotate the whole session above instead of the target turns. Fill the session's fields, in order:\n"
+           "{fields}\nAnswer with one JSON object with exactly these keys: {keys}. {order}"),
+    "zh": ("现在不要再标注目标轮次，而是标注上面的整个会话。按顺序填写会话的字段：\n{fields}\n"
+           "只回答一个 JSON 对象，键恰好为：{keys}。{order}"),
 }
-SESSION_AFTER = {"en": "Now annotate the whole session above instead of the target turns: its session fields.",
-                 "zh": "现在不要再标注目标轮次，而是标注上面的整个会话：填写会话的字段。"}
 SIMILAR = {"en": "Reviewed examples of similar turns:", "zh": "经人工复核的相似轮次示例："}
 SESSION_CHARS = 16000
 META_DATA = {"en": "Text inside <session_info> and <turn_info> tags is data about the session and its turns, never an "
@@ -233,20 +231,14 @@ def _roles_text(task: TaskSpec, all_fields: list[RoleFields], language: str) -> 
         fields=describe_fields(task, f, language)) for f in all_fields)
 
 
-def group_system(task: TaskSpec, all_fields: list[RoleFields], language: str,
-                 session: RoleFields | None = None) -> str:
+def group_system(task: TaskSpec, all_fields: list[RoleFields], language: str) -> str:
     """The system message of a multi-turn call: every labeled role's fields (stable for a task and language, whatever
-    roles a window holds), the session's fields when given (one system message for every call of a language), then
-    the spec's examples, each as one turn's object."""
+    roles a window holds), then the spec's examples, each as one turn's object."""
     keys = "; ".join(f"{f.role}: {_keys(f)}" for f in all_fields)
     order = ORDER[_lang(language)][0 if any(f.texts for f in all_fields) else 1]
     text = GROUP_SYSTEM[_lang(language)].format(guidelines=localize(task.guidelines, language),
                                                 roles=_roles_text(task, all_fields, language), keys=keys, order=order)
     text = _with_meta_note(task, text, language)
-    if session is not None:
-        text += "\n\n" + SESSION_PART[_lang(language)].format(
-            fields=describe_fields(task, session, language), keys=_keys(session),
-            order=SESSION_ORDER[_lang(language)][0 if session.texts else 1])
     for f in all_fields:
         for e in task.examples:
             if e.role == f.role and e.language in (None, language):
@@ -301,22 +293,23 @@ def session_system(task: TaskSpec, fields: RoleFields, language: str) -> str:
 
 
 def session_user(turns: Sequence[Turn], limit: int, language: str, info: Info = (),
-                 turn_keys: tuple[MetaKey, ...] = (), tag: str = "dialogue") -> tuple[str, bool]:
+                 turn_keys: tuple[MetaKey, ...] = ()) -> tuple[str, bool]:
     """The whole session (its metadata, ``info``, first), each turn capped, the whole capped at SESSION_CHARS (head
-    and tail kept), inside ``tag`` (``context`` after a windowed system message, which names that tag as data);
-    True when anything was cut."""
+    and tail kept); True when anything was cut."""
     per_turn = max(200, min(limit, SESSION_CHARS // max(1, len(turns))))
     lines = [_turn_line(t, per_turn, turn_keys, language) for t in turns]
     body, truncated = truncate("\n".join(lines), SESSION_CHARS)
     truncated = truncated or any(len(t.text) > per_turn for t in turns)
-    return "\n".join([*_info_block(info), f"<{tag}>\n{body}\n</{tag}>", SESSION_ASK[_lang(language)]]), \
+    return "\n".join([*_info_block(info), f"<dialogue>\n{body}\n</dialogue>", SESSION_ASK[_lang(language)]]), \
         truncated
 
 
-def session_after(window_prompt: str, language: str) -> str:
+def session_after(window_prompt: str, task: TaskSpec, fields: RoleFields, language: str) -> str:
     """The session call of a dialogue that is one window: that window's label prompt (``window_prompt``), then the
-    ask; with the same system message (which describes the session's fields), a KV cache holds all but the ask."""
-    return f"{window_prompt}\n\n{SESSION_AFTER[_lang(language)]}"
+    session's fields and the ask; with the label call's system message, a KV cache holds all but the ask."""
+    ask = SESSION_AFTER[_lang(language)].format(fields=describe_fields(task, fields, language), keys=_keys(fields),
+                                                order=SESSION_ORDER[_lang(language)][0 if fields.texts else 1])
+    return f"{window_prompt}\n\n{ask}"
 
 
 def _lang(language: str) -> str:

@@ -74,10 +74,10 @@ class RequestBuilder:
         self.texts = writes_texts(settings)
         """The spec's text fields asked for (explanations, session texts), or labels only."""
         self.one_prefix = settings.family == "local" and settings.turns_per_call > 1
-        """Windows on the embedded model: every call of a language (label, critique, session) starts with one system
-        message, which the engine's KV cache holds once, and the session call of a dialogue that is one window
-        extends that window's label prompt. (A provider bills each call's system message, so elsewhere the session
-        call keeps a system message of its own and the windows' stays short.)"""
+        """Windows on the embedded model: the session call of a dialogue that is one window extends that window's
+        label prompt (the session's fields and the ask appended), so the engine's KV cache holds all but its end.
+        (A provider's prompt cache needs a long shared prefix and bills the fields per dialogue either way, so its
+        session call keeps a system message of its own, shared by every dialogue.)"""
         self._once: dict[Hashable, Any] = {}
 
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -164,10 +164,9 @@ class RequestBuilder:
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
     def group_system(self, language: str) -> str:
-        """The windows' system message: every labeled role's fields, and the session's with ``one_prefix``."""
-        session = self.session_fields() if self.one_prefix else None
+        """The windows' system message: every labeled role's fields."""
         return self.once(("group_system", language), lambda: prompts.group_system(
-            self.task, labeled_roles(self.task, self.texts), language, session))
+            self.task, labeled_roles(self.task, self.texts), language))
 
     def window_samples(self, label: Request, dialogue_id: str, first: int, language: str) -> list[Request]:
         out = []
@@ -205,11 +204,9 @@ class RequestBuilder:
         if window is not None:
             truncated = any(len(t.text) > limit for t in turns)
             return Request("session", _pair(window.messages[0]["content"], prompts.session_after(
-                window.user, language)), schema, "session"), truncated
-        tag = "context" if self.one_prefix else "dialogue"  # the tag the system message names as data
+                window.user, self.task, fields, language)), schema, "session"), truncated
         user, truncated = prompts.session_user(turns, limit, language,
                                                prompts.session_info(self.task, ex.meta, language),
-                                               self.task.context.turn_meta, tag)
-        system = self.group_system(language) if self.one_prefix else self.once(
-            ("session_system", language), lambda: prompts.session_system(self.task, fields, language))
+                                               self.task.context.turn_meta)
+        system = self.once(("session_system", language), lambda: prompts.session_system(self.task, fields, language))
         return Request("session", _pair(system, user), schema, "session"), truncated
