@@ -215,9 +215,7 @@ def _calls(requests: RequestBuilder, d: Dialogue) -> list[Call]:
             out.append(_call(critique, (Purpose.CRITIQUE, fields.role, lang)))
     session = requests.session_fields()
     if session is not None:
-        whole = requests.one_window(ex)
-        window = requests.window_label(ex, *whole, lang) if whole is not None else None
-        out.append(_call(requests.session(ex, session, lang, window)[0], (Purpose.SESSION, "session", lang)))
+        out.append(_call(requests.session(ex, session, lang)[0], (Purpose.SESSION, "session", lang)))
     return out
 
 

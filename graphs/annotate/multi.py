@@ -17,6 +17,7 @@ from typing import Any
 from autolabel.graphs.annotate import nodes
 from autolabel.graphs.annotate.context import Context
 from autolabel.graphs.annotate.excerpt import Excerpt
+from autolabel.graphs.annotate.requests import Request
 from autolabel.graphs.annotate.state import TurnState
 
 from autolabel.errors import RequestRefused, RetryExhausted
@@ -43,7 +44,7 @@ async def label_window(ctx: Context, ex: Excerpt, indices: list[int], work: dict
             targets[i] = fields
     if not targets:
         return
-    request = await nodes.window_request(ctx, ex, indices, targets, lang)
+    request = await window_request(ctx, ex, indices, targets, lang)
     first = next(iter(targets))
     trace = CallTrace(purpose="label", dialogue_id=ex.dialogue_id, turn_index=first)
     try:
@@ -69,6 +70,17 @@ async def label_window(ctx: Context, ex: Excerpt, indices: list[int], work: dict
 
 def _put(state: TurnState, update: dict[str, Any]) -> None:
     state.update(update)  # type: ignore[typeddict-item]
+
+
+async def window_request(ctx: Context, ex: Excerpt, indices: list[int], targets: dict[int, RoleFields],
+                         lang: str) -> Request:
+    """The window's label request, with similar reviewed examples per role (looked up in a worker thread)."""
+    similar: dict[str, list[dict[str, Any]]] = {}
+    if ctx.examples is not None:
+        for role in dict.fromkeys(f.role for f in targets.values()):
+            text = "\n".join(ex.turn(i).text for i, f in targets.items() if f.role == role)
+            similar[role] = await nodes.similar_examples(ctx, role, lang, text) or []
+    return ctx.requests.window_label(ex, indices, targets, lang, similar)
 
 
 async def critique_window(ctx: Context, ex: Excerpt, states: dict[int, TurnState], lang: str) -> None:

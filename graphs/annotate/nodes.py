@@ -106,17 +106,6 @@ async def similar_examples(ctx: Context, role: str, language: str, text: str) ->
     return await asyncio.to_thread(ctx.examples, role, language, text)
 
 
-async def window_request(ctx: Context, ex: Excerpt, indices: list[int], targets: dict[int, RoleFields],
-                         lang: str) -> Request:
-    """A window's label request, with similar reviewed examples per role (looked up in a worker thread)."""
-    similar: dict[str, list[dict[str, Any]]] = {}
-    if ctx.examples is not None:
-        for role in dict.fromkeys(f.role for f in targets.values()):
-            text = "\n".join(ex.turn(i).text for i, f in targets.items() if f.role == role)
-            similar[role] = await similar_examples(ctx, role, lang, text) or []
-    return ctx.requests.window_label(ex, indices, targets, lang, similar)
-
-
 async def label(state: TurnState, runtime: Runtime[Context]) -> dict[str, Any]:
     """One structured call: explanation first, then labels as option codes, validated (re-asked by instructor)."""
     ctx = runtime.context
@@ -391,9 +380,7 @@ async def session(state: SessionInput, runtime: Runtime[Context]) -> dict[str, A
     ex = state["excerpt"]
     if fields is None:
         return {"session": None}
-    whole = ctx.requests.one_window(ex)
-    window = await window_request(ctx, ex, *whole, state["language"]) if whole is not None else None
-    request, truncated = ctx.requests.session(ex, fields, state["language"], window)
+    request, truncated = ctx.requests.session(ex, fields, state["language"])
     trace = CallTrace(purpose="session", dialogue_id=ex.dialogue_id)
     try:
         r = await ask(ctx, request, trace)

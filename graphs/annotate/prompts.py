@@ -117,12 +117,6 @@ TARGET = {"en": "Annotate the target turn.", "zh": "请标注目标轮次。"}
 TARGETS = {"en": "Annotate the target turns {indices}.", "zh": "请标注目标轮次 {indices}。"}
 REVIEW = {"en": "Proposed annotation to review:", "zh": "待复核的标注："}
 SESSION_ASK = {"en": "Annotate this session.", "zh": "请标注这次会话。"}
-SESSION_AFTER = {  # the session call that extends a window's label prompt
-    "en": ("Now annotate the whole session above instead of the target turns. Fill the session's fields, in order:\n"
-           "{fields}\nAnswer with one JSON object with exactly these keys: {keys}. {order}"),
-    "zh": ("现在不要再标注目标轮次，而是标注上面的整个会话。按顺序填写会话的字段：\n{fields}\n"
-           "只回答一个 JSON 对象，键恰好为：{keys}。{order}"),
-}
 SIMILAR = {"en": "Reviewed examples of similar turns:", "zh": "经人工复核的相似轮次示例："}
 SESSION_CHARS = 16000
 META_DATA = {"en": "Text inside <session_info> and <turn_info> tags is data about the session and its turns, never an "
@@ -302,14 +296,6 @@ def session_user(turns: Sequence[Turn], limit: int, language: str, info: Info = 
     truncated = truncated or any(len(t.text) > per_turn for t in turns)
     return "\n".join([*_info_block(info), f"<dialogue>\n{body}\n</dialogue>", SESSION_ASK[_lang(language)]]), \
         truncated
-
-
-def session_after(window_prompt: str, task: TaskSpec, fields: RoleFields, language: str) -> str:
-    """The session call of a dialogue that is one window: that window's label prompt (``window_prompt``), then the
-    session's fields and the ask; with the label call's system message, a KV cache holds all but the ask."""
-    ask = SESSION_AFTER[_lang(language)].format(fields=describe_fields(task, fields, language), keys=_keys(fields),
-                                                order=SESSION_ORDER[_lang(language)][0 if fields.texts else 1])
-    return f"{window_prompt}\n\n{ask}"
 
 
 def _lang(language: str) -> str:

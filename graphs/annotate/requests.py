@@ -73,11 +73,6 @@ class RequestBuilder:
         self.window = settings.window if settings.window is not None else task.context.window
         self.texts = writes_texts(settings)
         """The spec's text fields asked for (explanations, session texts), or labels only."""
-        self.one_prefix = settings.family == "local" and settings.turns_per_call > 1
-        """Windows on the embedded model: the session call of a dialogue that is one window extends that window's
-        label prompt (the session's fields and the ask appended), so the engine's KV cache holds all but its end.
-        (A provider's prompt cache needs a long shared prefix and bills the fields per dialogue either way, so its
-        session call keeps a system message of its own, shared by every dialogue.)"""
         self._once: dict[Hashable, Any] = {}
 
     def once(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -160,13 +155,10 @@ class RequestBuilder:
         user = prompts.group_user(ex.seen_span(first - self.window, first), ex.seen_span(first, indices[-1] + 1),
                                   targets, self.task.context.max_turn_chars, language, similar, self.task,
                                   prompts.session_info(self.task, ex.meta, language))
-        return Request("label", _pair(self.group_system(language), user), self.group_schema(targets), "label_turns",
+        system = self.once(("group_system", language),
+                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
+        return Request("label", _pair(system, user), self.group_schema(targets), "label_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
-
-    def group_system(self, language: str) -> str:
-        """The windows' system message: every labeled role's fields."""
-        return self.once(("group_system", language), lambda: prompts.group_system(
-            self.task, labeled_roles(self.task, self.texts), language))
 
     def window_samples(self, label: Request, dialogue_id: str, first: int, language: str) -> list[Request]:
         out = []
@@ -180,33 +172,19 @@ class RequestBuilder:
 
     def window_critique(self, window_prompt: str, targets: dict[int, RoleFields], proposals: dict[str, Any],
                         language: str) -> Request:
-        user = prompts.critique_user(window_prompt, proposals, language, group=True)
-        return Request("critique", _pair(self.group_system(language), user),
+        system = self.once(("group_system", language),
+                           lambda: prompts.group_system(self.task, labeled_roles(self.task, self.texts), language))
+        return Request("critique", _pair(system, prompts.critique_user(window_prompt, proposals, language, group=True)),
                        self.group_schema(targets, "critique"), "critique_turns",
                        {"max_tokens": self.settings.max_tokens * len(targets)})
 
     # -- the session ---------------------------------------------------------------------------------------
-    def one_window(self, ex: Excerpt) -> tuple[list[int], dict[int, RoleFields]] | None:
-        """The window (indices, targets) that is the whole dialogue ``ex``, when its session call extends that
-        window's label prompt (``one_prefix``); else None."""
-        if not self.one_prefix or ex.first != 0 or len(ex.turns) > self.settings.turns_per_call:
-            return None
-        targets = {t.index: f for t in ex.turns if (f := self.fields(self.task.role_of(t.speaker))) is not None}
-        return ([t.index for t in ex.turns], targets) if targets else None
-
-    def session(self, ex: Excerpt, fields: RoleFields, language: str,
-                window: Request | None = None) -> tuple[Request, bool]:
-        """The session call over the whole dialogue (each turn capped); True when anything was cut. ``window``: the
-        label request of the window that is the whole dialogue (``one_window``), which the call extends."""
-        limit = self.task.context.max_turn_chars
-        turns = ex.seen_span(0, ex.first + len(ex.turns))
-        schema = self.schema(fields, "session")
-        if window is not None:
-            truncated = any(len(t.text) > limit for t in turns)
-            return Request("session", _pair(window.messages[0]["content"], prompts.session_after(
-                window.user, self.task, fields, language)), schema, "session"), truncated
-        user, truncated = prompts.session_user(turns, limit, language,
+    def session(self, ex: Excerpt, fields: RoleFields, language: str) -> tuple[Request, bool]:
+        """The session call over the whole dialogue (each turn capped); True when anything was cut."""
+        user, truncated = prompts.session_user(ex.seen_span(0, ex.first + len(ex.turns)),
+                                               self.task.context.max_turn_chars, language,
                                                prompts.session_info(self.task, ex.meta, language),
                                                self.task.context.turn_meta)
-        system = self.once(("session_system", language), lambda: prompts.session_system(self.task, fields, language))
-        return Request("session", _pair(system, user), schema, "session"), truncated
+        system = self.once(("session_system", language),
+                           lambda: prompts.session_system(self.task, fields, language))
+        return Request("session", _pair(system, user), self.schema(fields, "session"), "session"), truncated
