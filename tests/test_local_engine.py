@@ -199,3 +199,26 @@ def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.
     sentences = [x.strip() for x in json.loads(fixed[1])["summary"].split(".") if x.strip()]
     own = [x.strip() for x in text.removeprefix("Summarize:").split(".") if x.strip()]
     assert max(sentences.count(x) for x in sentences) <= max(own.count(x) for x in own)  # the prompt's, not a loop
+
+
+def test_answers_that_outgrow_the_context_are_redone_without_llama_cpp_errors_on_stderr(
+        tmp_path_factory: pytest.TempPathFactory, capfd: pytest.CaptureFixture[str]) -> None:
+    """Answers longer than the engine reserves for them (a window's critique) can fill the context mid-answer: the
+    newest request is put back and redone once the others are done (``Engine.requeued``). That is the engine's
+    scheduling, not an error: llama.cpp's own "decode: failed to find a memory slot" line went to stderr (bench_local
+    on 20 dialogues printed it), in the middle of a progress bar. It is logged at debug level now."""
+    from autolabel.llm.local_engine import Engine, Request
+
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 4)
+    try:
+        prompts = [engine.model.tokenize(f"<|im_start|>user\nWrite a long story about a {w}.<|im_end|>\n"
+                                         f"<|im_start|>assistant\n".encode(), add_bos=False, special=True)
+                   for w in ["cat", "dog", "fox"]]
+        together = [engine.submit(Request(prompt=p, max_tokens=450)) for p in prompts]
+        answers = [f.result(timeout=600) for f in together]
+        assert engine.requeued >= 1  # the context did fill mid-answer
+        assert all(a.tokens for a in answers)
+    finally:
+        engine.close()
+    assert "memory slot" not in capfd.readouterr().err

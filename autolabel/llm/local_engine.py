@@ -93,7 +93,8 @@ class Engine:
         from llama_cpp import _internals, _logger
 
         self._c = llama_cpp
-        _logger.set_verbose(False)  # llama.cpp's own log (load and context details) only on errors
+        _logger.set_verbose(False)
+        _route_llama_log(llama_cpp)  # llama.cpp's own log goes to Python logging
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # ggml's AMX kernels (built in by -march=native on CPUs that report AMX) die with SIGILL in VMs that do
@@ -473,6 +474,32 @@ class Engine:
             _set(req.future, exc=error)
         else:
             _set(req.future, result=req)
+
+
+_LOG_CALLBACK: Any = None  # kept alive while llama.cpp holds it
+_HANDLED = ("failed to find a memory slot",)  # a full context: the engine makes room or redoes a request (_step)
+_last_level = [logging.DEBUG]
+
+
+def _route_llama_log(llama_cpp: Any) -> None:
+    """llama.cpp's log lines into this module's logger: its errors as errors, except those the engine handles
+    (``_HANDLED``), which are debug lines like its load and context details and warnings. llama-cpp-python prints
+    errors to stderr itself: in the middle of a progress bar, and for a full context that is only scheduling."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def forward(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", "replace").rstrip()
+        if level != 5:  # 5: the previous line continues
+            _last_level[0] = logging.ERROR if level in (0, 3) and not any(h in line for h in _HANDLED) \
+                else logging.DEBUG
+        if line:
+            log.log(_last_level[0], "llama.cpp: %s", line)
+
+    _LOG_CALLBACK = forward
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
 
 
 def _set(future: Future[Request], *, result: Request | None = None, exc: BaseException | None = None) -> None:
