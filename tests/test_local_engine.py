@@ -215,10 +215,39 @@ def test_answers_that_outgrow_the_context_are_redone_without_llama_cpp_errors_on
         prompts = [engine.model.tokenize(f"<|im_start|>user\nWrite a long story about a {w}.<|im_end|>\n"
                                          f"<|im_start|>assistant\n".encode(), add_bos=False, special=True)
                    for w in ["cat", "dog", "fox"]]
-        together = [engine.submit(Request(prompt=p, max_tokens=450)) for p in prompts]
+        # the grammar keeps each answer going (1,900 characters at least) whatever the build's rounding: three such
+        # answers need more than the 1024 cells
+        long = {"type": "object", "properties": {"story": {"type": "string", "minLength": 1900}},
+                "required": ["story"], "additionalProperties": False}
+        grammar = local._grammar(json.dumps(long))
+        together = [engine.submit(Request(prompt=p, max_tokens=450, grammar=grammar)) for p in prompts]
         answers = [f.result(timeout=600) for f in together]
         assert engine.requeued >= 1  # the context did fill mid-answer
         assert all(a.tokens for a in answers)
     finally:
         engine.close()
     assert "memory slot" not in capfd.readouterr().err
+
+
+def test_a_grammar_llama_cpp_refuses_fails_its_call_and_the_engine_goes_on(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """llama.cpp refuses some grammars (a string's minLength over 2000: "number of repetitions exceeds sane
+    defaults"). The refusal was raised in the engine's worker thread, outside any request: the thread died and every
+    call, this one and all later ones, waited forever. Now that call fails with the reason and the others go on."""
+    from autolabel.errors import LLMError
+    from autolabel.llm.local_engine import Engine, Request
+
+    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 2)
+    refused = {"type": "object", "properties": {"story": {"type": "string", "minLength": 2001}},
+               "required": ["story"], "additionalProperties": False}
+    try:
+        prompt = engine.model.tokenize(b"<|im_start|>user\nHow do you feel?<|im_end|>\n<|im_start|>assistant\n",
+                                       add_bos=False, special=True)
+        bad = engine.submit(Request(prompt=prompt, max_tokens=8, grammar=local._grammar(json.dumps(refused))))
+        with pytest.raises(LLMError, match="grammar"):
+            bad.result(timeout=60)
+        good = engine.submit(Request(prompt=prompt, max_tokens=20, grammar=local._grammar(json.dumps(SCHEMA))))
+        assert json.loads(b"".join(engine.piece(t) for t in good.result(timeout=60).tokens))["feeling"]
+    finally:
+        engine.close()

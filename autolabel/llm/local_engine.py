@@ -246,6 +246,11 @@ class Engine:
             self._queue.pop(waiting)
             if not req.future.running() and not req.future.set_running_or_notify_cancel():
                 continue
+            try:  # before any cell is touched: a grammar llama.cpp refuses fails this request, not the worker
+                grammar = self._grammar(req) if req.grammar else None
+            except LLMError as e:
+                _set(req.future, exc=e)
+                continue
             # take over the source's own slot only when most of what it holds is reused; otherwise a free slot
             # (empty, or the least recently used) gets the prefix shared into it and the source keeps its cache
             keep = source.request is None and 2 * n >= len(source.tokens)
@@ -260,7 +265,7 @@ class Engine:
                 slot.tokens = req.prompt[:n]
             self.prompt_tokens_reused += n
             slot.request, slot.pending, slot.text, slot.used = req, req.prompt[n:], b"", next(self._clock)
-            slot.grammar = self._grammar(req) if req.grammar else None
+            slot.grammar = grammar
             slot.dry = self._dry() if self.dry else None
             slot.rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
 
