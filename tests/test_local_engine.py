@@ -23,12 +23,30 @@ SCHEMA = {"type": "object", "properties": {"feeling": {"type": "string", "enum":
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> local.LocalBackend:
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """One model directory for the module: the test model is joined from its package once."""
+    return Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
+
+
+@pytest.fixture(scope="module")
+def backend(settings: Settings) -> local.LocalBackend:
     try:
-        return local.LocalBackend(s)
+        return local.LocalBackend(settings)
     except ConfigError as e:  # a clear failure, never a skip: CI installs the [local] extra
         pytest.fail(f"the [local] extra is not installed: {e}")
+
+
+@pytest.fixture(scope="module")
+def model_file(settings: Settings) -> str:
+    """The test model's file, for the tests' own engines."""
+    return str(local.model_path(MODEL, settings))
+
+
+def _engine(model_file: str, n_ctx: int, n_slots: int, **kwargs: Any) -> Any:
+    """An engine of its own on the test model, one thread."""
+    from autolabel.llm.local_engine import Engine
+
+    return Engine(model_file, 1, n_ctx, n_slots, **kwargs)
 
 
 def _label(system: str, text: str) -> dict[str, Any]:
@@ -121,14 +139,13 @@ def test_cancel_abandons_every_call_of_the_backend(backend: local.LocalBackend) 
 
 
 def test_more_prompts_than_the_context_holds_wait_for_room_instead_of_failing(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        model_file: str) -> None:
     """Windows of turns make long prompts: several at once may need more cells than the context has. They wait for
     room (or are put back and redone) instead of failing with "the prompts do not fit" — what `autolabel demo` hit
     with windows of 8 turns on five dialogues at once. Each answer is the one the request gets alone."""
-    from autolabel.llm.local_engine import Engine, Request
+    from autolabel.llm.local_engine import Request
 
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
-    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 4)
+    engine = _engine(model_file, 1024, 4)
     try:
         prompts = [engine.model.tokenize((f"Story {i}: " + f"the {word} walked on and on. " * 40).encode(),
                                          add_bos=True, special=False)
@@ -142,15 +159,14 @@ def test_more_prompts_than_the_context_holds_wait_for_room_instead_of_failing(
         engine.close()
 
 
-def test_calls_started_together_decode_their_shared_prefix_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_calls_started_together_decode_their_shared_prefix_once(model_file: str) -> None:
     """Five dialogues start at once with the same long system prompt (the demo): the prefix is decoded by the first
     call and shared into the others' sequences, not decoded five times side by side (the demo decoded the system
     prompt once per dialogue: 3 of 5 session calls reused 0-3 tokens). Each answer is the one the request gets
     when the calls come one at a time."""
-    from autolabel.llm.local_engine import Engine, Request
+    from autolabel.llm.local_engine import Request
 
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
-    engine = Engine(str(local.model_path(MODEL, s)), 1, 4096, 8)
+    engine = _engine(model_file, 4096, 8)
     try:
         head = engine.model.tokenize(("You label counseling turns. " * 120).encode(), add_bos=True, special=False)
         tails = [engine.model.tokenize(f" Turn {i}: I feel {w} today.".encode(), add_bos=False, special=False)
@@ -169,13 +185,12 @@ def test_calls_started_together_decode_their_shared_prefix_once(tmp_path_factory
         engine.close()
 
 
-def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_greedy_loop_is_broken_and_the_answer_closes(model_file: str) -> None:
     """Greedy decoding of a small model can write one sentence again and again until max_tokens: the JSON never
     closes and the answer is invalid (the demo's Chinese session summary looped to 512 tokens, then was re-asked).
     Without a repeat penalty this prompt loops; with llama.cpp's DRY sampler (the default) it closes, valid."""
-    from autolabel.llm.local_engine import DRY, Engine, Request
+    from autolabel.llm.local_engine import DRY, Request
 
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
     schema = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 2000}},
               "required": ["summary"], "additionalProperties": False}
     grammar = local._grammar(json.dumps(schema))
@@ -185,7 +200,7 @@ def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.
             "I can't sleep.")
     answers = {}
     for dry in (None, DRY):
-        engine = Engine(str(local.model_path(MODEL, s)), 1, 2048, 2, dry=dry)
+        engine = _engine(model_file, 2048, 2, dry=dry)
         try:
             prompt = engine.model.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n".encode(),
                                            add_bos=False, special=True)
@@ -202,15 +217,14 @@ def test_a_greedy_loop_is_broken_and_the_answer_closes(tmp_path_factory: pytest.
 
 
 def test_answers_that_outgrow_the_context_are_redone_without_llama_cpp_errors_on_stderr(
-        tmp_path_factory: pytest.TempPathFactory, capfd: pytest.CaptureFixture[str]) -> None:
+        model_file: str, capfd: pytest.CaptureFixture[str]) -> None:
     """Answers longer than the engine reserves for them (a window's critique) can fill the context mid-answer: the
     newest request is put back and redone once the others are done (``Engine.requeued``). That is the engine's
     scheduling, not an error: llama.cpp's own "decode: failed to find a memory slot" line went to stderr (bench_local
     on 20 dialogues printed it), in the middle of a progress bar. It is logged at debug level now."""
-    from autolabel.llm.local_engine import Engine, Request
+    from autolabel.llm.local_engine import Request
 
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
-    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 4)
+    engine = _engine(model_file, 1024, 4)
     try:
         prompts = [engine.model.tokenize(f"<|im_start|>user\nWrite a long story about a {w}.<|im_end|>\n"
                                          f"<|im_start|>assistant\n".encode(), add_bos=False, special=True)
@@ -230,15 +244,14 @@ def test_answers_that_outgrow_the_context_are_redone_without_llama_cpp_errors_on
 
 
 def test_a_grammar_llama_cpp_refuses_fails_its_call_and_the_engine_goes_on(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        model_file: str) -> None:
     """llama.cpp refuses some grammars (a string's minLength over 2000: "number of repetitions exceeds sane
     defaults"). The refusal was raised in the engine's worker thread, outside any request: the thread died and every
     call, this one and all later ones, waited forever. Now that call fails with the reason and the others go on."""
     from autolabel.errors import LLMError
-    from autolabel.llm.local_engine import Engine, Request
+    from autolabel.llm.local_engine import Request
 
-    s = Settings(model=f"local:{MODEL}", model_dir=tmp_path_factory.mktemp("models"), local_threads=1)
-    engine = Engine(str(local.model_path(MODEL, s)), 1, 1024, 2)
+    engine = _engine(model_file, 1024, 2)
     refused = {"type": "object", "properties": {"story": {"type": "string", "minLength": 2001}},
                "required": ["story"], "additionalProperties": False}
     try:

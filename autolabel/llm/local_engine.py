@@ -90,11 +90,10 @@ class Engine:
     def __init__(self, model_path: str, threads: int, n_ctx: int, n_slots: int,
                  dry: tuple[float, float, int, int] | None = DRY) -> None:
         import llama_cpp
-        from llama_cpp import _internals, _logger
+        from llama_cpp import _internals
 
         self._c = llama_cpp
-        _logger.set_verbose(False)
-        _route_llama_log(llama_cpp)  # llama.cpp's own log goes to Python logging
+        _route_llama_log(llama_cpp)  # llama.cpp's own log goes to Python logging (replacing llama-cpp-python's)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         # ggml's AMX kernels (built in by -march=native on CPUs that report AMX) die with SIGILL in VMs that do
@@ -483,7 +482,6 @@ class Engine:
 
 _LOG_CALLBACK: Any = None  # kept alive while llama.cpp holds it
 _HANDLED = ("failed to find a memory slot",)  # a full context: the engine makes room or redoes a request (_step)
-_last_level = [logging.DEBUG]
 
 
 def _route_llama_log(llama_cpp: Any) -> None:
@@ -494,14 +492,17 @@ def _route_llama_log(llama_cpp: Any) -> None:
     if _LOG_CALLBACK is not None:
         return
 
+    last = logging.DEBUG  # the level of the line a continuation (ggml level 5) belongs to
+
     @llama_cpp.llama_log_callback
     def forward(level: int, text: bytes, user_data: Any) -> None:
+        nonlocal last
         line = text.decode("utf-8", "replace").rstrip()
-        if level != 5:  # 5: the previous line continues
-            _last_level[0] = logging.ERROR if level in (0, 3) and not any(h in line for h in _HANDLED) \
-                else logging.DEBUG
+        if level != 5:
+            error = level in (0, 3) and not any(h in line for h in _HANDLED)
+            last = logging.ERROR if error else logging.DEBUG
         if line:
-            log.log(_last_level[0], "llama.cpp: %s", line)
+            log.log(last, "llama.cpp: %s", line)
 
     _LOG_CALLBACK = forward
     llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
